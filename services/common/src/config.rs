@@ -1,0 +1,146 @@
+//! Settings shared by the services, and turning bad settings into messages
+//! that name the `POSTBACK_*` variable to fix.
+//!
+//! Each service has one clap-derived config struct: flags, environment
+//! variables and `--help` all come from one definition. The Redis settings
+//! below are flattened into both.
+
+use std::process::ExitCode;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Parser};
+
+use crate::keys::{DEFAULT_GROUP, DEFAULT_STREAM, Keys};
+
+/// Where the queue lives.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis server URL: redis://[user:password@]host:port[/db] or rediss:// for TLS.
+    #[arg(long, env = "POSTBACK_REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
+    pub redis_url: String,
+
+    /// Name of the Redis stream that holds postbacks awaiting delivery.
+    #[arg(long, env = "POSTBACK_STREAM", default_value = DEFAULT_STREAM, value_parser = parse_key_name)]
+    pub stream: String,
+
+    /// Name of the consumer group the delivery workers share.
+    #[arg(long, env = "POSTBACK_GROUP", default_value = DEFAULT_GROUP, value_parser = parse_key_name)]
+    pub group: String,
+}
+
+impl RedisArgs {
+    /// The Redis key names these settings select.
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.stream, &self.group)
+    }
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
+        return Err("must start with redis:// or rediss://".into());
+    }
+    fred::types::config::Config::from_url(value).map_err(|e| e.details().to_string())?;
+    Ok(value.to_owned())
+}
+
+fn parse_key_name(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else if value.chars().any(char::is_control) {
+        Err("must not contain control characters".into())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// A setting whose value is unusable, or two settings that disagree; found
+/// after parsing, by a service's own validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The environment variable to fix, e.g. `POSTBACK_HTTP_TIMEOUT_MS`.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A new error about `setting`.
+    pub fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self { setting, message: message.into() }
+    }
+}
+
+/// Parses the command line and environment into `T`.
+///
+/// On a bad value, prints which environment variable (and flag) holds it and
+/// returns the exit code to leave with; `--help` and `--version` print and
+/// return success.
+pub fn parse<T: Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|error| {
+        match error.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            _ => {}
+        }
+        if let Some(setting) = setting_of(&T::command(), &error) {
+            eprintln!("error: invalid setting {setting}");
+        }
+        let _ = error.print();
+        ExitCode::from(2)
+    })
+}
+
+/// Names the environment variable and flag behind a clap value error.
+fn setting_of(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    // clap renders the argument as `--long <VALUE>`.
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let found = command.get_arguments().find(|a| a.get_long() == Some(long))?;
+    let env = found.get_env()?.to_string_lossy().into_owned();
+    Some(format!("{env} (--{long})"))
+}
+
+/// Prints a validation error the way [`parse`] prints a parse error.
+pub fn report(error: &ConfigError) -> ExitCode {
+    eprintln!("error: invalid setting {error}");
+    ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(Debug, Parser)]
+    struct Demo {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// A number.
+        #[arg(long, env = "POSTBACK_DEMO_MS", default_value_t = 5)]
+        demo_ms: u64,
+    }
+
+    #[test]
+    fn a_bad_value_is_traced_to_its_variable() {
+        let error = Demo::try_parse_from(["demo", "--demo-ms", "soon"]).expect_err("must fail");
+        assert_eq!(setting_of(&Demo::command(), &error).as_deref(), Some("POSTBACK_DEMO_MS (--demo-ms)"));
+    }
+
+    #[test]
+    fn redis_settings_are_checked() {
+        let error = Demo::try_parse_from(["demo", "--redis-url", "http://x"]).expect_err("must fail");
+        assert_eq!(setting_of(&Demo::command(), &error).as_deref(), Some("POSTBACK_REDIS_URL (--redis-url)"));
+        let error = Demo::try_parse_from(["demo", "--stream", ""]).expect_err("must fail");
+        assert_eq!(setting_of(&Demo::command(), &error).as_deref(), Some("POSTBACK_STREAM (--stream)"));
+    }
+
+    #[test]
+    fn defaults_match_the_documented_names() {
+        let demo = Demo::try_parse_from(["demo"]).expect("defaults parse");
+        assert_eq!(demo.redis.keys(), Keys::new("postbacks", "deliver"));
+        assert_eq!(demo.redis.redis_url, "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,29 @@
+//! Shared pieces of postback delivery, used by ingest, deliver and the tools.
+//!
+//! # Layout
+//! - [`keys`]: Redis key names and the stream entry layout (a contract).
+//! - [`method`], [`scalar`], [`data`]: the parts of one postback.
+//! - [`wire`]: the versioned MessagePack encoding of a postback.
+//! - [`template`]: `{key}` URL templates and their percent-encoding.
+//! - [`config`]: settings both services share, and config error reporting.
+//! - [`redis`]: Redis clients that reconnect on their own.
+//! - [`telemetry`]: JSON-lines logging.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`time`]: wall-clock helpers.
+
+pub mod config;
+pub mod data;
+pub mod keys;
+pub mod method;
+pub mod redis;
+pub mod scalar;
+pub mod shutdown;
+pub mod telemetry;
+pub mod template;
+pub mod time;
+pub mod wire;
+
+pub use data::Data;
+pub use method::Method;
+pub use scalar::Scalar;
+pub use wire::Postback;

@@ -1,0 +1,53 @@
+//! Building Redis clients that survive outages.
+//!
+//! Every client reconnects on its own, forever, with exponential backoff
+//! capped at two seconds: a Redis restart must never need a service restart.
+//! A service starts even while Redis is down (the first connection is retried
+//! like any other) and reports "not ready" until it is back.
+//!
+//! A client blocked in `XREADGROUP BLOCK` holds its connection until the
+//! command returns, so a service that blocks builds a second, dedicated
+//! client for it and keeps the first for everything else.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+
+/// How long to wait for a TCP connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection with commands in flight and no reply for this long is
+/// considered dead and replaced, so a frozen Redis is noticed.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
+
+/// Builds (but does not connect) a client for `url`.
+pub fn client(url: &str) -> Result<Client, Error> {
+    let mut config = Config::from_url(url)?;
+    // Keep retrying the first connection too, instead of failing start-up.
+    config.fail_fast = false;
+    Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = CONNECT_TIMEOUT;
+            c.internal_command_timeout = CONNECT_TIMEOUT;
+            c.tcp.nodelay = Some(true);
+            c.unresponsive = UnresponsiveConfig { max_timeout: Some(UNRESPONSIVE_AFTER), interval: Duration::from_secs(1) };
+        })
+        .build()
+}
+
+/// Builds a client for `url` and starts connecting it in the background.
+/// Commands sent before the connection is up wait for it (up to their
+/// timeout), so callers that must not wait check [`ClientLike::is_connected`].
+pub fn connect(url: &str) -> Result<Client, Error> {
+    let client = client(url)?;
+    client.connect();
+    Ok(client)
+}
+
+/// Whether `error` is Redis saying that the stream or its consumer group does
+/// not exist (it was deleted, or Redis restarted without its data).
+pub fn is_nogroup(error: &Error) -> bool {
+    error.details().starts_with("NOGROUP") || error.to_string().contains("NOGROUP")
+}

@@ -1,0 +1,230 @@
+//! The MessagePack wire format of a postback, as stored in the stream.
+//!
+//! One stream entry holds one postback in its single field
+//! [`ENTRY_FIELD`](crate::keys::ENTRY_FIELD). The value is a MessagePack array
+//! whose first element is the format version, so a reader can tell versions
+//! apart before decoding the rest. Arrays rather than maps keep field names
+//! out of every entry. `schemas/wire-format.md` documents each version byte by
+//! byte; this module is the one implementation of it.
+//!
+//! Version 1: `[1, id: bin 16, accepted_at_ms: uint, method: str, url: str,
+//! data: map str → (nil | bool | int | float | str)]`.
+//!
+//! Rolling upgrades: deploy deliver (the reader) before ingest (the writer)
+//! whenever a new version is introduced.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::data::Data;
+use crate::method::Method;
+
+/// The version that [`encode`] writes.
+pub const CURRENT_VERSION: u8 = 1;
+
+/// One postback: a single delivery to make, produced by ingest from one item
+/// of a request's `data` array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Postback {
+    /// Assigned at ingest (UUIDv7) and sent as `X-Postback-Id`; stable across
+    /// retries and re-sent XADDs, so receivers can deduplicate.
+    pub id: Uuid,
+    /// When ingest accepted the request, in milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+    /// How to deliver.
+    pub method: Method,
+    /// The URL template, `{key}` placeholders still in place.
+    pub url: String,
+    /// The values for the placeholders (and the JSON body of POST/PUT/PATCH).
+    pub data: Data,
+}
+
+/// Why a stream entry could not be decoded into a [`Postback`].
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The entry does not start with a MessagePack array holding a version.
+    #[error("not a postback: {0}")]
+    NotAPostback(&'static str),
+    /// A version this build does not know (written by a newer ingest?).
+    #[error("unknown wire format version {0}")]
+    UnknownVersion(u64),
+    /// The version is known but the rest does not match it.
+    #[error("malformed version {version} postback: {reason}")]
+    Malformed {
+        /// The version the entry claimed.
+        version: u8,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+#[derive(Serialize)]
+struct V1Ref<'a> {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    id: &'a [u8; 16],
+    accepted_at_ms: u64,
+    method: &'a str,
+    url: &'a str,
+    data: &'a Data,
+}
+
+#[derive(Deserialize)]
+struct V1 {
+    _version: u8,
+    #[serde(with = "serde_bytes")]
+    id: [u8; 16],
+    accepted_at_ms: u64,
+    method: String,
+    url: String,
+    data: Data,
+}
+
+/// Encodes a postback in the current wire format, appending to `out`.
+pub fn encode_into(postback: &Postback, out: &mut Vec<u8>) {
+    let v1 = V1Ref {
+        version: CURRENT_VERSION,
+        id: postback.id.as_bytes(),
+        accepted_at_ms: postback.accepted_at_ms,
+        method: postback.method.as_str(),
+        url: &postback.url,
+        data: &postback.data,
+    };
+    // Writing into a Vec cannot fail, and every field has a MessagePack form.
+    #[allow(clippy::expect_used)]
+    rmp_serde::encode::write(out, &v1).expect("encoding a postback into memory cannot fail");
+}
+
+/// Encodes a postback in the current wire format.
+pub fn encode(postback: &Postback) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + postback.url.len() + 32 * postback.data.len());
+    encode_into(postback, &mut out);
+    out
+}
+
+/// Decodes a stream entry's value, whatever version wrote it.
+pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
+    let mut head = bytes;
+    let len = rmp::decode::read_array_len(&mut head)
+        .map_err(|_| WireError::NotAPostback("does not start with a MessagePack array"))?;
+    if len == 0 {
+        return Err(WireError::NotAPostback("empty array"));
+    }
+    let version: u64 = rmp::decode::read_int(&mut head)
+        .map_err(|_| WireError::NotAPostback("first element is not a version number"))?;
+    match version {
+        1 => decode_v1(bytes),
+        other => Err(WireError::UnknownVersion(other)),
+    }
+}
+
+fn decode_v1(bytes: &[u8]) -> Result<Postback, WireError> {
+    let malformed = |reason: String| WireError::Malformed { version: 1, reason };
+    let v1: V1 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let method = v1.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
+    Ok(Postback {
+        id: Uuid::from_bytes(v1.id),
+        accepted_at_ms: v1.accepted_at_ms,
+        method,
+        url: v1.url,
+        data: v1.data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::Scalar;
+    use proptest::prelude::*;
+
+    fn seed() -> Postback {
+        Postback {
+            id: Uuid::now_v7(),
+            accepted_at_ms: 1_764_288_000_000,
+            method: Method::Get,
+            url: "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}".into(),
+            data: [
+                ("mascot", Scalar::Str("Gopher".into())),
+                ("location", Scalar::Str("https://blog.golang.org/gopher/gopher.png".into())),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_the_seed_sample() {
+        let p = seed();
+        assert_eq!(decode(&encode(&p)).expect("decode"), p);
+    }
+
+    #[test]
+    fn starts_with_an_array_and_the_version() {
+        let bytes = encode(&seed());
+        // fixarray of 6 elements, then positive fixint 1.
+        assert_eq!(&bytes[..2], &[0x96, 0x01]);
+        // The id is a 16-byte bin: 0xc4 0x10.
+        assert_eq!(&bytes[2..4], &[0xc4, 0x10]);
+    }
+
+    #[test]
+    fn is_smaller_than_the_same_postback_as_json() {
+        let p = seed();
+        let json = serde_json::json!({
+            "id": p.id.to_string(),
+            "accepted_at_ms": p.accepted_at_ms,
+            "method": "GET",
+            "url": p.url,
+            "data": p.data,
+        });
+        let json_len = serde_json::to_vec(&json).expect("json").len();
+        assert!(encode(&p).len() < json_len, "{} >= {json_len}", encode(&p).len());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_postback() {
+        assert!(matches!(decode(b""), Err(WireError::NotAPostback(_))));
+        assert!(matches!(decode(b"hello"), Err(WireError::NotAPostback(_))));
+        assert!(matches!(decode(&[0x90]), Err(WireError::NotAPostback(_))));
+        assert!(matches!(decode(&[0x91, 0x07]), Err(WireError::UnknownVersion(7))));
+        assert!(matches!(decode(&[0x92, 0x01, 0x01]), Err(WireError::Malformed { version: 1, .. })));
+    }
+
+    #[test]
+    fn refuses_an_unknown_method() {
+        let mut bytes = encode(&seed());
+        let at = bytes.windows(4).position(|w| w == b"\xa3GET").expect("method");
+        bytes[at + 1..at + 4].copy_from_slice(b"PUX");
+        assert!(matches!(decode(&bytes), Err(WireError::Malformed { .. })));
+    }
+
+    fn scalar() -> impl Strategy<Value = Scalar> {
+        prop_oneof![
+            Just(Scalar::Null),
+            any::<bool>().prop_map(Scalar::Bool),
+            any::<i64>().prop_map(Scalar::Int),
+            ((i64::MAX as u64 + 1)..=u64::MAX).prop_map(Scalar::UInt),
+            any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(Scalar::Float),
+            ".*".prop_map(Scalar::Str),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_postback_round_trips(
+            id in any::<u128>(),
+            at in any::<u64>(),
+            method in prop::sample::select(crate::method::SUPPORTED.to_vec()),
+            url in ".*",
+            pairs in prop::collection::vec((".*", scalar()), 0..8),
+        ) {
+            let p = Postback { id: Uuid::from_u128(id), accepted_at_ms: at, method, url, data: Data(pairs) };
+            prop_assert_eq!(decode(&encode(&p)).expect("decode"), p);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+    }
+}
