@@ -1,0 +1,20 @@
+//! Test helpers shared by the services' integration tests.
+//!
+//! Real parts only: [`RedisServer`] runs a real `redis-server` on a free
+//! loopback port in its own temporary directory (never the shared 6379), and
+//! [`Sink`] is a real HTTP server on 127.0.0.1 that records every request it
+//! receives.
+
+#![allow(missing_docs, clippy::expect_used)]
+
+mod redis_server;
+mod sink;
+
+pub use redis_server::RedisServer;
+pub use sink::{Received, Reply, Sink};
+
+/// A free TCP port on 127.0.0.1, chosen by the kernel. Another process may
+/// take it before the caller binds it; callers that can retry should.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}

@@ -1,0 +1,166 @@
+//! A real HTTP receiver that records what deliver sends it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Notify;
+
+/// One request as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    /// The request target exactly as sent: path and query, no normalisation.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    /// The `X-Postback-Id` header, if present.
+    pub fn postback_id(&self) -> Option<&str> {
+        self.headers.get("x-postback-id").and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What the sink answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            body: "ok",
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn body(mut self, body: &'static str) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Responder = dyn Fn(&Received, usize) -> Reply + Send + Sync;
+
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    notify: Notify,
+    responder: Box<Responder>,
+}
+
+/// An HTTP server on 127.0.0.1 that records every request.
+pub struct Sink {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// A sink that answers every request with 200 "ok".
+    pub async fn start() -> Self {
+        Self::start_with(|_, _| Reply::status(200)).await
+    }
+
+    /// A sink whose answers come from `responder`, called with each request
+    /// and the number of requests received before it.
+    pub async fn start_with(responder: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Self {
+        let shared = Arc::new(Shared { received: Mutex::default(), notify: Notify::new(), responder: Box::new(responder) });
+        let app = Router::new().fallback(record).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let addr = listener.local_addr().expect("sink address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, shared, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().expect("sink lock").clone()
+    }
+
+    /// Waits until at least `n` requests have arrived, then returns all of
+    /// them. Panics after `timeout` with what did arrive.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.notify.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("sink got {} of {n} requests within {timeout:?}: {got:#?}", got.len());
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let received = Received {
+        method: parts.method,
+        target: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        headers: parts.headers,
+        body,
+        at: Instant::now(),
+    };
+    let reply = {
+        let mut all = shared.received.lock().expect("sink lock");
+        let reply = (shared.responder)(&received, all.len());
+        all.push(received);
+        reply
+    };
+    shared.notify.notify_waiters();
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (reply.status, reply.body).into_response();
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
