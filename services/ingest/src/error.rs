@@ -1,0 +1,137 @@
+//! Everything that can go wrong with an ingest request, and how each is told
+//! to the caller: an RFC 9457 `application/problem+json` body.
+//!
+//! Client mistakes (4xx) say precisely what to fix; a Redis outage is a 503
+//! with `Retry-After`, so a well-behaved caller simply tries again. Nothing
+//! internal leaks into a response: causes are logged, not returned.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::json::JsonError;
+use crate::request::{Invalid, Violation};
+
+/// Seconds a caller is asked to wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// Why an ingest request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The body is JSON but not an acceptable request.
+    #[error("invalid request: {}", first_detail(.0))]
+    Invalid(Invalid),
+    /// The body is not JSON this service can read.
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// The body is larger than `POSTBACK_MAX_BODY_BYTES`.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body could not be read (the client went away, bad chunking...).
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    /// Redis did not take the postbacks; nothing was accepted.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// No such route.
+    #[error("not found")]
+    NotFound,
+}
+
+fn first_detail(invalid: &Invalid) -> String {
+    invalid.0.first().map(|v| format!("{}: {}", v.field, v.detail)).unwrap_or_default()
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem; see `schemas/openapi.yaml`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What happened to this request.
+    pub detail: String,
+    /// For an invalid request: the first offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For an invalid request: every offending field (capped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<Violation>>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Self {
+        Self { kind, title, status: status.as_u16(), detail, field: None, errors: None }
+    }
+}
+
+impl IngestError {
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        let detail = self.to_string();
+        match self {
+            IngestError::Invalid(invalid) => Problem {
+                field: invalid.0.first().map(|v| v.field.clone()),
+                errors: Some(invalid.0.clone()),
+                ..Problem::new(S::BAD_REQUEST, "/problems/invalid-request", "Invalid request", detail)
+            },
+            IngestError::Json(JsonError::TooDeep) => {
+                Problem::new(S::BAD_REQUEST, "/problems/invalid-request", "Invalid request", detail)
+            }
+            IngestError::Json(JsonError::Malformed(_)) => {
+                Problem::new(S::BAD_REQUEST, "/problems/malformed-json", "Malformed JSON", detail)
+            }
+            IngestError::BodyRead(_) => {
+                Problem::new(S::BAD_REQUEST, "/problems/unreadable-body", "Unreadable body", detail)
+            }
+            IngestError::TooLarge { .. } => {
+                Problem::new(S::PAYLOAD_TOO_LARGE, "/problems/payload-too-large", "Payload too large", detail)
+            }
+            IngestError::Unavailable(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Service unavailable",
+                "the delivery queue is unavailable; nothing was accepted, retry later".into(),
+            ),
+            IngestError::MethodNotAllowed => {
+                Problem::new(S::METHOD_NOT_ALLOWED, "/problems/method-not-allowed", "Method not allowed", detail)
+            }
+            IngestError::NotFound => Problem::new(S::NOT_FOUND, "/problems/not-found", "Not found", detail),
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        if let IngestError::Unavailable(cause) = &self {
+            tracing::warn!(error = %cause, "refused a request: queue unavailable");
+        }
+        let problem = self.problem();
+        let mut response = problem_response(&problem);
+        if matches!(self, IngestError::Unavailable(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+/// Renders a problem document with its status and content type.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}

@@ -1,0 +1,24 @@
+//! `postback-ingest`: accepts postback requests over HTTP and appends one
+//! MessagePack postback per data item to a Redis stream.
+//!
+//! # Layout
+//! - [`config`]: settings (`POSTBACK_*`).
+//! - [`startup`]: binding, serving and graceful shutdown.
+//! - [`routes`]: the HTTP routes.
+//! - [`json`]: parsing the body (simd-json) into an order-keeping tree.
+//! - [`request`]: validating a request and building its postbacks.
+//! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
+//! - [`error`]: problem+json responses.
+//! - [`state`]: what the handlers share.
+
+pub mod config;
+pub mod enqueue;
+pub mod error;
+pub mod json;
+pub mod request;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,54 @@
+//! Building and running the ingest service.
+//!
+//! [`Application::build`] binds the listener (port 0 works, for tests) and
+//! starts connecting to Redis in the background: the service serves even
+//! while Redis is down, answering 503 until it is back.
+//! [`Application::run`] serves until the shutdown token is cancelled, then
+//! stops accepting connections, lets every in-flight request finish (each
+//! ends in a 202 after its EXEC, or an error), and closes Redis.
+
+use std::net::SocketAddr;
+
+use fred::prelude::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::routes::router;
+use crate::state::AppState;
+
+/// A bound, ready-to-run ingest service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds `config.addr` and creates the Redis client.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (POSTBACK_INGEST_ADDR): {e}", config.addr))?;
+        let redis = postback_common::redis::connect(&config.redis.redis_url)?;
+        Ok(Self { listener, state: AppState::new(redis, config) })
+    }
+
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.state.config.addr)
+    }
+
+    /// Serves until `shutdown` is cancelled and in-flight requests are done.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, stream = %self.state.keys.stream, "ingest listening");
+        let redis = self.state.redis.clone();
+        let app = router(self.state);
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        let _ = redis.quit().await;
+        tracing::info!("ingest stopped");
+        result
+    }
+}

@@ -1,0 +1,40 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+
+use fred::prelude::Client;
+use postback_common::keys::Keys;
+
+use crate::config::Config;
+use crate::enqueue::Enqueuer;
+
+/// Shared by all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    /// Commands to Redis (never a blocking one).
+    pub redis: Client,
+    /// Stream and group names.
+    pub keys: Keys,
+    /// Runs the enqueue script.
+    pub enqueuer: Enqueuer,
+    /// The service's settings.
+    pub config: Config,
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(redis: Client, config: Config) -> Self {
+        Self(Arc::new(Inner { redis, keys: config.redis.keys(), enqueuer: Enqueuer::new(config.redis_timeout()), config }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,129 @@
+//! `TestApp`: ingest on 127.0.0.1:0 with its own redis-server.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use postback_common::Postback;
+use postback_common::keys::ENTRY_FIELD;
+use postback_ingest::{Application, Config};
+use postback_testkit::RedisServer;
+use tokio_util::sync::CancellationToken;
+
+pub const SEED: &str = r#"{
+   "endpoint":{
+        "method":"GET",
+        "url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"
+    },
+   "data":[
+      {
+            "mascot":"Gopher",
+            "location":"https://blog.golang.org/gopher/gopher.png"
+      }
+    ]
+}"#;
+
+pub struct TestApp {
+    pub base: String,
+    pub redis: RedisServer,
+    pub http: reqwest::Client,
+    pub config: Config,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        postback_common::telemetry::init_for_tests();
+        let redis = RedisServer::start();
+        let mut config = Config::defaults();
+        config.redis.redis_url = redis.url();
+        config.addr = "127.0.0.1:0".parse().expect("addr");
+        tweak(&mut config);
+        let app = Application::build(config.clone()).await.expect("build ingest");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        let test = Self { base, redis, http, config, shutdown, task: Some(task) };
+        test.wait_ready().await;
+        test
+    }
+
+    /// Waits until /readyz says 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("ingest never became ready");
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http.post(format!("{}{path}", self.base)).body(body).send().await.expect("send")
+    }
+
+    pub async fn post_json(&self, body: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/postbacks", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Every postback in the stream, decoded, in stream order.
+    pub async fn queued(&self) -> Vec<Postback> {
+        let client = self.redis.client().await;
+        let entries: Vec<(String, Vec<(String, Bytes)>)> =
+            client.xrange(&self.config.redis.stream, "-", "+", None).await.expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                assert_eq!(fields.len(), 1, "one field per entry");
+                assert_eq!(fields[0].0, ENTRY_FIELD);
+                postback_common::wire::decode(&fields[0].1).expect("entry decodes")
+            })
+            .collect()
+    }
+
+    /// Whether the stream key exists at all.
+    pub async fn stream_exists(&self) -> bool {
+        let client = self.redis.client().await;
+        client.exists::<u32, _>(&self.config.redis.stream).await.expect("EXISTS") == 1
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("serve");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The JSON body of a response, checking its content type.
+pub async fn problem(response: reqwest::Response) -> serde_json::Value {
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("problem JSON");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(), "{body}");
+    body
+}

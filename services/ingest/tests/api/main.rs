@@ -1,0 +1,11 @@
+//! Integration tests of ingest: the real app on port 0 against a real
+//! redis-server of the test's own, and the real binary for start-up and
+//! shutdown behaviour.
+
+#![allow(clippy::expect_used, missing_docs)]
+
+mod accept;
+mod binary;
+mod helpers;
+mod redis_outage;
+mod reject;
