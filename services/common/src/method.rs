@@ -22,8 +22,7 @@ pub enum Method {
 }
 
 /// Every supported method, in the order they are listed to users.
-pub const SUPPORTED: [Method; 5] =
-    [Method::Get, Method::Post, Method::Put, Method::Patch, Method::Delete];
+pub const SUPPORTED: [Method; 5] = [Method::Get, Method::Post, Method::Put, Method::Patch, Method::Delete];
 
 impl Method {
     /// The canonical upper-case name, as sent on the wire.

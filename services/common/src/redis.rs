@@ -32,7 +32,8 @@ pub fn client(url: &str) -> Result<Client, Error> {
             c.connection_timeout = CONNECT_TIMEOUT;
             c.internal_command_timeout = CONNECT_TIMEOUT;
             c.tcp.nodelay = Some(true);
-            c.unresponsive = UnresponsiveConfig { max_timeout: Some(UNRESPONSIVE_AFTER), interval: Duration::from_secs(1) };
+            c.unresponsive =
+                UnresponsiveConfig { max_timeout: Some(UNRESPONSIVE_AFTER), interval: Duration::from_secs(1) };
         })
         .build()
 }

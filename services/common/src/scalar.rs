@@ -96,11 +96,7 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        if v.is_finite() {
-            Ok(Scalar::Float(v))
-        } else {
-            Err(E::custom("numbers must be finite"))
-        }
+        if v.is_finite() { Ok(Scalar::Float(v)) } else { Err(E::custom("numbers must be finite")) }
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {

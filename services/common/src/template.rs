@@ -148,10 +148,10 @@ pub fn validate(template: &str) -> Result<(), TemplateError> {
         // `url` would read `http:///x` as `http://x/`; refuse rather than guess.
         return Err(TemplateError::NoHost);
     }
-    if let Some(at) = first_placeholder {
-        if at < scheme_len + authority_len {
-            return Err(TemplateError::PlaceholderInAuthority(at));
-        }
+    if let Some(at) = first_placeholder
+        && at < scheme_len + authority_len
+    {
+        return Err(TemplateError::PlaceholderInAuthority(at));
     }
     let filled = expand(template, &Data::default(), "x")?;
     let url = url::Url::parse(&filled).map_err(|e| TemplateError::Invalid(e.to_string()))?;
@@ -188,12 +188,8 @@ mod tests {
     #[test]
     fn seed_sample_expands_exactly() {
         let d = data(&[("mascot", s("Gopher")), ("location", s("https://blog.golang.org/gopher/gopher.png"))]);
-        let url = expand(
-            "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}",
-            &d,
-            "",
-        )
-        .expect("expand");
+        let url = expand("http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}", &d, "")
+            .expect("expand");
         assert_eq!(
             url,
             "http://sample_domain_endpoint.com/data?title=Gopher&image=https%3A%2F%2Fblog.golang.org%2Fgopher%2Fgopher.png&foo="

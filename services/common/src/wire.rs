@@ -122,13 +122,7 @@ fn decode_v1(bytes: &[u8]) -> Result<Postback, WireError> {
     let malformed = |reason: String| WireError::Malformed { version: 1, reason };
     let v1: V1 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     let method = v1.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-    Ok(Postback {
-        id: Uuid::from_bytes(v1.id),
-        accepted_at_ms: v1.accepted_at_ms,
-        method,
-        url: v1.url,
-        data: v1.data,
-    })
+    Ok(Postback { id: Uuid::from_bytes(v1.id), accepted_at_ms: v1.accepted_at_ms, method, url: v1.url, data: v1.data })
 }
 
 #[cfg(test)]

@@ -57,7 +57,12 @@ impl Enqueuer {
     }
 
     /// XADDs one entry per postback to `stream`; returns the entry ids.
-    pub async fn enqueue(&self, client: &Client, stream: &str, postbacks: &[Postback]) -> Result<Vec<String>, EnqueueError> {
+    pub async fn enqueue(
+        &self,
+        client: &Client,
+        stream: &str,
+        postbacks: &[Postback],
+    ) -> Result<Vec<String>, EnqueueError> {
         if !client.is_connected() {
             return Err(EnqueueError::NotConnected);
         }

@@ -247,10 +247,9 @@ mod tests {
 
     #[test]
     fn one_postback_per_item_with_distinct_ids() {
-        let postbacks = check(
-            r#"{"endpoint":{"method":"post","url":"https://h/x"},"data":[{"a":1},{"a":true},{"a":null},{}]}"#,
-        )
-        .expect("valid");
+        let postbacks =
+            check(r#"{"endpoint":{"method":"post","url":"https://h/x"},"data":[{"a":1},{"a":true},{"a":null},{}]}"#)
+                .expect("valid");
         assert_eq!(postbacks.len(), 4);
         assert!(postbacks.iter().all(|p| p.method == Method::Post));
         let mut ids: Vec<_> = postbacks.iter().map(|p| p.id).collect();

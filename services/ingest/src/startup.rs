@@ -44,9 +44,8 @@ impl Application {
         tracing::info!(%addr, stream = %self.state.keys.stream, "ingest listening");
         let redis = self.state.redis.clone();
         let app = router(self.state);
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let result =
+            axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         let _ = redis.quit().await;
         tracing::info!("ingest stopped");
         result

@@ -27,7 +27,12 @@ pub struct Inner {
 impl AppState {
     /// Wraps the shared parts.
     pub fn new(redis: Client, config: Config) -> Self {
-        Self(Arc::new(Inner { redis, keys: config.redis.keys(), enqueuer: Enqueuer::new(config.redis_timeout()), config }))
+        Self(Arc::new(Inner {
+            redis,
+            keys: config.redis.keys(),
+            enqueuer: Enqueuer::new(config.redis_timeout()),
+            config,
+        }))
     }
 }
 

@@ -61,11 +61,11 @@ impl RedisServer {
             if ping(self.port) {
                 return true;
             }
-            if let Some(child) = self.child.as_mut() {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    self.child = None;
-                    return false;
-                }
+            if let Some(child) = self.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -89,7 +89,8 @@ impl Sink {
     /// A sink whose answers come from `responder`, called with each request
     /// and the number of requests received before it.
     pub async fn start_with(responder: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Self {
-        let shared = Arc::new(Shared { received: Mutex::default(), notify: Notify::new(), responder: Box::new(responder) });
+        let shared =
+            Arc::new(Shared { received: Mutex::default(), notify: Notify::new(), responder: Box::new(responder) });
         let app = Router::new().fallback(record).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let addr = listener.local_addr().expect("sink address");

@@ -30,10 +30,8 @@ pub async fn accept(
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), IngestError> {
     let limit = state.config.max_body();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::TooLarge { limit });
     }
@@ -58,13 +56,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, IngestError> {
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes.into()),
         Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(IngestError::TooLarge { limit })
-            } else {
-                Err(IngestError::BodyRead(error.to_string()))
-            }
+            let too_large =
+                std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large { Err(IngestError::TooLarge { limit }) } else { Err(IngestError::BodyRead(error.to_string())) }
         }
     }
 }

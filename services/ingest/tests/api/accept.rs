@@ -30,7 +30,8 @@ async fn seed_sample_is_queued_as_one_postback() {
 #[tokio::test]
 async fn accepts_any_content_type_or_none() {
     let app = TestApp::spawn().await;
-    for content_type in [None, Some("application/json"), Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [None, Some("application/json"), Some("text/plain"), Some("application/x-www-form-urlencoded")]
+    {
         let mut request = app.http.post(format!("{}/v1/postbacks", app.base)).body(SEED);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
@@ -44,9 +45,8 @@ async fn accepts_any_content_type_or_none() {
 #[tokio::test]
 async fn one_postback_per_item_in_request_order() {
     let app = TestApp::spawn().await;
-    let response = app
-        .post_json(r#"{"endpoint":{"method":"post","url":"http://h/{n}"},"data":[{"n":1},{"n":2},{"n":3}]}"#)
-        .await;
+    let response =
+        app.post_json(r#"{"endpoint":{"method":"post","url":"http://h/{n}"},"data":[{"n":1},{"n":2},{"n":3}]}"#).await;
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["accepted"], 3);
@@ -54,7 +54,8 @@ async fn one_postback_per_item_in_request_order() {
     let ns: Vec<_> = queued.iter().map(|p| p.data.get("n").cloned()).collect();
     assert_eq!(ns, [Some(Scalar::Int(1)), Some(Scalar::Int(2)), Some(Scalar::Int(3))]);
     let ids: Vec<_> = queued.iter().map(|p| p.id.to_string()).collect();
-    let answered: Vec<_> = body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("str").to_owned()).collect();
+    let answered: Vec<_> =
+        body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("str").to_owned()).collect();
     assert_eq!(ids, answered);
     assert!(queued.iter().all(|p| p.method == Method::Post));
 }

@@ -27,7 +27,9 @@ fn help_lists_every_setting() {
     let output = Command::new(BIN).arg("--help").output().expect("run binary");
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for var in ["POSTBACK_REDIS_URL", "POSTBACK_STREAM", "POSTBACK_GROUP", "POSTBACK_INGEST_ADDR", "POSTBACK_MAX_BODY_BYTES"] {
+    for var in
+        ["POSTBACK_REDIS_URL", "POSTBACK_STREAM", "POSTBACK_GROUP", "POSTBACK_INGEST_ADDR", "POSTBACK_MAX_BODY_BYTES"]
+    {
         assert!(help.contains(var), "{var} missing from --help");
     }
 }
@@ -47,10 +49,10 @@ async fn sigterm_stops_it_cleanly() {
     let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                break;
-            }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
         }
         assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -53,10 +53,7 @@ async fn bodies_over_the_limit_are_a_413() {
     // The seed sample fits.
     assert!(SEED.len() <= 300);
     assert_eq!(app.post("/ingest.php", SEED).await.status(), 202);
-    let big = format!(
-        r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{{"a":"{}"}}]}}"#,
-        "x".repeat(400)
-    );
+    let big = format!(r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{{"a":"{}"}}]}}"#, "x".repeat(400));
     // Declared by Content-Length...
     let response = app.post("/ingest.php", big.clone()).await;
     assert_eq!(response.status(), 413);
