@@ -1,0 +1,82 @@
+//! Acknowledging finished entries, in batches.
+//!
+//! Each finished entry is XACKed (it leaves the group's pending list) and
+//! XDELed (it leaves the stream, which therefore holds only what is not yet
+//! delivered and never needs a length cap). Delivery tasks send entry ids
+//! down a channel; this task acknowledges whatever has gathered in one
+//! pipelined XACK + XDEL, so a busy worker pays one round trip per batch, not
+//! per postback.
+//!
+//! When Redis is down the batch is kept and retried with backoff. If the
+//! worker dies before an ack lands, the entry stays pending and is delivered
+//! again later: delivery is at-least-once, never at-most-once.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use postback_common::keys::Keys;
+use tokio::sync::mpsc;
+
+/// Largest number of ids acknowledged in one round trip.
+pub const MAX_BATCH: usize = 1_024;
+
+/// Handle for delivery tasks to report finished entries.
+#[derive(Clone)]
+pub struct AckSender(mpsc::UnboundedSender<String>);
+
+impl AckSender {
+    /// Queues `entry_id` for XACK + XDEL.
+    pub fn ack(&self, entry_id: String) {
+        // The acker outlives every sender, so this only fails after it has
+        // stopped, when the entry simply stays pending.
+        let _ = self.0.send(entry_id);
+    }
+}
+
+/// Starts the acker task. It ends once every [`AckSender`] is dropped and
+/// everything sent has been acknowledged (or Redis stayed away for
+/// `give_up_after` at the end).
+pub fn spawn(client: Client, keys: Keys, give_up_after: Duration) -> (AckSender, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(client, keys, rx, give_up_after));
+    (AckSender(tx), task)
+}
+
+async fn run(client: Client, keys: Keys, mut rx: mpsc::UnboundedReceiver<String>, give_up_after: Duration) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut delay = Duration::from_millis(50);
+        let mut closing_since = None;
+        loop {
+            match ack(&client, &keys, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, entries = batch.len(), "acknowledge failed; retrying");
+                    // Once the channel is closed the worker is shutting down:
+                    // don't hold it up for ever, the entries stay pending.
+                    if rx.is_closed() {
+                        let since = *closing_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= give_up_after {
+                            tracing::error!(
+                                entries = batch.len(),
+                                "giving up acknowledging at shutdown; entries stay pending and will be delivered again"
+                            );
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn ack(client: &Client, keys: &Keys, ids: &[String]) -> Result<(), Error> {
+    let pipeline = client.pipeline();
+    let _: () = pipeline.xack(&keys.stream, &keys.group, ids.to_vec()).await?;
+    let _: () = pipeline.xdel(&keys.stream, ids.to_vec()).await?;
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
+}

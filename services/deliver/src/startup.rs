@@ -1,0 +1,97 @@
+//! Building and running a delivery worker with its admin listener.
+//!
+//! [`Deliverer::build`] binds the admin listener (port 0 works, for tests),
+//! creates the Redis clients (connecting in the background: the worker
+//! starts even while Redis is down) and the HTTP client. [`Deliverer::run`]
+//! works until the shutdown token is cancelled, finishes what is in flight,
+//! flushes the acknowledgements, and returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::worker::{Shared, Worker};
+
+/// How long, at shutdown, unacknowledged entries wait for Redis.
+const ACK_GRACE: Duration = Duration::from_secs(5);
+
+/// A built, ready-to-run delivery worker.
+pub struct Deliverer {
+    config: Config,
+    admin_listener: TcpListener,
+    redis: Client,
+    reader: Client,
+    http: reqwest::Client,
+}
+
+impl Deliverer {
+    /// Binds the admin address and creates the clients.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let admin_listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (POSTBACK_DELIVER_ADDR): {e}", config.addr))?;
+        let redis = postback_common::redis::connect(&config.redis.redis_url)?;
+        let reader = postback_common::redis::connect(&config.redis.redis_url)?;
+        let http = crate::http::client(config.http_timeout(), config.concurrency as usize)?;
+        Ok(Self { config, admin_listener, redis, reader, http })
+    }
+
+    /// The admin listener's address (the real port when 0 was asked for).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().unwrap_or(self.config.addr)
+    }
+
+    /// Delivers until `shutdown` is cancelled; returns once in-flight
+    /// attempts are over and their acknowledgements are flushed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let keys = self.config.redis.keys();
+        let group_ready = Arc::new(AtomicBool::new(false));
+        let admin_stop = CancellationToken::new();
+        let admin_app = admin::router(AdminState { redis: self.redis.clone(), group_ready: group_ready.clone() });
+        let admin_addr = self.admin_addr();
+        let admin = {
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                axum::serve(self.admin_listener, admin_app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        };
+        tracing::info!(admin = %admin_addr, "admin listening");
+
+        let (acks, acker) = crate::acker::spawn(self.redis.clone(), keys.clone(), ACK_GRACE);
+        let worker = Worker {
+            reader: self.reader.clone(),
+            redis: self.redis.clone(),
+            keys,
+            consumer: self.config.consumer_name(),
+            read_count: self.config.read_count as usize,
+            read_block: self.config.read_block(),
+            slots: Arc::new(Semaphore::new(self.config.concurrency as usize)),
+            group_ready,
+            shared: Arc::new(Shared {
+                http: self.http,
+                unmatched_default: self.config.unmatched_default.clone(),
+                log_body_bytes: self.config.log_body_bytes as usize,
+                acks,
+            }),
+        };
+        worker.run(shutdown).await;
+        // Every sender is gone with the worker: the acker flushes and ends.
+        let _ = acker.await;
+        admin_stop.cancel();
+        let _ = admin.await;
+        let _ = self.reader.quit().await;
+        let _ = self.redis.quit().await;
+        tracing::info!("deliver stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! The real `postback-deliver` binary: its log lines, bad settings, SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use postback_testkit::{RedisServer, Reply, Sink};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{WAIT, enqueue};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+
+#[test]
+fn a_bad_setting_names_its_variable_and_exits_non_zero() {
+    for (var, value) in [
+        ("POSTBACK_DELIVER_CONCURRENCY", "0"),
+        ("POSTBACK_HTTP_TIMEOUT_MS", "soon"),
+        ("POSTBACK_LOG_BODY_BYTES", "-1"),
+        ("POSTBACK_DELIVER_ADDR", "nowhere"),
+        ("POSTBACK_CONSUMER", ""),
+        ("POSTBACK_GROUP", ""),
+    ] {
+        let output = Command::new(BIN).env(var, value).stdin(Stdio::null()).output().expect("run binary");
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}
+
+struct Running {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Running {
+    fn spawn(redis: &RedisServer, envs: &[(&str, String)]) -> Self {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.env("POSTBACK_REDIS_URL", redis.url())
+            .env("POSTBACK_DELIVER_ADDR", "127.0.0.1:0")
+            .env("POSTBACK_READ_BLOCK_MS", "200")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn deliver");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, lines }
+    }
+
+    /// The next log line whose `message` is `message`, as JSON.
+    async fn line(&mut self, message: &str) -> Value {
+        let read = async {
+            while let Some(line) = self.lines.next_line().await.expect("read stdout") {
+                let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if json["message"] == message {
+                    return json;
+                }
+            }
+            panic!("stdout closed before {message:?}");
+        };
+        tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no {message:?} line"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("pid").to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    }
+}
+
+#[tokio::test]
+async fn logs_each_attempt_as_one_json_line() {
+    let redis = RedisServer::start();
+    let sink = Sink::start_with(|_, _| Reply::status(201).body("thanks, all good")).await;
+    let mut deliver = Running::spawn(&redis, &[("POSTBACK_LOG_BODY_BYTES", "6".into())]);
+    let closed = postback_testkit::free_port();
+    let ids = enqueue(
+        &redis,
+        json!({"endpoint": {"method": "GET", "url": format!("{}/ok?m={{m}}", sink.base_url())}, "data": [{"m": "a b"}]}),
+    )
+    .await;
+
+    let line = deliver.line("delivery attempt").await;
+    assert_eq!(line["postback_id"], ids[0]);
+    assert_eq!(line["attempt"], 1);
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["url"], format!("{}/ok?m=a%20b", sink.base_url()));
+    assert_eq!(line["status"], 201);
+    assert_eq!(line["outcome"], "delivered");
+    assert_eq!(line["response_body"], "thanks");
+    assert_eq!(line["response_body_truncated"], true);
+    assert!(line["response_time_ms"].is_u64());
+    assert!(line["error"].is_null());
+    let at = line["delivered_at"].as_str().expect("delivered_at");
+    assert!(at.ends_with('Z') && at.len() == "2026-11-28T00:00:00.000Z".len(), "{at}");
+    assert_eq!(line["level"], "INFO");
+
+    // A target that refuses the connection: no status, an error, still one line.
+    enqueue(
+        &redis,
+        json!({"endpoint": {"method": "POST", "url": format!("http://127.0.0.1:{closed}/x")}, "data": [{}]}),
+    )
+    .await;
+    let line = deliver.line("delivery attempt").await;
+    assert!(line["status"].is_null(), "{line}");
+    assert_eq!(line["outcome"], "failed");
+    assert!(line["error"].as_str().expect("error").contains("connect"), "{line}");
+    assert_eq!(line["response_body"], "");
+
+    deliver.signal("-INT");
+    let status = tokio::time::timeout(WAIT, deliver.child.wait()).await.expect("exits").expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_finishes_deliveries_in_flight_then_exits_zero() {
+    let redis = RedisServer::start();
+    let sink = Sink::start_with(|_, _| Reply::status(200).delay(Duration::from_millis(1_500))).await;
+    let mut deliver = Running::spawn(&redis, &[]);
+    deliver.line("worker started").await;
+    enqueue(
+        &redis,
+        json!({"endpoint": {"method": "GET", "url": format!("{}/slow?i={{i}}", sink.base_url())}, "data": [{"i": 1}, {"i": 2}, {"i": 3}]}),
+    )
+    .await;
+    sink.wait_for(3, WAIT).await;
+    // All three are in flight at the slow sink now.
+    deliver.signal("-TERM");
+    for _ in 0..3 {
+        let line = deliver.line("delivery attempt").await;
+        assert_eq!(line["outcome"], "delivered", "{line}");
+    }
+    let status = tokio::time::timeout(WAIT, deliver.child.wait()).await.expect("exits").expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let client = redis.client().await;
+    let len: u64 = fred::prelude::StreamsInterface::xlen(&client, "postbacks").await.expect("XLEN");
+    assert_eq!(len, 0, "finished entries were acknowledged before exit");
+}

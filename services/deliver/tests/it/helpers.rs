@@ -1,0 +1,153 @@
+//! `Pipeline`: redis-server + ingest + deliver + sink, all real, on loopback.
+
+use std::time::Duration;
+
+use postback_deliver::{Config as DeliverConfig, Deliverer};
+use postback_ingest::{Application, Config as IngestConfig};
+use postback_testkit::{RedisServer, Reply, Sink};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Pipeline {
+    pub redis: RedisServer,
+    pub sink: Sink,
+    pub ingest_base: String,
+    pub deliver_admin: String,
+    pub http: reqwest::Client,
+    pub stream: String,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn deliver_config(redis: &RedisServer) -> DeliverConfig {
+    let mut config = DeliverConfig::defaults();
+    config.redis.redis_url = redis.url();
+    config.addr = "127.0.0.1:0".parse().expect("addr");
+    config.read_block_ms = 200;
+    config.http_timeout_ms = 2_000;
+    config
+}
+
+impl Pipeline {
+    pub async fn start() -> Self {
+        Self::start_with(|_, _| Reply::status(200), |_| {}).await
+    }
+
+    pub async fn start_with(
+        responder: impl Fn(&postback_testkit::Received, usize) -> Reply + Send + Sync + 'static,
+        tweak: impl FnOnce(&mut DeliverConfig),
+    ) -> Self {
+        postback_common::telemetry::init_for_tests();
+        let redis = RedisServer::start();
+        let sink = Sink::start_with(responder).await;
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let mut ingest = IngestConfig::defaults();
+        ingest.redis.redis_url = redis.url();
+        ingest.addr = "127.0.0.1:0".parse().expect("addr");
+        let app = Application::build(ingest.clone()).await.expect("build ingest");
+        let ingest_base = format!("http://{}", app.local_addr());
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { app.run(token).await.expect("ingest") }));
+
+        let mut config = deliver_config(&redis);
+        tweak(&mut config);
+        let deliverer = Deliverer::build(config).await.expect("build deliver");
+        let deliver_admin = format!("http://{}", deliverer.admin_addr());
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { deliverer.run(token).await.expect("deliver") }));
+
+        let http = reqwest::Client::builder().timeout(WAIT).build().expect("client");
+        let pipeline =
+            Self { redis, sink, ingest_base, deliver_admin, http, stream: ingest.redis.stream, shutdown, tasks };
+        pipeline.wait_ready(&format!("{}/readyz", pipeline.ingest_base)).await;
+        pipeline.wait_ready(&format!("{}/readyz", pipeline.deliver_admin)).await;
+        pipeline
+    }
+
+    pub async fn wait_ready(&self, url: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self.http.get(url).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sink's address in place of the sample domain.
+    pub fn target(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.sink.base_url())
+    }
+
+    /// Posts a request to ingest; asserts 202; returns the postback ids.
+    pub async fn ingest(&self, body: impl ToString) -> Vec<String> {
+        let response = self
+            .http
+            .post(format!("{}/ingest.php", self.ingest_base))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.expect("json");
+        body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
+    }
+
+    /// Waits until the stream is empty and nothing is pending: every entry
+    /// was delivered and acknowledged (XACK + XDEL).
+    pub async fn wait_drained(&self) {
+        let client = self.redis.client().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let len: u64 = fred::prelude::StreamsInterface::xlen(&client, &self.stream).await.expect("XLEN");
+            if len == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "stream still holds {len} entries");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            task.await.expect("service task");
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn seed_request(url: &str) -> Value {
+    serde_json::json!({
+        "endpoint": {"method": "GET", "url": url},
+        "data": [{"mascot": "Gopher", "location": "https://blog.golang.org/gopher/gopher.png"}]
+    })
+}
+
+/// Queues postbacks straight into Redis through ingest's own code (no HTTP),
+/// for tests that run deliver without an ingest service.
+pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
+    use fred::prelude::ClientLike;
+    let mut config = IngestConfig::defaults();
+    config.redis.redis_url = redis.url();
+    let state =
+        postback_ingest::state::AppState::new(postback_common::redis::client(&redis.url()).expect("client"), config);
+    state.redis.init().await.expect("connect");
+    let mut buf = body.to_string().into_bytes();
+    let parsed = postback_ingest::json::parse(&mut buf).expect("json");
+    let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms()).expect("valid");
+    state.enqueuer.enqueue(&state.redis, "postbacks", &postbacks).await.expect("enqueue");
+    postbacks.iter().map(|p| p.id.to_string()).collect()
+}

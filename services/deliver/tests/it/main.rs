@@ -1,0 +1,10 @@
+//! End-to-end tests of delivery: real redis-server, ingest and deliver on
+//! port 0 in-process, the real `postback-deliver` binary where process
+//! behaviour matters, and a real HTTP sink on 127.0.0.1.
+
+#![allow(clippy::expect_used, missing_docs)]
+
+mod binary;
+mod delivery;
+mod helpers;
+mod queue;
