@@ -9,6 +9,7 @@
 //! - [`redis`]: Redis clients that reconnect on their own.
 //! - [`telemetry`]: JSON-lines logging.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
 //! - [`time`]: wall-clock helpers.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod data;
 pub mod keys;
 pub mod method;
 pub mod redis;
+pub mod runtime;
 pub mod scalar;
 pub mod shutdown;
 pub mod telemetry;

@@ -21,13 +21,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// considered dead and replaced, so a frozen Redis is noticed.
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
 
-/// Builds (but does not connect) a client for `url`.
-pub fn client(url: &str) -> Result<Client, Error> {
+/// Builds (but does not connect) a client for `url`. A command that has not
+/// been answered after `command_timeout` fails, so no caller can hang on a
+/// Redis that went away (a blocking command needs a timeout longer than its
+/// BLOCK).
+pub fn client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
     let mut config = Config::from_url(url)?;
     // Keep retrying the first connection too, instead of failing start-up.
     config.fail_fast = false;
     Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
         .with_connection_config(|c| {
             c.connection_timeout = CONNECT_TIMEOUT;
             c.internal_command_timeout = CONNECT_TIMEOUT;
@@ -41,10 +45,20 @@ pub fn client(url: &str) -> Result<Client, Error> {
 /// Builds a client for `url` and starts connecting it in the background.
 /// Commands sent before the connection is up wait for it (up to their
 /// timeout), so callers that must not wait check [`ClientLike::is_connected`].
-pub fn connect(url: &str) -> Result<Client, Error> {
-    let client = client(url)?;
+pub fn connect(url: &str, command_timeout: Duration) -> Result<Client, Error> {
+    let client = client(url, command_timeout)?;
     client.connect();
     Ok(client)
+}
+
+/// Closes a client, waiting at most a second: at shutdown a Redis that went
+/// away must not hold the process up.
+pub async fn close(client: &Client) {
+    if !client.is_connected() {
+        // QUIT would only wait in the queue for a connection.
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
 }
 
 /// Whether `error` is Redis saying that the stream or its consumer group does

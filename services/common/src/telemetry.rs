@@ -82,6 +82,12 @@ where
             map.insert(field.name().into(), Value::Null);
         }
         event.record(&mut JsonVisitor(&mut map));
+        // Records from crates that use `log` (fred does) arrive with their
+        // origin in `log.*` fields: keep the target, drop the source location.
+        map.retain(|k, _| !k.starts_with("log.") || k == "log.target");
+        if let Some(target) = map.remove("log.target") {
+            map.insert("target".into(), target);
+        }
         writeln!(writer, "{}", Value::Object(map))
     }
 }

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use postback_deliver::{Config, Deliverer};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match postback_common::config::parse::<Config>() {
         Ok(config) => config,
         Err(code) => return code,
@@ -17,6 +16,16 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    match postback_common::runtime::run(serve(config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     let deliverer = match Deliverer::build(config).await {
         Ok(deliverer) => deliverer,
         Err(e) => {

@@ -20,6 +20,9 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::worker::{Shared, Worker};
 
+/// Longest wait for a Redis reply to any non-blocking command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long, at shutdown, unacknowledged entries wait for Redis.
 const ACK_GRACE: Duration = Duration::from_secs(5);
 
@@ -38,8 +41,10 @@ impl Deliverer {
         let admin_listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (POSTBACK_DELIVER_ADDR): {e}", config.addr))?;
-        let redis = postback_common::redis::connect(&config.redis.redis_url)?;
-        let reader = postback_common::redis::connect(&config.redis.redis_url)?;
+        let redis = postback_common::redis::connect(&config.redis.redis_url, COMMAND_TIMEOUT)?;
+        // A blocked XREADGROUP is answered within its BLOCK time; only a
+        // Redis that went away takes longer.
+        let reader = postback_common::redis::connect(&config.redis.redis_url, config.read_block() + COMMAND_TIMEOUT)?;
         let http = crate::http::client(config.http_timeout(), config.concurrency as usize)?;
         Ok(Self { config, admin_listener, redis, reader, http })
     }
@@ -89,8 +94,8 @@ impl Deliverer {
         let _ = acker.await;
         admin_stop.cancel();
         let _ = admin.await;
-        let _ = self.reader.quit().await;
-        let _ = self.redis.quit().await;
+        postback_common::redis::close(&self.reader).await;
+        postback_common::redis::close(&self.redis).await;
         tracing::info!("deliver stopped");
         Ok(())
     }

@@ -110,7 +110,15 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let entries = match self.read(&cursor, permits.len()).await {
+            // The read in flight is finished even after shutdown, so that
+            // entries Redis hands over are delivered rather than stranded as
+            // pending; but a Redis that went away gets only one BLOCK more.
+            let read = self.read(&cursor, permits.len());
+            let stranded = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(self.read_block + Duration::from_secs(1)).await;
+            };
+            let entries = match tokio::select! { r = read => r, _ = stranded => break } {
                 Ok(entries) => entries,
                 Err(e) => {
                     if postback_common::redis::is_nogroup(&e) {

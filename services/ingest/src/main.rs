@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use postback_ingest::{Application, Config};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match postback_common::config::parse::<Config>() {
         Ok(config) => config,
         Err(code) => return code,
@@ -14,6 +13,16 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    match postback_common::runtime::run(serve(config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 
-use fred::prelude::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +28,7 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (POSTBACK_INGEST_ADDR): {e}", config.addr))?;
-        let redis = postback_common::redis::connect(&config.redis.redis_url)?;
+        let redis = postback_common::redis::connect(&config.redis.redis_url, config.redis_timeout())?;
         Ok(Self { listener, state: AppState::new(redis, config) })
     }
 
@@ -46,7 +45,7 @@ impl Application {
         let app = router(self.state);
         let result =
             axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        let _ = redis.quit().await;
+        postback_common::redis::close(&redis).await;
         tracing::info!("ingest stopped");
         result
     }

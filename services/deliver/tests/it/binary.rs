@@ -138,3 +138,15 @@ async fn sigterm_finishes_deliveries_in_flight_then_exits_zero() {
     let len: u64 = fred::prelude::StreamsInterface::xlen(&client, "postbacks").await.expect("XLEN");
     assert_eq!(len, 0, "finished entries were acknowledged before exit");
 }
+
+#[tokio::test]
+async fn sigterm_while_redis_is_down_still_exits_promptly() {
+    let mut redis = RedisServer::start();
+    let mut deliver = Running::spawn(&redis, &[]);
+    deliver.line("worker started").await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deliver.signal("-TERM");
+    let status = tokio::time::timeout(WAIT, deliver.child.wait()).await.expect("exits without Redis").expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

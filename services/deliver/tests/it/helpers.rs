@@ -142,8 +142,10 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
     use fred::prelude::ClientLike;
     let mut config = IngestConfig::defaults();
     config.redis.redis_url = redis.url();
-    let state =
-        postback_ingest::state::AppState::new(postback_common::redis::client(&redis.url()).expect("client"), config);
+    let state = postback_ingest::state::AppState::new(
+        postback_common::redis::client(&redis.url(), Duration::from_secs(5)).expect("client"),
+        config,
+    );
     state.redis.init().await.expect("connect");
     let mut buf = body.to_string().into_bytes();
     let parsed = postback_ingest::json::parse(&mut buf).expect("json");

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use fred::prelude::*;
 use serde_json::json;
 
-use crate::error::IngestError;
+use crate::error::{IngestError, problem_response};
 use crate::state::AppState;
 
 /// A PING slower than this means "not ready".
@@ -35,6 +35,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     match ping.await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
-        Err(cause) => IngestError::Unavailable(cause).into_response(),
+        // Not through IngestError's IntoResponse: a probe polling a
+        // not-ready instance is not worth a warning per poll.
+        Err(cause) => {
+            let mut problem = IngestError::Unavailable(cause.clone()).problem();
+            problem.detail = format!("not ready: {cause}");
+            problem_response(&problem)
+        }
     }
 }
