@@ -246,6 +246,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_are_valid() {
+        for example in [
+            include_str!("../../../schemas/examples/seed-request.json"),
+            include_str!("../../../schemas/examples/post-request.json"),
+        ] {
+            check(example).expect("schemas/examples must stay valid");
+        }
+    }
+
+    #[test]
     fn one_postback_per_item_with_distinct_ids() {
         let postbacks =
             check(r#"{"endpoint":{"method":"post","url":"https://h/x"},"data":[{"a":1},{"a":true},{"a":null},{}]}"#)
