@@ -152,6 +152,29 @@ mod tests {
         assert_eq!(decode(&encode(&p)).expect("decode"), p);
     }
 
+    /// The byte-for-byte example of `schemas/wire-format.md`.
+    #[test]
+    fn matches_the_documented_bytes() {
+        let p = Postback {
+            id: Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001),
+            accepted_at_ms: 1_764_288_000_000,
+            ..seed()
+        };
+        let mut want = vec![0x96, 0x01, 0xc4, 0x10];
+        want.extend_from_slice(&0x0192_0000_0000_7000_8000_0000_0000_0001u128.to_be_bytes());
+        want.push(0xcf);
+        want.extend_from_slice(&1_764_288_000_000u64.to_be_bytes());
+        want.extend_from_slice(b"\xa3GET");
+        want.extend_from_slice(&[0xd9, 80]);
+        want.extend_from_slice(p.url.as_bytes());
+        want.push(0x82);
+        want.extend_from_slice(b"\xa6mascot\xa6Gopher\xa8location");
+        want.extend_from_slice(&[0xd9, 41]);
+        want.extend_from_slice(b"https://blog.golang.org/gopher/gopher.png");
+        assert_eq!(encode(&p), want);
+        assert_eq!(want.len(), 182);
+    }
+
     #[test]
     fn starts_with_an_array_and_the_version() {
         let bytes = encode(&seed());
