@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, as CI does:
+#
+#   bash ops/test.sh
+#
+# Needs only a Rust toolchain: redis-server (which the tests start on their
+# own free ports, never touching 6379) is installed from the distribution's
+# packages if missing.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+. ops/lib.sh
+
+ensure_redis_installed
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
