@@ -6,7 +6,12 @@
 //! is nothing left worth waiting for, so the runtime gets at most a second.
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{self, ConfigError};
 
 /// Runs `main` on a multi-threaded runtime and returns its result once it
 /// completes, giving leftover background tasks at most one second.
@@ -15,4 +20,37 @@ pub fn run<F: Future>(main: F) -> std::io::Result<F::Output> {
     let output = runtime.block_on(main);
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(output)
+}
+
+/// The whole `main` of a service binary: parse and check the settings (exit
+/// 2 naming the bad one), set up logging, then run `serve` on the runtime
+/// until it returns. An error from `serve` is logged and exits 1.
+pub fn main<C, Fut>(validate: fn(&C) -> Result<(), ConfigError>, serve: impl FnOnce(C) -> Fut) -> ExitCode
+where
+    C: Parser,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match config::parse::<C>() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if let Err(e) = validate(&config) {
+        return config::report(&e);
+    }
+    if let Err(e) = crate::telemetry::init() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(serve(config)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

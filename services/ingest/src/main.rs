@@ -1,41 +1,17 @@
-//! The `postback-ingest` binary: settings, logging, run until signalled.
+//! The `postback-ingest` binary: settings, logging, serve until signalled.
 
 use std::process::ExitCode;
 
+use postback_common::{runtime, shutdown};
 use postback_ingest::{Application, Config};
 
 fn main() -> ExitCode {
-    let config = match postback_common::config::parse::<Config>() {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    if let Err(e) = postback_common::telemetry::init() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    match postback_common::runtime::run(serve(config)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(config: Config) -> ExitCode {
-    let app = match Application::build(config).await {
-        Ok(app) => app,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match app.run(postback_common::shutdown::on_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "server failed");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::main(
+        |_: &Config| Ok(()),
+        |config| async move {
+            let app = Application::build(config).await?;
+            app.run(shutdown::on_signal()).await?;
+            Ok(())
+        },
+    )
 }

@@ -55,34 +55,9 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64) -> Result<Vec<Postback>, 
         report.add("body", format!("must be a JSON object, got {}", body.kind()));
         return Err(Invalid(report.0));
     };
-    let (mut endpoint, mut data) = (None, None);
-    for (key, value) in fields {
-        let slot = match key.as_ref() {
-            "endpoint" => &mut endpoint,
-            "data" => &mut data,
-            other => {
-                report.add(path(&["".into()], other), "unknown field");
-                continue;
-            }
-        };
-        if slot.replace(value).is_some() {
-            report.add(key.as_ref(), "given more than once");
-        }
-    }
-    let endpoint = match endpoint {
-        None => {
-            report.add("endpoint", "is required");
-            None
-        }
-        Some(value) => check_endpoint(value, &mut report),
-    };
-    let items = match data {
-        None => {
-            report.add("data", "is required");
-            Vec::new()
-        }
-        Some(value) => check_data(value, &mut report),
-    };
+    let [endpoint, data] = take_fields(fields, ["endpoint", "data"], "", &mut report);
+    let endpoint = required(endpoint, "endpoint", &mut report).and_then(|value| check_endpoint(value, &mut report));
+    let items = required(data, "data", &mut report).map(|value| check_data(value, &mut report)).unwrap_or_default();
     match endpoint {
         Some((method, url)) if report.0.is_empty() => Ok(items
             .into_iter()
@@ -92,59 +67,61 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64) -> Result<Vec<Postback>, 
     }
 }
 
+/// Picks the fields called `names` out of an object's pairs, reporting
+/// unknown and repeated ones.
+fn take_fields<'a, 'j, const N: usize>(
+    pairs: &'a [(Cow<'j, str>, Json<'j>)],
+    names: [&str; N],
+    parent: &str,
+    report: &mut Report,
+) -> [Option<&'a Json<'j>>; N] {
+    let mut found = [None; N];
+    for (key, value) in pairs {
+        let at = path(&[Cow::Borrowed(parent)], key);
+        match names.iter().position(|name| name == key) {
+            None => report.add(at, "unknown field"),
+            Some(i) if found[i].is_some() => report.add(at, "given more than once"),
+            Some(i) => found[i] = Some(value),
+        }
+    }
+    found
+}
+
+/// The value of a required field, reporting it when absent.
+fn required<'a, 'j>(value: Option<&'a Json<'j>>, field: &str, report: &mut Report) -> Option<&'a Json<'j>> {
+    if value.is_none() {
+        report.add(field, "is required");
+    }
+    value
+}
+
+/// A required string field, checked by `check`.
+fn required_str<'a, T>(
+    value: Option<&'a Json<'_>>,
+    field: &str,
+    report: &mut Report,
+    check: impl FnOnce(&'a str) -> Result<T, String>,
+) -> Option<T> {
+    match required(value, field, report)? {
+        Json::Str(text) => check(text).map_err(|e| report.add(field, e)).ok(),
+        other => {
+            report.add(field, format!("must be a string, got {}", other.kind()));
+            None
+        }
+    }
+}
+
 fn check_endpoint<'a>(value: &'a Json<'a>, report: &mut Report) -> Option<(Method, &'a str)> {
     let Json::Object(fields) = value else {
         report.add("endpoint", format!("must be an object, got {}", value.kind()));
         return None;
     };
-    let (mut method, mut url) = (None, None);
-    for (key, value) in fields {
-        let slot = match key.as_ref() {
-            "method" => &mut method,
-            "url" => &mut url,
-            other => {
-                report.add(path(&["endpoint".into()], other), "unknown field");
-                continue;
-            }
-        };
-        if slot.replace(value).is_some() {
-            report.add(path(&["endpoint".into()], key), "given more than once");
-        }
-    }
-    let method = match method {
-        None => {
-            report.add("endpoint.method", "is required");
-            None
-        }
-        Some(Json::Str(name)) => match name.parse::<Method>() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                report.add("endpoint.method", e.to_string());
-                None
-            }
-        },
-        Some(other) => {
-            report.add("endpoint.method", format!("must be a string, got {}", other.kind()));
-            None
-        }
-    };
-    let url = match url {
-        None => {
-            report.add("endpoint.url", "is required");
-            None
-        }
-        Some(Json::Str(text)) => match template::validate(text) {
-            Ok(()) => Some(text.as_ref()),
-            Err(e) => {
-                report.add("endpoint.url", e.to_string());
-                None
-            }
-        },
-        Some(other) => {
-            report.add("endpoint.url", format!("must be a string, got {}", other.kind()));
-            None
-        }
-    };
+    let [method, url] = take_fields(fields, ["method", "url"], "endpoint", report);
+    let method =
+        required_str(method, "endpoint.method", report, |name| name.parse::<Method>().map_err(|e| e.to_string()));
+    let url = required_str(url, "endpoint.url", report, |text| {
+        template::validate(text).map(|()| text).map_err(|e| e.to_string())
+    });
     Some((method?, url?))
 }
 
@@ -220,18 +197,7 @@ mod tests {
         check(text).expect_err("must be invalid").0.into_iter().map(|v| (v.field, v.detail)).collect()
     }
 
-    const SEED: &str = r#"{
-       "endpoint":{
-            "method":"GET",
-            "url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"
-        },
-       "data":[
-          {
-                "mascot":"Gopher",
-                "location":"https://blog.golang.org/gopher/gopher.png"
-          }
-        ]
-    }"#;
+    const SEED: &str = include_str!("../../../schemas/examples/seed-request.json");
 
     #[test]
     fn the_seed_sample_is_one_postback() {

@@ -8,9 +8,11 @@
 #![allow(missing_docs, clippy::expect_used)]
 
 mod redis_server;
+mod settings;
 mod sink;
 
 pub use redis_server::RedisServer;
+pub use settings::assert_bad_settings_are_named;
 pub use sink::{Received, Reply, Sink};
 
 /// A free TCP port on 127.0.0.1, chosen by the kernel. Another process may

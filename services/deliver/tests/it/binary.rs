@@ -13,19 +13,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
 
 #[test]
 fn a_bad_setting_names_its_variable_and_exits_non_zero() {
-    for (var, value) in [
-        ("POSTBACK_DELIVER_CONCURRENCY", "0"),
-        ("POSTBACK_HTTP_TIMEOUT_MS", "soon"),
-        ("POSTBACK_LOG_BODY_BYTES", "-1"),
-        ("POSTBACK_DELIVER_ADDR", "nowhere"),
-        ("POSTBACK_CONSUMER", ""),
-        ("POSTBACK_GROUP", ""),
-    ] {
-        let output = Command::new(BIN).env(var, value).stdin(Stdio::null()).output().expect("run binary");
-        assert_eq!(output.status.code(), Some(2), "{var}={value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(var), "{var}={value}: {stderr}");
-    }
+    postback_testkit::assert_bad_settings_are_named(
+        BIN,
+        &[
+            ("POSTBACK_DELIVER_CONCURRENCY", "0"),
+            ("POSTBACK_HTTP_TIMEOUT_MS", "soon"),
+            ("POSTBACK_LOG_BODY_BYTES", "-1"),
+            ("POSTBACK_DELIVER_ADDR", "nowhere"),
+            ("POSTBACK_CONSUMER", ""),
+            ("POSTBACK_GROUP", ""),
+        ],
+    );
 }
 
 struct Running {

@@ -9,17 +9,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_postback-ingest");
 
 #[test]
 fn a_bad_setting_names_its_variable_and_exits_non_zero() {
-    for (var, value) in [
-        ("POSTBACK_MAX_BODY_BYTES", "lots"),
-        ("POSTBACK_INGEST_ADDR", "localhost"),
-        ("POSTBACK_REDIS_URL", "http://127.0.0.1:6379"),
-        ("POSTBACK_REDIS_TIMEOUT_MS", "0"),
-    ] {
-        let output = Command::new(BIN).env(var, value).stdin(Stdio::null()).output().expect("run binary");
-        assert_eq!(output.status.code(), Some(2), "{var}={value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(var), "{var}={value}: {stderr}");
-    }
+    postback_testkit::assert_bad_settings_are_named(
+        BIN,
+        &[
+            ("POSTBACK_MAX_BODY_BYTES", "lots"),
+            ("POSTBACK_INGEST_ADDR", "localhost"),
+            ("POSTBACK_REDIS_URL", "http://127.0.0.1:6379"),
+            ("POSTBACK_REDIS_TIMEOUT_MS", "0"),
+        ],
+    );
 }
 
 #[test]

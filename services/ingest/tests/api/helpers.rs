@@ -10,18 +10,8 @@ use postback_ingest::{Application, Config};
 use postback_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
 
-pub const SEED: &str = r#"{
-   "endpoint":{
-        "method":"GET",
-        "url":"http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}"
-    },
-   "data":[
-      {
-            "mascot":"Gopher",
-            "location":"https://blog.golang.org/gopher/gopher.png"
-      }
-    ]
-}"#;
+/// The sample request of the original specification.
+pub const SEED: &str = include_str!("../../../../schemas/examples/seed-request.json");
 
 pub struct TestApp {
     pub base: String,
