@@ -26,12 +26,20 @@ pub struct RedisArgs {
     /// Name of the consumer group the delivery workers share.
     #[arg(long, env = "POSTBACK_GROUP", default_value = DEFAULT_GROUP, value_parser = parse_key_name)]
     pub group: String,
+
+    /// Stream of postbacks that will not be delivered [default: <stream>:dead].
+    #[arg(long, env = "POSTBACK_DEAD_STREAM", value_parser = parse_key_name)]
+    pub dead_stream: Option<String>,
 }
 
 impl RedisArgs {
     /// The Redis key names these settings select.
     pub fn keys(&self) -> Keys {
-        Keys::new(&self.stream, &self.group)
+        let keys = Keys::new(&self.stream, &self.group);
+        match &self.dead_stream {
+            Some(dead) => keys.with_dead(dead),
+            None => keys,
+        }
     }
 }
 

@@ -15,6 +15,14 @@ pub const DEFAULT_GROUP: &str = "deliver";
 /// small: Redis stores field names per entry unless they repeat exactly.
 pub const ENTRY_FIELD: &str = "p";
 
+/// Stream entry field of a retried postback: the number of attempts made so
+/// far (absent on a fresh postback: none yet).
+pub const ATTEMPTS_FIELD: &str = "a";
+
+/// Stream entry field of a retried postback: when its first attempt was
+/// made, in ms since the Unix epoch.
+pub const FIRST_ATTEMPT_FIELD: &str = "f";
+
 /// Names of the Redis keys one deployment uses, derived from the stream name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -22,17 +30,44 @@ pub struct Keys {
     pub stream: String,
     /// The consumer group of the delivery workers.
     pub group: String,
+    /// Sorted set of scheduled retries (`<stream>:retry`), scored by the
+    /// time they are due, in ms since the Unix epoch on Redis's clock.
+    pub retry: String,
+    /// Stream of postbacks that will not be delivered (`<stream>:dead`
+    /// unless `POSTBACK_DEAD_STREAM` says otherwise).
+    pub dead: String,
 }
 
 impl Keys {
-    /// Keys for the given stream and group names.
+    /// Keys for the given stream and group names, with the default
+    /// dead-letter stream.
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
-        Self { stream: stream.into(), group: group.into() }
+        let stream = stream.into();
+        Self { retry: format!("{stream}:retry"), dead: format!("{stream}:dead"), group: group.into(), stream }
+    }
+
+    /// The same keys with another dead-letter stream.
+    pub fn with_dead(mut self, dead: impl Into<String>) -> Self {
+        self.dead = dead.into();
+        self
     }
 }
 
 impl Default for Keys {
     fn default() -> Self {
         Self::new(DEFAULT_STREAM, DEFAULT_GROUP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names() {
+        let keys = Keys::default();
+        assert_eq!(keys.retry, "postbacks:retry");
+        assert_eq!(keys.dead, "postbacks:dead");
+        assert_eq!(keys.with_dead("graveyard").dead, "graveyard");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`template`]: `{key}` URL templates and their percent-encoding.
 //! - [`config`]: settings both services share, and config error reporting.
 //! - [`redis`]: Redis clients that reconnect on their own.
+//! - [`script`]: Lua scripts run by SHA1, loaded on demand.
 //! - [`telemetry`]: JSON-lines logging.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
@@ -19,6 +20,7 @@ pub mod method;
 pub mod redis;
 pub mod runtime;
 pub mod scalar;
+pub mod script;
 pub mod shutdown;
 pub mod telemetry;
 pub mod template;

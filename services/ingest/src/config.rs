@@ -28,6 +28,17 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_REDIS_TIMEOUT_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub redis_timeout_ms: u64,
+
+    /// Refuse new postbacks (503) while this many wait for delivery (queued
+    /// plus scheduled retries); 0 means no limit.
+    #[arg(long, env = "POSTBACK_MAX_BACKLOG", default_value_t = 1_000_000)]
+    pub max_backlog: u64,
+
+    /// Replicas that must confirm a write (Redis WAIT) before the 202; 0
+    /// answers as soon as the primary has it.
+    #[arg(long, env = "POSTBACK_INGEST_WAIT_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub wait_replicas: u32,
 }
 
 impl Config {

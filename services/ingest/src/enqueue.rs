@@ -3,22 +3,26 @@
 //! The XADDs of one request run inside one Lua script (`enqueue.lua`, sent
 //! with EVALSHA): Redis applies all of them or none, so a request is never
 //! half-enqueued, and the 202 is sent only once the script has returned every
-//! entry id.
+//! entry id. The same script refuses the request when the backlog (entries
+//! in the stream plus scheduled retries) has reached `POSTBACK_MAX_BACKLOG`,
+//! so a stalled delivery side cannot run Redis out of memory.
 //!
 //! The command is sent "fail fast" and never re-sent: while the connection is
 //! down it fails at once instead of waiting in the client's queue, because a
 //! command that outlived its 503 and ran after a reconnect would enqueue
 //! postbacks the caller was told were refused (and will send again).
+//!
+//! With `POSTBACK_INGEST_WAIT_REPLICAS` set, a WAIT follows: the 202 then
+//! also means that many replicas hold the postbacks.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
+use postback_common::keys::Keys;
+use postback_common::script::Script;
 use postback_common::{Postback, wire};
-
-/// The script's source; its SHA1 names it for EVALSHA.
-const SCRIPT: &str = include_str!("enqueue.lua");
 
 /// Why the postbacks were not enqueued. In every case the caller gets a 503
 /// and nothing was accepted (short of a reply lost after Redis applied it,
@@ -28,6 +32,24 @@ pub enum EnqueueError {
     /// The client has no live connection; not even tried.
     #[error("not connected to Redis")]
     NotConnected,
+    /// The backlog is at `POSTBACK_MAX_BACKLOG`.
+    #[error("backlog full: {backlog} postbacks waiting (POSTBACK_MAX_BACKLOG {max})")]
+    BacklogFull {
+        /// Postbacks waiting.
+        backlog: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Fewer replicas than `POSTBACK_INGEST_WAIT_REPLICAS` confirmed in time.
+    /// The postbacks are on the primary and will be delivered; the caller
+    /// is told 503 all the same, because the promise asked for is not kept.
+    #[error("only {got} of {want} replicas confirmed the write")]
+    Replicas {
+        /// Replicas that confirmed.
+        got: i64,
+        /// Replicas asked for.
+        want: u32,
+    },
     /// Redis answered with an error (OOM, read-only replica, timeout...).
     #[error("Redis error: {0}")]
     Redis(#[from] fred::error::Error),
@@ -41,61 +63,57 @@ pub enum EnqueueError {
     },
 }
 
-/// Runs the enqueue script; loads it first when Redis does not know it yet
-/// (after a restart, for instance).
+/// Runs the enqueue script (and WAIT, when asked to).
 #[derive(Debug, Clone)]
 pub struct Enqueuer {
-    sha: String,
+    script: Script,
     options: Options,
+    max_backlog: u64,
+    wait_replicas: u32,
+    timeout: Duration,
 }
 
 impl Enqueuer {
-    /// An enqueuer whose commands give up after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// An enqueuer whose commands give up after `timeout`, refusing work
+    /// once `max_backlog` postbacks wait (0: never), and waiting for
+    /// `wait_replicas` replicas (0: none).
+    pub fn new(timeout: Duration, max_backlog: u64, wait_replicas: u32) -> Self {
         let options = Options { fail_fast: true, max_attempts: Some(1), timeout: Some(timeout), ..Options::default() };
-        Self { sha: fred::util::sha1_hash(SCRIPT), options }
+        Self { script: Script::new(include_str!("enqueue.lua")), options, max_backlog, wait_replicas, timeout }
     }
 
-    /// XADDs one entry per postback to `stream`; returns the entry ids.
+    /// XADDs one entry per postback to the stream; returns the entry ids.
     pub async fn enqueue(
         &self,
         client: &Client,
-        stream: &str,
+        keys: &Keys,
         postbacks: &[Postback],
     ) -> Result<Vec<String>, EnqueueError> {
         if !client.is_connected() {
             return Err(EnqueueError::NotConnected);
         }
-        let mut args: Vec<Value> = Vec::with_capacity(3 + postbacks.len());
-        args.push(self.sha.as_str().into());
-        args.push(1.into());
-        args.push(stream.into());
+        let mut args: Vec<Value> = Vec::with_capacity(1 + postbacks.len());
+        args.push((self.max_backlog as i64).into());
         args.extend(postbacks.iter().map(|p| Value::Bytes(Bytes::from(wire::encode(p)))));
         let client = client.with_options(&self.options);
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-        let ids: Vec<String> = match client.custom(evalsha.clone(), args.clone()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
-                let _: String = client.custom(load, vec!["LOAD", SCRIPT]).await?;
-                client.custom(evalsha, args).await?
+        let ids: Vec<String> = match self.script.call(&client, &[&keys.stream, &keys.retry], args).await {
+            Err(e) if e.details().starts_with("BACKLOG") => {
+                let backlog = e.details().split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                return Err(EnqueueError::BacklogFull { backlog, max: self.max_backlog });
             }
             other => other?,
         };
         if ids.len() != postbacks.len() {
             return Err(EnqueueError::Mismatch { got: ids.len(), want: postbacks.len() });
         }
+        if self.wait_replicas > 0 {
+            let wait = CustomCommand::new_static("WAIT", ClusterHash::Random, true);
+            let args: Vec<Value> = vec![(self.wait_replicas as i64).into(), (self.timeout.as_millis() as i64).into()];
+            let got: i64 = client.custom(wait, args).await?;
+            if got < i64::from(self.wait_replicas) {
+                return Err(EnqueueError::Replicas { got, want: self.wait_replicas });
+            }
+        }
         Ok(ids)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_script_is_named_by_its_sha1() {
-        let enqueuer = Enqueuer::new(Duration::from_secs(1));
-        assert_eq!(enqueuer.sha.len(), 40);
-        assert!(enqueuer.sha.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

@@ -15,6 +15,10 @@ use crate::request::{Invalid, Violation};
 /// Seconds a caller is asked to wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
+/// Seconds a caller is asked to wait when the backlog is full: delivery is
+/// behind, and it takes longer than a reconnect to catch up.
+pub const BACKLOG_RETRY_AFTER_SECS: u32 = 5;
+
 /// Why an ingest request was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -36,6 +40,9 @@ pub enum IngestError {
     /// Redis did not take the postbacks; nothing was accepted.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// Too many postbacks wait for delivery (`POSTBACK_MAX_BACKLOG`).
+    #[error("{0}")]
+    BacklogFull(String),
     /// The route exists but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -103,6 +110,12 @@ impl IngestError {
                 "Service unavailable",
                 "the delivery queue is unavailable; nothing was accepted, retry later".into(),
             ),
+            IngestError::BacklogFull(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "/problems/backlog-full",
+                "Backlog full",
+                "delivery is behind and the queue is full; nothing was accepted, retry later".into(),
+            ),
             IngestError::MethodNotAllowed => {
                 Problem::new(S::METHOD_NOT_ALLOWED, "/problems/method-not-allowed", "Method not allowed", detail)
             }
@@ -113,13 +126,20 @@ impl IngestError {
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
-        if let IngestError::Unavailable(cause) = &self {
-            tracing::warn!(error = %cause, "refused a request: queue unavailable");
-        }
-        let problem = self.problem();
-        let mut response = problem_response(&problem);
-        if matches!(self, IngestError::Unavailable(_)) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        let retry_after = match &self {
+            IngestError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "refused a request: queue unavailable");
+                Some(RETRY_AFTER_SECS)
+            }
+            IngestError::BacklogFull(cause) => {
+                tracing::warn!(error = %cause, "refused a request: backlog full");
+                Some(BACKLOG_RETRY_AFTER_SECS)
+            }
+            _ => None,
+        };
+        let mut response = problem_response(&self.problem());
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -30,7 +30,7 @@ impl AppState {
         Self(Arc::new(Inner {
             redis,
             keys: config.redis.keys(),
-            enqueuer: Enqueuer::new(config.redis_timeout()),
+            enqueuer: Enqueuer::new(config.redis_timeout(), config.max_backlog, config.wait_replicas),
             config,
         }))
     }

@@ -16,6 +16,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     appendonly: bool,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -29,12 +30,21 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a replica of `primary` (no persistence).
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        Self::start_with_args(false, vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()])
+    }
+
     fn start_with(appendonly: bool) -> Self {
+        Self::start_with_args(appendonly, Vec::new())
+    }
+
+    fn start_with_args(appendonly: bool, extra: Vec<String>) -> Self {
         // The port is free when chosen but may be taken before redis binds
         // it, so try a few.
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis-server");
-            let mut server = Self { child: None, port: crate::free_port(), dir, appendonly };
+            let mut server = Self { child: None, port: crate::free_port(), dir, appendonly, extra: extra.clone() };
             if server.spawn() {
                 return server;
             }
@@ -51,6 +61,7 @@ impl RedisServer {
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always", "--daemonize", "no", "--protected-mode", "yes"])
             .args(["--logfile", "redis.log"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
 use tracing::{Span, field, instrument};
 
+use crate::enqueue::EnqueueError;
 use crate::error::IngestError;
 use crate::state::AppState;
 use crate::{json, request};
@@ -40,11 +41,10 @@ pub async fn accept(
     let parsed = json::parse(&mut buf)?;
     let postbacks = request::postbacks(&parsed, postback_common::time::now_ms()).map_err(IngestError::Invalid)?;
     Span::current().record("postbacks", postbacks.len());
-    state
-        .enqueuer
-        .enqueue(&state.redis, &state.keys.stream, &postbacks)
-        .await
-        .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await.map_err(|e| match e {
+        EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),
+        other => IngestError::Unavailable(other.to_string()),
+    })?;
     let ids = postbacks.iter().map(|p| p.id.to_string()).collect();
     tracing::debug!(count = postbacks.len(), "accepted");
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: postbacks.len(), ids })))

@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, missing_docs)]
 
 mod accept;
+mod backpressure;
 mod binary;
 mod helpers;
 mod redis_outage;

@@ -1,0 +1,63 @@
+//! Refusing work instead of running Redis out of memory, and waiting for
+//! replicas when asked to.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use postback_testkit::RedisServer;
+
+use crate::helpers::{SEED, TestApp, problem};
+
+#[tokio::test]
+async fn a_full_backlog_is_a_503_and_enqueues_nothing() {
+    let app = TestApp::spawn_with(|c| c.max_backlog = 3).await;
+    for _ in 0..3 {
+        assert_eq!(app.post("/ingest.php", SEED).await.status(), 202);
+    }
+    let response = app.post("/ingest.php", SEED).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(problem(response).await["type"], "/problems/backlog-full");
+    assert_eq!(app.queued().await.len(), 3);
+
+    // Scheduled retries count too: with one entry gone and one retry
+    // scheduled the backlog is still full.
+    let client = app.redis.client().await;
+    let ids: Vec<(String, Vec<(String, bytes::Bytes)>)> =
+        client.xrange("postbacks", "-", "+", Some(1)).await.expect("XRANGE");
+    let _: u64 = client.xdel("postbacks", &ids[0].0).await.expect("XDEL");
+    let _: u64 = client.zadd("postbacks:retry", None, None, false, false, (1.0, "1:0:x")).await.expect("ZADD");
+    assert_eq!(app.post("/ingest.php", SEED).await.status(), 503);
+    let _: u64 = client.zrem("postbacks:retry", "1:0:x").await.expect("ZREM");
+    assert_eq!(app.post("/ingest.php", SEED).await.status(), 202, "room again once the backlog shrinks");
+}
+
+#[tokio::test]
+async fn waits_for_replicas_when_asked_to() {
+    let app = TestApp::spawn_with(|c| {
+        c.wait_replicas = 1;
+        c.redis_timeout_ms = 500;
+    })
+    .await;
+    // No replica: the write is on the primary, but the promise asked for is
+    // not kept, so the caller is told 503.
+    let response = app.post("/ingest.php", SEED).await;
+    assert_eq!(response.status(), 503);
+    assert!(problem(response).await["type"] == "/problems/unavailable");
+
+    let replica = RedisServer::start_replica_of(&app.redis);
+    let client = app.redis.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = client.info(Some(fred::types::InfoKind::Replication)).await.expect("INFO");
+        if info.contains("state=online") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replica never came online: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.post("/ingest.php", SEED).await.status(), 202);
+    let replica_client = replica.client().await;
+    let len: u64 = replica_client.xlen("postbacks").await.expect("XLEN");
+    assert_eq!(len, 2, "the replica holds both postbacks");
+}
