@@ -16,6 +16,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use postback_common::keys::Keys;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Largest number of ids acknowledged in one round trip.
 pub const MAX_BATCH: usize = 1_024;
@@ -33,18 +34,41 @@ impl AckSender {
     }
 }
 
-/// Starts the acker task. It ends once every [`AckSender`] is dropped and
-/// everything sent has been acknowledged (or Redis stayed away for
+/// Starts the acker task. It ends once every [`AckSender`] is dropped, or
+/// `stop` is cancelled (entries finished after that stay pending), and
+/// everything sent before has been acknowledged (or Redis stayed away for
 /// `give_up_after` at the end).
-pub fn spawn(client: Client, keys: Keys, give_up_after: Duration) -> (AckSender, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    client: Client,
+    keys: Keys,
+    give_up_after: Duration,
+    stop: CancellationToken,
+) -> (AckSender, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(client, keys, rx, give_up_after));
+    let task = tokio::spawn(run(client, keys, rx, give_up_after, stop));
     (AckSender(tx), task)
 }
 
-async fn run(client: Client, keys: Keys, mut rx: mpsc::UnboundedReceiver<String>, give_up_after: Duration) {
+async fn run(
+    client: Client,
+    keys: Keys,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    give_up_after: Duration,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = stop.cancelled(), if !rx.is_closed() => {
+                // Refuse later acks; drain what was sent before.
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let mut delay = Duration::from_millis(50);
         let mut closing_since = None;
         loop {

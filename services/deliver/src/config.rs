@@ -52,6 +52,55 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_READ_BLOCK_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub read_block_ms: u64,
+
+    /// Attempts per postback in all, the first included; then it is
+    /// dead-lettered.
+    #[arg(long, env = "POSTBACK_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+
+    /// Delay before the first retry; each further retry doubles it (full
+    /// jitter: the actual delay is random between 0 and that).
+    #[arg(long, env = "POSTBACK_RETRY_BASE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub retry_base_ms: u64,
+
+    /// Longest delay between two attempts (also caps a target's Retry-After).
+    #[arg(long, env = "POSTBACK_RETRY_MAX_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub retry_max_ms: u64,
+
+    /// Entries pending this long with another worker are taken over
+    /// (XAUTOCLAIM): that worker is presumed dead. Must exceed
+    /// POSTBACK_HTTP_TIMEOUT_MS, or live attempts would be taken over and
+    /// sent twice.
+    #[arg(long, env = "POSTBACK_CLAIM_IDLE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub claim_idle_ms: u64,
+
+    /// An entry handed to workers this many times without being finished
+    /// keeps killing them: it is dead-lettered as poison.
+    #[arg(long, env = "POSTBACK_MAX_DELIVERIES", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(2..=1_000))]
+    pub max_deliveries: u64,
+
+    /// At shutdown, how long attempts in flight may take to finish; the rest
+    /// are abandoned and stay pending for another worker.
+    #[arg(long, env = "POSTBACK_SHUTDOWN_GRACE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub shutdown_grace_ms: u64,
+
+    /// Attempts in flight at once to one host (host:port), so that a slow
+    /// target cannot take every slot; busy hosts' postbacks wait in the
+    /// retry schedule without using up an attempt.
+    #[arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub per_host_concurrency: u32,
+
+    /// Consumers idle this long and holding nothing are removed from the group.
+    #[arg(long, env = "POSTBACK_CONSUMER_GONE_MS", default_value_t = 3_600_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000 * 30))]
+    pub consumer_gone_ms: u64,
 }
 
 impl Config {
@@ -62,6 +111,22 @@ impl Config {
 
     /// Checks what clap cannot check field by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.claim_idle_ms <= self.http_timeout_ms {
+            return Err(ConfigError::new(
+                "POSTBACK_CLAIM_IDLE_MS",
+                format!(
+                    "{} ms is not longer than POSTBACK_HTTP_TIMEOUT_MS ({} ms): attempts still in flight would be \
+                     taken over by other workers and sent twice",
+                    self.claim_idle_ms, self.http_timeout_ms
+                ),
+            ));
+        }
+        if self.retry_base_ms > self.retry_max_ms {
+            return Err(ConfigError::new(
+                "POSTBACK_RETRY_BASE_MS",
+                format!("{} ms exceeds POSTBACK_RETRY_MAX_MS ({} ms)", self.retry_base_ms, self.retry_max_ms),
+            ));
+        }
         if let Some(name) = &self.consumer
             && (name.is_empty() || name.chars().any(char::is_control))
         {
@@ -85,5 +150,45 @@ impl Config {
     /// How long one XREADGROUP may block.
     pub fn read_block(&self) -> Duration {
         Duration::from_millis(self.read_block_ms)
+    }
+}
+
+impl Config {
+    /// How long an entry may sit with another consumer before it is taken over.
+    pub fn claim_idle(&self) -> Duration {
+        Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// How long shutdown waits for attempts in flight.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::defaults().validate(), Ok(()));
+    }
+
+    #[test]
+    fn claim_idle_must_outlast_the_request_timeout() {
+        let mut config = Config::defaults();
+        config.http_timeout_ms = 5_000;
+        config.claim_idle_ms = 5_000;
+        assert_eq!(config.validate().map_err(|e| e.setting), Err("POSTBACK_CLAIM_IDLE_MS"));
+        config.claim_idle_ms = 5_001;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn retry_base_must_not_exceed_the_max() {
+        let mut config = Config::defaults();
+        config.retry_base_ms = 10;
+        config.retry_max_ms = 5;
+        assert_eq!(config.validate().map_err(|e| e.setting), Err("POSTBACK_RETRY_BASE_MS"));
     }
 }

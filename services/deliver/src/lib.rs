@@ -5,9 +5,15 @@
 //! - [`config`]: settings (`POSTBACK_*`).
 //! - [`startup`]: building, running, graceful shutdown.
 //! - [`worker`]: the read loop and the queue design (start here).
-//! - [`group`]: creating the consumer group.
-//! - [`entry`]: stream entries out of XREADGROUP replies.
+//! - [`handle`]: one entry from read to finish.
 //! - [`attempt`]: one HTTP delivery attempt and its log line.
+//! - [`retry`]: what is retried, when, and when it is given up.
+//! - [`finish`]: acknowledge, reschedule or dead-letter, atomically (`lua/`).
+//! - [`scheduler`]: moving due retries back into the stream.
+//! - [`claim`]: taking over entries from dead workers; poison; gone consumers.
+//! - [`hosts`]: per-host in-flight limits.
+//! - [`group`]: creating the consumer group.
+//! - [`entry`]: stream entries out of XREADGROUP and XAUTOCLAIM replies.
 //! - [`http`]: the outbound HTTP client and capped body reads.
 //! - [`acker`]: batched XACK + XDEL.
 //! - [`admin`]: `/healthz` and `/readyz`.
@@ -15,10 +21,16 @@
 pub mod acker;
 pub mod admin;
 pub mod attempt;
+pub mod claim;
 pub mod config;
 pub mod entry;
+pub mod finish;
 pub mod group;
+pub mod handle;
+pub mod hosts;
 pub mod http;
+pub mod retry;
+pub mod scheduler;
 pub mod startup;
 pub mod worker;
 

@@ -17,13 +17,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::claim::Claimer;
 use crate::config::Config;
-use crate::worker::{Shared, Worker};
+use crate::finish::Finisher;
+use crate::handle::Shared;
+use crate::hosts::HostLimits;
+use crate::retry::RetryPolicy;
+use crate::worker::Worker;
 
 /// Longest wait for a Redis reply to any non-blocking command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long, at shutdown, unacknowledged entries wait for Redis.
+/// How long, at shutdown, acknowledgements wait for Redis.
 const ACK_GRACE: Duration = Duration::from_secs(5);
 
 /// A built, ready-to-run delivery worker.
@@ -72,26 +77,50 @@ impl Deliverer {
         };
         tracing::info!(admin = %admin_addr, "admin listening");
 
-        let (acks, acker) = crate::acker::spawn(self.redis.clone(), keys.clone(), ACK_GRACE);
+        let ack_stop = CancellationToken::new();
+        let (acks, acker) = crate::acker::spawn(self.redis.clone(), keys.clone(), ACK_GRACE, ack_stop.clone());
+        let finisher = Finisher::new(self.redis.clone(), keys.clone(), acks);
+        let scheduler = tokio::spawn(crate::scheduler::run(
+            self.redis.clone(),
+            keys.clone(),
+            finisher.scheduled.clone(),
+            shutdown.clone(),
+        ));
+        let config = &self.config;
         let worker = Worker {
             reader: self.reader.clone(),
             redis: self.redis.clone(),
             keys,
-            consumer: self.config.consumer_name(),
-            read_count: self.config.read_count as usize,
-            read_block: self.config.read_block(),
-            slots: Arc::new(Semaphore::new(self.config.concurrency as usize)),
+            consumer: config.consumer_name(),
+            read_count: config.read_count as usize,
+            read_block: config.read_block(),
+            slots: Arc::new(Semaphore::new(config.concurrency as usize)),
             group_ready,
+            claimer: Claimer::new(
+                config.claim_idle(),
+                config.max_deliveries,
+                Duration::from_millis(config.consumer_gone_ms),
+            ),
+            shutdown_grace: config.shutdown_grace(),
             shared: Arc::new(Shared {
                 http: self.http,
-                unmatched_default: self.config.unmatched_default.clone(),
-                log_body_bytes: self.config.log_body_bytes as usize,
-                acks,
+                unmatched_default: config.unmatched_default.clone(),
+                log_body_bytes: config.log_body_bytes as usize,
+                policy: RetryPolicy {
+                    max_attempts: config.max_attempts,
+                    base: Duration::from_millis(config.retry_base_ms),
+                    max: Duration::from_millis(config.retry_max_ms),
+                },
+                hosts: HostLimits::new(config.per_host_concurrency as usize),
+                max_deliveries: config.max_deliveries,
+                finisher,
             }),
         };
         worker.run(shutdown).await;
-        // Every sender is gone with the worker: the acker flushes and ends.
+        // Acknowledge what finished; anything abandoned stays pending.
+        ack_stop.cancel();
         let _ = acker.await;
+        let _ = scheduler.await;
         admin_stop.cancel();
         let _ = admin.await;
         postback_common::redis::close(&self.reader).await;

@@ -1,25 +1,38 @@
-//! The worker loop: read entries from the consumer group, deliver each one
-//! concurrently, acknowledge it when its attempt is finished.
+//! The worker loop: read entries from the consumer group, hand each to its
+//! own task, and keep the group healthy.
 //!
 //! # Queue design
 //! Ingest XADDs postbacks to one stream. All delivery workers share one
 //! consumer group and each reads with `XREADGROUP … >`, so every entry goes
-//! to exactly one worker and stays in the group's pending list (PEL) until
-//! that worker acknowledges it. Entries are acknowledged only after their
-//! attempt is over, so a worker that dies mid-delivery leaves them pending
-//! for a restarted worker of the same name (which starts by re-reading its
-//! own pending entries, from id `0`) — delivery is at-least-once.
+//! to one worker and stays in the group's pending list (PEL) until that
+//! worker finishes it: acknowledged and deleted when delivered, moved to the
+//! retry schedule (`<stream>:retry`, a sorted set by due time) when it is to
+//! be tried again, or to the dead-letter stream when given up. Each of those
+//! moves is one Lua script, so an entry is never lost between two keys.
+//! Every worker's scheduler moves due retries back into the stream.
+//!
+//! A worker that dies leaves its entries pending: a restarted worker of the
+//! same name re-reads its own pending entries first (from id `0`), and every
+//! worker takes over entries idle longer than `POSTBACK_CLAIM_IDLE_MS`
+//! (XAUTOCLAIM). Delivery is therefore at-least-once.
 //!
 //! Reads use their own Redis connection: XREADGROUP BLOCK holds a connection
-//! until it returns, and acks must not queue up behind it. An idle worker
-//! costs Redis one command per `POSTBACK_READ_BLOCK_MS`.
+//! until it returns, and other commands must not queue up behind it. An idle
+//! worker costs Redis one read per `POSTBACK_READ_BLOCK_MS`, one scheduler
+//! look a second and one XAUTOCLAIM per claim interval.
 //!
-//! At most `POSTBACK_DELIVER_CONCURRENCY` attempts run at once: the loop
-//! only reads as many entries as it has free slots.
+//! At most `POSTBACK_DELIVER_CONCURRENCY` entries are held at once: the loop
+//! reads (or claims) only as many entries as it has free slots.
+//!
+//! If the group disappears (Redis restarted without its data, or the stream
+//! was deleted), the next command answers NOGROUP and the group is created
+//! again at id `0`, so nothing queued since is skipped.
 //!
 //! Shutdown: the loop stops reading (the read in flight, at most one BLOCK
-//! long, is finished and its entries delivered, so none are stranded as
-//! pending), waits for every attempt in flight, then returns.
+//! long, is finished and its entries handled, so none are stranded as
+//! pending), then waits up to `POSTBACK_SHUTDOWN_GRACE_MS` for the entries
+//! in flight; whatever is still running then is abandoned and stays pending
+//! for another worker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,26 +40,14 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use postback_common::keys::Keys;
-use postback_common::wire;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acker::AckSender;
-use crate::attempt::{self, AttemptContext};
+use crate::claim::Claimer;
 use crate::entry::{self, Entry};
-
-/// What every delivery task shares.
-pub struct Shared {
-    /// The outbound HTTP client.
-    pub http: reqwest::Client,
-    /// Replacement for unmatched `{key}`s.
-    pub unmatched_default: String,
-    /// Body bytes kept for the log.
-    pub log_body_bytes: usize,
-    /// Where finished entries are reported.
-    pub acks: AckSender,
-}
+use crate::handle::{Shared, handle};
 
 /// One delivery worker (one consumer of the group).
 pub struct Worker {
@@ -54,7 +55,7 @@ pub struct Worker {
     pub reader: Client,
     /// Used for everything else.
     pub redis: Client,
-    /// Stream and group.
+    /// Stream, group, schedule and dead-letter names.
     pub keys: Keys,
     /// This worker's consumer name.
     pub consumer: String,
@@ -62,11 +63,15 @@ pub struct Worker {
     pub read_count: usize,
     /// How long an idle read blocks.
     pub read_block: Duration,
-    /// Bounds concurrent attempts.
+    /// Bounds entries held at once.
     pub slots: Arc<Semaphore>,
     /// Set while the consumer group is known to exist.
     pub group_ready: Arc<AtomicBool>,
-    /// Shared with each delivery task.
+    /// Takes over entries from dead workers.
+    pub claimer: Claimer,
+    /// How long shutdown waits for entries in flight.
+    pub shutdown_grace: Duration,
+    /// Shared with each entry's task.
     pub shared: Arc<Shared>,
 }
 
@@ -79,11 +84,15 @@ enum Cursor {
 }
 
 impl Worker {
-    /// Runs until `shutdown` is cancelled, then waits for in-flight attempts.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled, then waits (within the grace
+    /// period) for the entries in flight.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let mut cursor = Cursor::Pending("0".into());
         let mut backoff = Backoff::default();
+        let mut next_claim = Instant::now();
+        let cleanup_every = (self.claimer.gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut next_cleanup = Instant::now() + cleanup_every;
         tracing::info!(consumer = %self.consumer, stream = %self.keys.stream, group = %self.keys.group, "worker started");
         while !shutdown.is_cancelled() {
             if !self.group_ready.load(Ordering::Acquire) {
@@ -96,22 +105,38 @@ impl Worker {
                     }
                 }
             }
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = self.slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let mut permits = vec![first];
-            while permits.len() < self.read_count {
-                match self.slots.clone().try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
+            let Some(mut permits) = self.free_slots(&shutdown).await else { break };
+
+            // Claimed entries join this consumer's pending list, so claiming
+            // waits until its own pending entries have been re-read:
+            // otherwise that re-read would hand them out a second time.
+            if matches!(cursor, Cursor::New) && Instant::now() >= next_claim {
+                next_claim = Instant::now() + self.claimer.interval();
+                match self.claimer.claim(&self.redis, &self.keys, &self.consumer, permits.len()).await {
+                    Ok(claimed) => {
+                        if !claimed.is_empty() {
+                            tracing::info!(count = claimed.len(), "took over entries left by another worker");
+                        }
+                        for claimed in claimed {
+                            let Some(permit) = permits.pop() else { break };
+                            self.spawn(&tracker, claimed.entry, Some(claimed.deliveries), permit);
+                        }
+                    }
+                    Err(e) => self.on_error(&e, "XAUTOCLAIM", &mut backoff, &shutdown).await,
+                }
+                if permits.is_empty() {
+                    continue;
                 }
             }
+            if Instant::now() >= next_cleanup {
+                next_cleanup = Instant::now() + cleanup_every;
+                if let Err(e) = self.claimer.remove_gone_consumers(&self.redis, &self.keys, &self.consumer).await {
+                    tracing::warn!(error = %e, "cannot look for consumers that are gone");
+                }
+            }
+
             // The read in flight is finished even after shutdown, so that
-            // entries Redis hands over are delivered rather than stranded as
+            // entries Redis hands over are handled rather than stranded as
             // pending; but a Redis that went away gets only one BLOCK more.
             let read = self.read(&cursor, permits.len());
             let stranded = async {
@@ -121,15 +146,7 @@ impl Worker {
             let entries = match tokio::select! { r = read => r, _ = stranded => break } {
                 Ok(entries) => entries,
                 Err(e) => {
-                    if postback_common::redis::is_nogroup(&e) {
-                        tracing::warn!(
-                            "consumer group is gone (Redis restarted empty or the stream was deleted); re-creating it"
-                        );
-                        self.group_ready.store(false, Ordering::Release);
-                    } else {
-                        tracing::warn!(error = %e, "XREADGROUP failed; retrying");
-                        backoff.wait(&shutdown).await;
-                    }
+                    self.on_error(&e, "XREADGROUP", &mut backoff, &shutdown).await;
                     continue;
                 }
             };
@@ -144,17 +161,60 @@ impl Worker {
                 }
             }
             for (entry, permit) in entries.into_iter().zip(permits) {
-                let shared = self.shared.clone();
-                tracker.spawn(deliver(shared, entry, permit));
+                self.spawn(&tracker, entry, None, permit);
             }
         }
         tracker.close();
         let in_flight = tracker.len();
         if in_flight > 0 {
-            tracing::info!(in_flight, "waiting for deliveries in flight");
+            tracing::info!(
+                in_flight,
+                grace_ms = self.shutdown_grace.as_millis() as u64,
+                "waiting for entries in flight"
+            );
         }
-        tracker.wait().await;
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                abandoned = tracker.len(),
+                "shutdown grace over; abandoning entries in flight (they stay pending for another worker)"
+            );
+        }
         tracing::info!(consumer = %self.consumer, "worker stopped");
+    }
+
+    /// Waits for at least one free slot and takes as many more as are free,
+    /// up to the read count; `None` on shutdown.
+    async fn free_slots(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
+        };
+        let mut permits = vec![first];
+        while permits.len() < self.read_count {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    fn spawn(&self, tracker: &TaskTracker, entry: Entry, deliveries: Option<u64>, permit: OwnedSemaphorePermit) {
+        let shared = self.shared.clone();
+        tracker.spawn(async move {
+            handle(shared, entry, deliveries).await;
+            drop(permit);
+        });
+    }
+
+    async fn on_error(&self, error: &Error, command: &str, backoff: &mut Backoff, shutdown: &CancellationToken) {
+        if postback_common::redis::is_nogroup(error) {
+            tracing::warn!("consumer group is gone (Redis restarted empty or the stream was deleted); re-creating it");
+            self.group_ready.store(false, Ordering::Release);
+        } else {
+            tracing::warn!(error = %error, "{command} failed; retrying");
+            backoff.wait(shutdown).await;
+        }
     }
 
     async fn read(&self, cursor: &Cursor, count: usize) -> Result<Vec<Entry>, Error> {
@@ -169,27 +229,6 @@ impl Worker {
             .await?;
         Ok(entry::from_reply(reply))
     }
-}
-
-/// Delivers one entry and reports it finished.
-async fn deliver(shared: Arc<Shared>, entry: Entry, _slot: OwnedSemaphorePermit) {
-    match entry.payload.as_deref().map(wire::decode) {
-        None => {
-            tracing::warn!(entry_id = %entry.id, "entry has no postback (deleted while pending?); acknowledging it")
-        }
-        Some(Err(e)) => {
-            tracing::error!(entry_id = %entry.id, error = %e, "entry is not a postback; acknowledging it without delivery")
-        }
-        Some(Ok(postback)) => {
-            let ctx = AttemptContext {
-                http: &shared.http,
-                unmatched_default: &shared.unmatched_default,
-                log_body_bytes: shared.log_body_bytes,
-            };
-            attempt::run(&ctx, &postback, 1, &entry.id).await;
-        }
-    }
-    shared.acks.ack(entry.id);
 }
 
 /// Exponential backoff between failed Redis calls: 100 ms doubling to 2 s.

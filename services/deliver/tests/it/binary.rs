@@ -22,6 +22,10 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_DELIVER_ADDR", "nowhere"),
             ("POSTBACK_CONSUMER", ""),
             ("POSTBACK_GROUP", ""),
+            // Not longer than the 10 s default HTTP timeout: refused.
+            ("POSTBACK_CLAIM_IDLE_MS", "10000"),
+            ("POSTBACK_RETRY_BASE_MS", "700000"),
+            ("POSTBACK_MAX_ATTEMPTS", "0"),
         ],
     );
 }
@@ -91,6 +95,7 @@ async fn logs_each_attempt_as_one_json_line() {
     assert_eq!(line["response_body_truncated"], true);
     assert!(line["response_time_ms"].is_u64());
     assert!(line["error"].is_null());
+    assert!(line["next_attempt_in_ms"].is_null());
     let at = line["delivered_at"].as_str().expect("delivered_at");
     assert!(at.ends_with('Z') && at.len() == "2026-11-28T00:00:00.000Z".len(), "{at}");
     assert_eq!(line["level"], "INFO");
@@ -103,7 +108,9 @@ async fn logs_each_attempt_as_one_json_line() {
     .await;
     let line = deliver.line("delivery attempt").await;
     assert!(line["status"].is_null(), "{line}");
-    assert_eq!(line["outcome"], "failed");
+    assert_eq!(line["outcome"], "retry");
+    assert_eq!(line["level"], "WARN");
+    assert!(line["next_attempt_in_ms"].is_u64(), "{line}");
     assert!(line["error"].as_str().expect("error").contains("connect"), "{line}");
     assert_eq!(line["response_body"], "");
 

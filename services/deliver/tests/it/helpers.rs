@@ -27,6 +27,12 @@ pub fn deliver_config(redis: &RedisServer) -> DeliverConfig {
     config.addr = "127.0.0.1:0".parse().expect("addr");
     config.read_block_ms = 200;
     config.http_timeout_ms = 2_000;
+    config.claim_idle_ms = 3_000;
+    // Millisecond-scale retries keep the suite fast.
+    config.retry_base_ms = 20;
+    config.retry_max_ms = 200;
+    config.max_attempts = 4;
+    config.shutdown_grace_ms = 5_000;
     config
 }
 
@@ -39,9 +45,12 @@ impl Pipeline {
         responder: impl Fn(&postback_testkit::Received, usize) -> Reply + Send + Sync + 'static,
         tweak: impl FnOnce(&mut DeliverConfig),
     ) -> Self {
+        Self::start_on(RedisServer::start(), Sink::start_with(responder).await, tweak).await
+    }
+
+    /// The pipeline on a given Redis and sink.
+    pub async fn start_on(redis: RedisServer, sink: Sink, tweak: impl FnOnce(&mut DeliverConfig)) -> Self {
         postback_common::telemetry::init_for_tests();
-        let redis = RedisServer::start();
-        let sink = Sink::start_with(responder).await;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -115,6 +124,18 @@ impl Pipeline {
         }
     }
 
+    /// Posts a request to ingest; returns the ids on 202, `None` otherwise
+    /// (503 while Redis is away, or a connection error).
+    pub async fn try_ingest(&self, body: &Value) -> Option<Vec<String>> {
+        let response =
+            self.http.post(format!("{}/ingest.php", self.ingest_base)).body(body.to_string()).send().await.ok()?;
+        if response.status() != 202 {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        Some(body["ids"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         for task in self.tasks.drain(..) {
@@ -152,4 +173,52 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
     let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms()).expect("valid");
     state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await.expect("enqueue");
     postbacks.iter().map(|p| p.id.to_string()).collect()
+}
+
+/// The dead-letter entries, as field → text (the payload field `p` left out).
+pub async fn dead_letters(redis: &RedisServer) -> Vec<std::collections::HashMap<String, String>> {
+    use fred::prelude::StreamsInterface;
+    let client = redis.client().await;
+    let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> =
+        client.xrange("postbacks:dead", "-", "+", None).await.expect("XRANGE dead");
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .into_iter()
+                .filter(|(k, _)| k != "p")
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Waits until the dead-letter stream holds `n` entries, then returns them.
+pub async fn wait_dead(redis: &RedisServer, n: usize) -> Vec<std::collections::HashMap<String, String>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let dead = dead_letters(redis).await;
+        if dead.len() >= n {
+            return dead;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} of {n} dead letters: {dead:?}", dead.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every id in `accepted` reached the sink or the dead-letter stream;
+/// returns how many arrived more than once.
+pub async fn assert_none_lost(sink: &Sink, redis: &RedisServer, accepted: &[String]) -> usize {
+    use std::collections::HashMap;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in sink.received() {
+        *seen.entry(r.postback_id().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    let dead: Vec<String> =
+        dead_letters(redis).await.into_iter().filter_map(|d| d.get("postback_id").cloned()).collect();
+    let lost: Vec<_> = accepted.iter().filter(|id| !seen.contains_key(*id) && !dead.contains(id)).collect();
+    assert!(lost.is_empty(), "{} of {} accepted postbacks lost: {lost:?}", lost.len(), accepted.len());
+    let duplicates = accepted.iter().filter(|id| seen.get(*id).copied().unwrap_or(0) > 1).count();
+    println!("accepted {}, delivered or dead-lettered all, {duplicates} delivered more than once", accepted.len());
+    duplicates
 }

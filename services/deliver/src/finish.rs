@@ -1,0 +1,170 @@
+//! Finishing an entry, whichever way its attempt went: acknowledge it
+//! (delivered), schedule it again (retry), or move it to the dead-letter
+//! stream (given up). Each is one atomic step in Redis (see `lua/`), so an
+//! entry is never lost and never in two places.
+//!
+//! When Redis does not answer, a step is retried with backoff for a while;
+//! if it still fails the entry stays pending and is attempted again later,
+//! by this worker after a restart or by another after POSTBACK_CLAIM_IDLE_MS
+//! (at-least-once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use postback_common::keys::Keys;
+use postback_common::script::Script;
+use tokio::sync::Notify;
+
+use crate::acker::AckSender;
+use crate::entry::Entry;
+
+/// How long a reschedule or a dead-lettering keeps trying to reach Redis.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// What the dead-letter entry records besides the original payload.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetter {
+    /// Why the postback will not be delivered.
+    pub reason: String,
+    /// Its id, when it could be decoded.
+    pub postback_id: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the first and the last attempt were made (ms since the epoch).
+    pub first_attempt_ms: Option<u64>,
+    /// When the last attempt was made.
+    pub last_attempt_ms: Option<u64>,
+    /// The last HTTP status, if any.
+    pub last_status: Option<u16>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Finishes entries.
+pub struct Finisher {
+    redis: Client,
+    keys: Keys,
+    acks: AckSender,
+    reschedule: Script,
+    bury: Script,
+    /// Woken when a retry is scheduled, so the scheduler can move it back in
+    /// time even when it is due sooner than the scheduler's next look.
+    pub scheduled: Arc<Notify>,
+}
+
+impl Finisher {
+    /// A finisher on the command client.
+    pub fn new(redis: Client, keys: Keys, acks: AckSender) -> Self {
+        Self {
+            redis,
+            keys,
+            acks,
+            reschedule: Script::new(include_str!("lua/reschedule.lua")),
+            bury: Script::new(include_str!("lua/bury.lua")),
+            scheduled: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Delivered: XACK + XDEL, batched by the acker.
+    pub fn ack(&self, entry: &Entry) {
+        self.acks.ack(entry.id.clone());
+    }
+
+    /// Schedules the entry's postback again after `delay`, recording
+    /// `attempts` made so far and when the first was made.
+    pub async fn reschedule(
+        &self,
+        entry: &Entry,
+        payload: &Bytes,
+        attempts: u32,
+        first_attempt_ms: u64,
+        delay: Duration,
+    ) {
+        let mut member = format!("{attempts}:{first_attempt_ms}:").into_bytes();
+        member.extend_from_slice(payload);
+        let member = Bytes::from(member);
+        let keys = [self.keys.stream.as_str(), self.keys.retry.as_str()];
+        let done = persist("schedule a retry", &entry.id, || async {
+            let args: Vec<Value> = vec![
+                self.keys.group.as_str().into(),
+                entry.id.as_str().into(),
+                (delay.as_millis() as i64).into(),
+                Value::Bytes(member.clone()),
+            ];
+            self.reschedule.call::<_, i64>(&self.redis, &keys, args).await.map(drop)
+        })
+        .await;
+        if done {
+            self.scheduled.notify_one();
+        }
+    }
+
+    /// Moves the entry to the dead-letter stream with `letter`.
+    pub async fn bury(&self, entry: &Entry, letter: &DeadLetter) {
+        let keys = [self.keys.stream.as_str(), self.keys.dead.as_str()];
+        persist("dead-letter", &entry.id, || async {
+            let args = dead_letter_args(&self.keys.group, entry, letter);
+            self.bury.call::<_, String>(&self.redis, &keys, args).await.map(drop)
+        })
+        .await;
+    }
+}
+
+/// The bury script's arguments: group, entry id, then the dead-letter
+/// entry's fields. Times are RFC 3339 text, so `redis-cli XRANGE` reads well.
+fn dead_letter_args(group: &str, entry: &Entry, letter: &DeadLetter) -> Vec<Value> {
+    let time = |ms: Option<u64>| ms.map(|ms| postback_common::time::rfc3339_ms(postback_common::time::from_ms(ms)));
+    let mut args: Vec<Value> = vec![group.into(), entry.id.as_str().into()];
+    let mut field = |name: &'static str, value: Value| {
+        args.push(name.into());
+        args.push(value);
+    };
+    field("reason", letter.reason.as_str().into());
+    if let Some(id) = &letter.postback_id {
+        field("postback_id", id.as_str().into());
+    }
+    field("attempts", i64::from(letter.attempts).into());
+    if let Some(at) = time(letter.first_attempt_ms) {
+        field("first_attempt_at", at.into());
+    }
+    if let Some(at) = time(letter.last_attempt_ms) {
+        field("last_attempt_at", at.into());
+    }
+    if let Some(status) = letter.last_status {
+        field("last_status", i64::from(status).into());
+    }
+    if let Some(error) = &letter.last_error {
+        field("last_error", error.as_str().into());
+    }
+    field("entry_id", entry.id.as_str().into());
+    if let Some(payload) = &entry.payload {
+        field("p", Value::Bytes(payload.clone()));
+    }
+    args
+}
+
+/// Runs `step` until it succeeds, backing off, for up to [`GIVE_UP_AFTER`].
+async fn persist<F, Fut>(what: &str, entry_id: &str, step: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match step().await {
+            Ok(()) => return true,
+            Err(e) if started.elapsed() < GIVE_UP_AFTER => {
+                tracing::warn!(entry_id, error = %e, "cannot {what} yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(entry_id, error = %e, "cannot {what}; the entry stays pending and will be attempted again");
+                return false;
+            }
+        }
+    }
+}

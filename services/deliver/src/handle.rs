@@ -1,0 +1,128 @@
+//! One entry, from the moment a worker holds it to the moment it is
+//! finished: decode, expand the URL, respect the target's per-host limit,
+//! attempt, decide, and finish (acknowledge, schedule again, or
+//! dead-letter), logging the attempt.
+//!
+//! Nothing here can stop the worker: an entry that cannot be decoded, or
+//! that keeps killing workers, is dead-lettered as poison and the worker
+//! moves on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postback_common::{template, wire};
+use tracing::instrument;
+
+use crate::attempt::{self, AttemptContext};
+use crate::entry::Entry;
+use crate::finish::{DeadLetter, Finisher};
+use crate::hosts::{HostLimits, host_key};
+use crate::retry::{Decision, RetryPolicy};
+
+/// How long a postback whose host is at its limit waits before it is read
+/// again (plus up to as much again of jitter). It keeps its attempt count.
+pub const HOST_BUSY_DELAY: Duration = Duration::from_millis(250);
+
+/// What every entry's handling shares.
+pub struct Shared {
+    /// The outbound HTTP client.
+    pub http: reqwest::Client,
+    /// Replacement for unmatched `{key}`s.
+    pub unmatched_default: String,
+    /// Body bytes kept for the log.
+    pub log_body_bytes: usize,
+    /// When to retry.
+    pub policy: RetryPolicy,
+    /// Per-host in-flight limits.
+    pub hosts: HostLimits,
+    /// Hand-overs after which a claimed entry is poison.
+    pub max_deliveries: u64,
+    /// Acknowledges, reschedules, dead-letters.
+    pub finisher: Finisher,
+}
+
+/// Handles one entry. `deliveries` is Redis's hand-over count when the entry
+/// was claimed from another worker.
+#[instrument(name = "entry", skip_all, fields(entry_id = %entry.id, attempt = entry.attempts + 1))]
+pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) {
+    let finisher = &shared.finisher;
+    if !entry.has_fields {
+        // Deleted while it was pending: nothing left to deliver.
+        finisher.ack(&entry);
+        return;
+    }
+    if let Some(n) = deliveries.filter(|n| *n > shared.max_deliveries) {
+        let reason = format!("poison: handed to workers {n} times without being finished");
+        tracing::error!(reason, "dead-lettering an entry that keeps failing its workers");
+        let postback_id = entry.payload.as_deref().and_then(|p| wire::decode(p).ok()).map(|p| p.id.to_string());
+        let letter = DeadLetter { reason, postback_id, attempts: entry.attempts, ..dead_basics(&entry) };
+        return finisher.bury(&entry, &letter).await;
+    }
+    let Some(payload) = entry.payload.clone() else {
+        tracing::error!("dead-lettering an entry without a postback field");
+        let letter = DeadLetter { reason: "poison: entry has no \"p\" field".into(), ..dead_basics(&entry) };
+        return finisher.bury(&entry, &letter).await;
+    };
+    let postback = match wire::decode(&payload) {
+        Ok(postback) => postback,
+        Err(e) => {
+            tracing::error!(error = %e, "dead-lettering an entry that is not a postback");
+            let letter = DeadLetter { reason: format!("poison: undecodable: {e}"), ..dead_basics(&entry) };
+            return finisher.bury(&entry, &letter).await;
+        }
+    };
+    let give_up =
+        |reason: String| DeadLetter { reason, postback_id: Some(postback.id.to_string()), ..dead_basics(&entry) };
+    let url = match template::expand(&postback.url, &postback.data, &shared.unmatched_default) {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::error!(postback_id = %postback.id, error = %e, "dead-lettering a postback whose URL cannot be built");
+            return finisher.bury(&entry, &give_up(format!("rejected: URL template: {e}"))).await;
+        }
+    };
+    let host = match url::Url::parse(&url) {
+        Ok(parsed) => host_key(&parsed),
+        Err(e) => {
+            tracing::error!(postback_id = %postback.id, %url, error = %e, "dead-lettering a postback with an invalid URL");
+            return finisher.bury(&entry, &give_up(format!("rejected: invalid URL: {e}"))).await;
+        }
+    };
+    let Some(_host_slot) = shared.hosts.try_acquire(&host) else {
+        let jitter = Duration::from_millis(fastrand::u64(0..=HOST_BUSY_DELAY.as_millis() as u64));
+        tracing::debug!(postback_id = %postback.id, host, "host at its limit; rescheduling without an attempt");
+        let first = entry.first_attempt_ms.unwrap_or(0);
+        return finisher.reschedule(&entry, &payload, entry.attempts, first, HOST_BUSY_DELAY + jitter).await;
+    };
+
+    let number = entry.attempts + 1;
+    let ctx = AttemptContext { http: &shared.http, log_body_bytes: shared.log_body_bytes };
+    let attempt = attempt::send(&ctx, &postback, &url).await;
+    let decision = shared.policy.decide(&attempt.verdict, number);
+    attempt::log(&postback, number, &entry.id, &url, &attempt, &decision);
+    let first_attempt_ms = entry.first_attempt_ms.filter(|ms| *ms > 0).unwrap_or_else(|| attempt.delivered_at_ms());
+    match decision {
+        Decision::Delivered => finisher.ack(&entry),
+        Decision::Retry { after } => finisher.reschedule(&entry, &payload, number, first_attempt_ms, after).await,
+        Decision::Dead { reason } => {
+            let letter = DeadLetter {
+                reason,
+                postback_id: Some(postback.id.to_string()),
+                attempts: number,
+                first_attempt_ms: Some(first_attempt_ms),
+                last_attempt_ms: Some(attempt.delivered_at_ms()),
+                last_status: attempt.status,
+                last_error: attempt.verdict.reason().map(str::to_owned),
+            };
+            finisher.bury(&entry, &letter).await;
+        }
+    }
+}
+
+/// A dead letter with what the entry itself records.
+fn dead_basics(entry: &Entry) -> DeadLetter {
+    DeadLetter {
+        attempts: entry.attempts,
+        first_attempt_ms: entry.first_attempt_ms.filter(|ms| *ms > 0),
+        ..DeadLetter::default()
+    }
+}
