@@ -6,5 +6,7 @@
 
 mod binary;
 mod delivery;
+mod faults;
 mod helpers;
 mod queue;
+mod retries;

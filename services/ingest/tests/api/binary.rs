@@ -61,3 +61,68 @@ async fn sigterm_stops_it_cleanly() {
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+/// Fault-injection case 2, ingest side: SIGTERM while requests pour in.
+/// Every request ends in a 202 or an error, and every 202's postbacks are in
+/// Redis.
+#[tokio::test]
+async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
+    let redis = postback_testkit::RedisServer::start();
+    let port = postback_testkit::free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .env("POSTBACK_REDIS_URL", redis.url())
+        .env("POSTBACK_INGEST_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
+        assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Four clients sending as fast as they can.
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (http, base) = (http.clone(), base.clone());
+        load.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let body = r#"{"endpoint":{"method":"GET","url":"http://h/{a}"},"data":[{"a":1},{"a":2},{"a":3}]}"#;
+            let stop = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < stop {
+                match http.post(format!("{base}/ingest.php")).body(body).send().await {
+                    Ok(r) if r.status() == 202 => {
+                        let json: serde_json::Value = r.json().await.expect("202 body");
+                        accepted.extend(
+                            json["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()),
+                        );
+                    }
+                    Ok(r) => assert!(r.status().is_server_error(), "unexpected {}", r.status()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await, // refused once stopped
+                }
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let mut accepted = Vec::new();
+    for task in load {
+        accepted.extend(task.await.expect("load task"));
+    }
+    assert!(!accepted.is_empty(), "the load got some 202s before the signal");
+
+    let client = redis.client().await;
+    let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> =
+        fred::prelude::StreamsInterface::xrange(&client, "postbacks", "-", "+", None).await.expect("XRANGE");
+    let stored: std::collections::HashSet<String> =
+        entries.iter().map(|(_, f)| postback_common::wire::decode(&f[0].1).expect("decodes").id.to_string()).collect();
+    let missing: Vec<_> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} of {} acknowledged postbacks are not in Redis", missing.len(), accepted.len());
+    println!("{} postbacks acknowledged, all in Redis ({} stored)", accepted.len(), stored.len());
+}
