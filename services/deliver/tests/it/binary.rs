@@ -155,3 +155,27 @@ async fn sigterm_while_redis_is_down_still_exits_promptly() {
     let status = tokio::time::timeout(WAIT, deliver.child.wait()).await.expect("exits without Redis").expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn attempts_still_running_after_the_grace_period_are_abandoned_and_stay_pending() {
+    let redis = RedisServer::start();
+    let sink = Sink::start_with(|_, _| Reply::status(200).delay(Duration::from_secs(8))).await;
+    let mut deliver = Running::spawn(
+        &redis,
+        &[
+            ("POSTBACK_SHUTDOWN_GRACE_MS", "300".into()),
+            ("POSTBACK_HTTP_TIMEOUT_MS", "20000".into()),
+            ("POSTBACK_CLAIM_IDLE_MS", "30000".into()),
+        ],
+    );
+    deliver.line("worker started").await;
+    enqueue(&redis, json!({"endpoint": {"method": "GET", "url": format!("{}/slow", sink.base_url())}, "data": [{}]})).await;
+    sink.wait_for(1, WAIT).await;
+    deliver.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), deliver.child.wait()).await.expect("exits").expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let client = redis.client().await;
+    let pending: (u64, fred::prelude::Value, fred::prelude::Value, fred::prelude::Value) =
+        fred::prelude::StreamsInterface::xpending(&client, "postbacks", "deliver", ()).await.expect("XPENDING");
+    assert_eq!(pending.0, 1, "the abandoned entry stays pending for another worker");
+}
