@@ -169,10 +169,12 @@ async fn attempts_still_running_after_the_grace_period_are_abandoned_and_stay_pe
         ],
     );
     deliver.line("worker started").await;
-    enqueue(&redis, json!({"endpoint": {"method": "GET", "url": format!("{}/slow", sink.base_url())}, "data": [{}]})).await;
+    enqueue(&redis, json!({"endpoint": {"method": "GET", "url": format!("{}/slow", sink.base_url())}, "data": [{}]}))
+        .await;
     sink.wait_for(1, WAIT).await;
     deliver.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), deliver.child.wait()).await.expect("exits").expect("wait");
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), deliver.child.wait()).await.expect("exits").expect("wait");
     assert_eq!(status.code(), Some(0));
     let client = redis.client().await;
     let pending: (u64, fred::prelude::Value, fred::prelude::Value, fred::prelude::Value) =

@@ -32,44 +32,10 @@ fn help_lists_every_setting() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_stops_it_cleanly() {
-    let redis = postback_testkit::RedisServer::start();
+/// The real binary on a free port, ready to serve; killed when dropped.
+async fn spawn_ready(redis: &postback_testkit::RedisServer) -> (tokio::process::Child, String) {
     let port = postback_testkit::free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .env("POSTBACK_REDIS_URL", redis.url())
-        .env("POSTBACK_INGEST_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(http.post(format!("{base}/ingest.php")).body(SEED).send().await.expect("send").status(), 202);
-    let pid = child.id().expect("pid").to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");
-    assert_eq!(status.code(), Some(0));
-}
-
-/// Fault-injection case 2, ingest side: SIGTERM while requests pour in.
-/// Every request ends in a 202 or an error, and every 202's postbacks are in
-/// Redis.
-#[tokio::test]
-async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
-    let redis = postback_testkit::RedisServer::start();
-    let port = postback_testkit::free_port();
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .env("POSTBACK_REDIS_URL", redis.url())
         .env("POSTBACK_INGEST_ADDR", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -83,6 +49,29 @@ async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
         assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (child, base)
+}
+
+#[tokio::test]
+async fn sigterm_stops_it_cleanly() {
+    let redis = postback_testkit::RedisServer::start();
+    let (mut child, base) = spawn_ready(&redis).await;
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(format!("{base}/ingest.php")).body(SEED).send().await.expect("send").status(), 202);
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Fault-injection case 2, ingest side: SIGTERM while requests pour in.
+/// Every request ends in a 202 or an error, and every 202's postbacks are in
+/// Redis.
+#[tokio::test]
+async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
+    let redis = postback_testkit::RedisServer::start();
+    let (mut child, base) = spawn_ready(&redis).await;
+    let http = reqwest::Client::new();
     // Four clients sending as fast as they can.
     let mut load = Vec::new();
     for _ in 0..4 {
