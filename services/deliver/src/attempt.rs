@@ -75,10 +75,14 @@ pub async fn send(ctx: &AttemptContext<'_>, postback: &Postback, url: &str) -> A
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
-            let mut attempt = failed(Verdict::Retryable { reason: transport_reason(&e), retry_after: None });
-            if e.is_builder() {
-                attempt.verdict = Verdict::Final { reason: transport_reason(&e) };
-            }
+            let verdict = if let Some(refused) = crate::guard::refused_in(&e) {
+                Verdict::Refused { reason: refused.to_string() }
+            } else if e.is_builder() || e.is_redirect() {
+                Verdict::Final { reason: transport_reason(&e) }
+            } else {
+                Verdict::Retryable { reason: transport_reason(&e), retry_after: None }
+            };
+            let mut attempt = failed(verdict);
             attempt.response_time_ms = started.elapsed().as_millis() as u64;
             return attempt;
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use postback_common::config::{ConfigError, RedisArgs};
 
+use crate::guard::AllowList;
+
 /// Reads postbacks from the Redis consumer group and delivers them over HTTP.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "postback-deliver", version, about)]
@@ -101,6 +103,31 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_CONSUMER_GONE_MS", default_value_t = 3_600_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000 * 30))]
     pub consumer_gone_ms: u64,
+
+    /// Turn the SSRF guard off: deliver to loopback, private and other
+    /// non-global addresses. For local development and tests only.
+    #[arg(long, env = "POSTBACK_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+
+    /// Exceptions to the SSRF guard: comma-separated host names and IP
+    /// networks (CIDR) that may be reached although not global.
+    #[arg(long, env = "POSTBACK_TARGET_ALLOW", default_value = "", hide_default_value = true,
+          value_parser = parse_allow_list)]
+    pub target_allow: AllowList,
+
+    /// Redirects followed per attempt (each hop is checked by the guard).
+    #[arg(long, env = "POSTBACK_MAX_REDIRECTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_redirects: u32,
+
+    /// Longest URL sent, after expansion; longer ones are dead-lettered.
+    #[arg(long, env = "POSTBACK_MAX_URL_BYTES", default_value_t = 8_192,
+          value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
+    pub max_url_bytes: u64,
+}
+
+fn parse_allow_list(text: &str) -> Result<AllowList, String> {
+    AllowList::parse(text)
 }
 
 impl Config {

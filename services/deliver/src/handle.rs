@@ -16,6 +16,7 @@ use tracing::instrument;
 use crate::attempt::{self, AttemptContext};
 use crate::entry::Entry;
 use crate::finish::{DeadLetter, Finisher};
+use crate::guard::Guard;
 use crate::hosts::{HostLimits, host_key};
 use crate::retry::{Decision, RetryPolicy};
 
@@ -37,6 +38,10 @@ pub struct Shared {
     pub hosts: HostLimits,
     /// Hand-overs after which a claimed entry is poison.
     pub max_deliveries: u64,
+    /// The SSRF guard, unless private targets are allowed.
+    pub guard: Option<Arc<Guard>>,
+    /// Longest URL sent.
+    pub max_url_bytes: usize,
     /// Acknowledges, reschedules, dead-letters.
     pub finisher: Finisher,
 }
@@ -80,13 +85,24 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) 
             return finisher.bury(&entry, &give_up(format!("rejected: URL template: {e}"))).await;
         }
     };
-    let host = match url::Url::parse(&url) {
-        Ok(parsed) => host_key(&parsed),
+    if url.len() > shared.max_url_bytes {
+        let reason =
+            format!("rejected: URL is {} bytes, over POSTBACK_MAX_URL_BYTES ({})", url.len(), shared.max_url_bytes);
+        tracing::error!(postback_id = %postback.id, reason, "dead-lettering a postback");
+        return finisher.bury(&entry, &give_up(reason)).await;
+    }
+    let parsed = match url::Url::parse(&url) {
+        Ok(parsed) => parsed,
         Err(e) => {
             tracing::error!(postback_id = %postback.id, %url, error = %e, "dead-lettering a postback with an invalid URL");
             return finisher.bury(&entry, &give_up(format!("rejected: invalid URL: {e}"))).await;
         }
     };
+    if let Some(Err(refused)) = shared.guard.as_ref().map(|g| g.check_url(&parsed)) {
+        tracing::error!(postback_id = %postback.id, %url, error = %refused, "dead-lettering a postback to a refused target");
+        return finisher.bury(&entry, &give_up(format!("refused: {refused}"))).await;
+    }
+    let host = host_key(&parsed);
     let Some(_host_slot) = shared.hosts.try_acquire(&host) else {
         let jitter = Duration::from_millis(fastrand::u64(0..=HOST_BUSY_DELAY.as_millis() as u64));
         tracing::debug!(postback_id = %postback.id, host, "host at its limit; rescheduling without an attempt");

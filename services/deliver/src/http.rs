@@ -1,28 +1,63 @@
 //! The outbound HTTP client: pooled connections, a per-attempt timeout, and
 //! response bodies read only as far as the log needs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use reqwest::redirect::Policy;
 
-/// Redirects followed before an attempt counts as failed.
-pub const MAX_REDIRECTS: usize = 5;
+use crate::guard::{Guard, GuardedResolver};
 
 /// The `User-Agent` of every delivery.
 pub const USER_AGENT: &str = concat!("postback-deliver/", env!("CARGO_PKG_VERSION"));
 
+/// How the client behaves.
+pub struct ClientSettings {
+    /// Per-attempt timeout, connection to last body byte.
+    pub timeout: Duration,
+    /// Idle connections kept per host.
+    pub max_idle_per_host: usize,
+    /// Redirects followed per attempt.
+    pub max_redirects: usize,
+    /// The SSRF guard, or `None` when private targets are allowed.
+    pub guard: Option<Arc<Guard>>,
+}
+
 /// One client for the whole worker: its connection pool is what keeps
-/// connections to a busy target alive between postbacks.
-pub fn client(timeout: Duration, max_idle_per_host: usize) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// connections to a busy target alive between postbacks. With a guard,
+/// names resolve through [`GuardedResolver`] and every redirect hop is
+/// checked too.
+pub fn client(settings: ClientSettings) -> reqwest::Result<reqwest::Client> {
+    let ClientSettings { timeout, max_idle_per_host, max_redirects, guard } = settings;
+    let hop_guard = guard.clone();
+    let redirects = Policy::custom(move |attempt| {
+        if attempt.previous().len() > max_redirects {
+            return attempt.error(format!("more than {max_redirects} redirects"));
+        }
+        if !matches!(attempt.url().scheme(), "http" | "https") {
+            let scheme = attempt.url().scheme().to_owned();
+            return attempt.error(format!("redirect to a {scheme}: URL"));
+        }
+        if let Some(guard) = &hop_guard
+            && let Err(refused) = guard.check_url(attempt.url())
+        {
+            return attempt.error(refused);
+        }
+        attempt.follow()
+    });
+    let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-        .build()
+        .redirect(redirects);
+    if let Some(guard) = guard {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver::new(guard)));
+    }
+    builder.build()
 }
 
 /// The first `limit` bytes of a response body, and whether there was more.

@@ -12,6 +12,7 @@
 //! - [`scheduler`]: moving due retries back into the stream.
 //! - [`claim`]: taking over entries from dead workers; poison; gone consumers.
 //! - [`hosts`]: per-host in-flight limits.
+//! - [`guard`]: the SSRF guard (address ranges, resolver, redirects).
 //! - [`group`]: creating the consumer group.
 //! - [`entry`]: stream entries out of XREADGROUP and XAUTOCLAIM replies.
 //! - [`http`]: the outbound HTTP client and capped body reads.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod entry;
 pub mod finish;
 pub mod group;
+pub mod guard;
 pub mod handle;
 pub mod hosts;
 pub mod http;

@@ -33,6 +33,11 @@ pub enum Verdict {
         /// What went wrong.
         reason: String,
     },
+    /// Not sent: the SSRF guard refused the target (or a redirect hop).
+    Refused {
+        /// Which address, and why.
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -49,7 +54,7 @@ impl Verdict {
     pub fn reason(&self) -> Option<&str> {
         match self {
             Verdict::Delivered => None,
-            Verdict::Retryable { reason, .. } | Verdict::Final { reason } => Some(reason),
+            Verdict::Retryable { reason, .. } | Verdict::Final { reason } | Verdict::Refused { reason } => Some(reason),
         }
     }
 }
@@ -100,6 +105,7 @@ impl RetryPolicy {
         match verdict {
             Verdict::Delivered => Decision::Delivered,
             Verdict::Final { reason } => Decision::Dead { reason: format!("rejected: {reason}") },
+            Verdict::Refused { reason } => Decision::Dead { reason: format!("refused: {reason}") },
             Verdict::Retryable { reason, .. } if attempt >= self.max_attempts => {
                 Decision::Dead { reason: format!("gave up after {attempt} attempts; last: {reason}") }
             }

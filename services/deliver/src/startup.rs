@@ -20,8 +20,10 @@ use crate::admin::{self, AdminState};
 use crate::claim::Claimer;
 use crate::config::Config;
 use crate::finish::Finisher;
+use crate::guard::Guard;
 use crate::handle::Shared;
 use crate::hosts::HostLimits;
+use crate::http::ClientSettings;
 use crate::retry::RetryPolicy;
 use crate::worker::Worker;
 
@@ -38,6 +40,7 @@ pub struct Deliverer {
     redis: Client,
     reader: Client,
     http: reqwest::Client,
+    guard: Option<Arc<Guard>>,
 }
 
 impl Deliverer {
@@ -50,8 +53,14 @@ impl Deliverer {
         // A blocked XREADGROUP is answered within its BLOCK time; only a
         // Redis that went away takes longer.
         let reader = postback_common::redis::connect(&config.redis.redis_url, config.read_block() + COMMAND_TIMEOUT)?;
-        let http = crate::http::client(config.http_timeout(), config.concurrency as usize)?;
-        Ok(Self { config, admin_listener, redis, reader, http })
+        let guard = (!config.allow_private_targets).then(|| Arc::new(Guard { allow: config.target_allow.clone() }));
+        let http = crate::http::client(ClientSettings {
+            timeout: config.http_timeout(),
+            max_idle_per_host: config.concurrency as usize,
+            max_redirects: config.max_redirects as usize,
+            guard: guard.clone(),
+        })?;
+        Ok(Self { config, admin_listener, redis, reader, http, guard })
     }
 
     /// The admin listener's address (the real port when 0 was asked for).
@@ -76,6 +85,11 @@ impl Deliverer {
             })
         };
         tracing::info!(admin = %admin_addr, "admin listening");
+        if self.guard.is_none() {
+            tracing::warn!(
+                "POSTBACK_ALLOW_PRIVATE_TARGETS=true: the SSRF guard is OFF; postbacks can reach this host and its private network"
+            );
+        }
 
         let ack_stop = CancellationToken::new();
         let (acks, acker) = crate::acker::spawn(self.redis.clone(), keys.clone(), ACK_GRACE, ack_stop.clone());
@@ -113,6 +127,8 @@ impl Deliverer {
                 },
                 hosts: HostLimits::new(config.per_host_concurrency as usize),
                 max_deliveries: config.max_deliveries,
+                guard: self.guard,
+                max_url_bytes: config.max_url_bytes as usize,
                 finisher,
             }),
         };

@@ -37,6 +37,8 @@ pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Answer with a body that never ends (64 KiB chunks for ever).
+    pub endless: bool,
 }
 
 impl Reply {
@@ -46,7 +48,13 @@ impl Reply {
             body: "ok",
             headers: Vec::new(),
             delay: Duration::ZERO,
+            endless: false,
         }
+    }
+
+    pub fn endless(mut self) -> Self {
+        self.endless = true;
+        self
     }
 
     pub fn body(mut self, body: &'static str) -> Self {
@@ -89,10 +97,15 @@ impl Sink {
     /// A sink whose answers come from `responder`, called with each request
     /// and the number of requests received before it.
     pub async fn start_with(responder: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_on("127.0.0.1", responder).await
+    }
+
+    /// The same on another loopback address (127.0.0.2, ...).
+    pub async fn start_on(ip: &str, responder: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Self {
         let shared =
             Arc::new(Shared { received: Mutex::default(), notify: Notify::new(), responder: Box::new(responder) });
         let app = Router::new().fallback(record).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind sink");
         let addr = listener.local_addr().expect("sink address");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -157,7 +170,13 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = (reply.status, reply.body).into_response();
+    let mut response = if reply.endless {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = futures::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+        (reply.status, axum::body::Body::from_stream(chunks)).into_response()
+    } else {
+        (reply.status, reply.body).into_response()
+    };
     for (name, value) in reply.headers {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);

@@ -41,6 +41,7 @@ impl Running {
         cmd.env("POSTBACK_REDIS_URL", redis.url())
             .env("POSTBACK_DELIVER_ADDR", "127.0.0.1:0")
             .env("POSTBACK_READ_BLOCK_MS", "200")
+            .env("POSTBACK_ALLOW_PRIVATE_TARGETS", "true")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .kill_on_drop(true);

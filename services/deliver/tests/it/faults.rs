@@ -22,6 +22,7 @@ fn spawn_worker(redis: &RedisServer, consumer: &str, envs: &[(&str, &str)]) -> t
         .env("POSTBACK_DELIVER_ADDR", "127.0.0.1:0")
         .env("POSTBACK_CONSUMER", consumer)
         .env("POSTBACK_READ_BLOCK_MS", "200")
+        .env("POSTBACK_ALLOW_PRIVATE_TARGETS", "true")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -7,6 +7,7 @@
 mod binary;
 mod delivery;
 mod faults;
+mod guard;
 mod helpers;
 mod queue;
 mod retries;
