@@ -54,6 +54,9 @@ pub enum TemplateError {
     /// A placeholder in the scheme, host or port.
     #[error("placeholders are allowed only in the path, query and fragment, not in the host (byte {0})")]
     PlaceholderInAuthority(usize),
+    /// A control character (CR, LF, TAB, ...) anywhere in the template.
+    #[error("contains a control character at byte {0}")]
+    ControlCharacter(usize),
     /// The URL does not parse even with its placeholders filled in.
     #[error("is not a valid URL: {0}")]
     Invalid(String),
@@ -130,6 +133,11 @@ pub fn expand(template: &str, data: &Data, default: &str) -> Result<String, Temp
 /// URL whatever the data: balanced braces, a literal scheme and host, and a
 /// URL that parses once its placeholders are filled in.
 pub fn validate(template: &str) -> Result<(), TemplateError> {
+    // URL parsers silently drop tabs and newlines; a request line or header
+    // built from one could be split. Refuse them outright.
+    if let Some(at) = template.find(|c: char| c.is_control()) {
+        return Err(TemplateError::ControlCharacter(at));
+    }
     let mut first_placeholder = None;
     let mut offset = 0;
     for segment in segments(template) {
@@ -258,6 +266,8 @@ mod tests {
         assert_eq!(validate("http://?q={a}"), Err(TemplateError::NoHost));
         assert!(matches!(validate("http://exa mple.com/"), Err(TemplateError::Invalid(_))));
         assert_eq!(validate("http://h/{"), Err(TemplateError::Unclosed(9)));
+        assert_eq!(validate("http://h/a\r\nHost: evil"), Err(TemplateError::ControlCharacter(10)));
+        assert_eq!(validate("http://h/\t"), Err(TemplateError::ControlCharacter(9)));
     }
 
     proptest! {

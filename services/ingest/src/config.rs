@@ -39,6 +39,31 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_INGEST_WAIT_REPLICAS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub wait_replicas: u32,
+
+    /// Most data items (postbacks) in one request.
+    #[arg(long, env = "POSTBACK_MAX_ITEMS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_items: u64,
+
+    /// Most keys in one data item.
+    #[arg(long, env = "POSTBACK_MAX_KEYS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_keys: u64,
+
+    /// Longest key or string value in a data item, in bytes.
+    #[arg(long, env = "POSTBACK_MAX_VALUE_BYTES", default_value_t = 4_096,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub max_value_bytes: u64,
+
+    /// Longest URL, as a template and after expansion (missing keys empty).
+    #[arg(long, env = "POSTBACK_MAX_URL_BYTES", default_value_t = 8_192,
+          value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
+    pub max_url_bytes: u64,
+
+    /// File of accepted bearer tokens, one SHA-256 (hex) per line; when set,
+    /// ingest routes answer 401 without one of them.
+    #[arg(long, env = "POSTBACK_INGEST_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -50,6 +75,25 @@ impl Config {
     /// The enqueue timeout.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Checks what clap cannot: that the tokens file, if any, is usable.
+    pub fn validate(&self) -> Result<(), postback_common::config::ConfigError> {
+        if let Some(path) = &self.tokens_file {
+            crate::auth::Tokens::load(path)
+                .map_err(|e| postback_common::config::ConfigError::new("POSTBACK_INGEST_TOKENS_FILE", e.detail()))?;
+        }
+        Ok(())
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> crate::request::Limits {
+        crate::request::Limits {
+            max_items: self.max_items as usize,
+            max_keys: self.max_keys as usize,
+            max_value_bytes: self.max_value_bytes as usize,
+            max_url_bytes: self.max_url_bytes as usize,
+        }
     }
 
     /// Defaults, as if started with no flags and no environment (for tests).

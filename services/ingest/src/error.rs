@@ -43,6 +43,9 @@ pub enum IngestError {
     /// Too many postbacks wait for delivery (`POSTBACK_MAX_BACKLOG`).
     #[error("{0}")]
     BacklogFull(String),
+    /// No accepted bearer token (`POSTBACK_INGEST_TOKENS_FILE` is set).
+    #[error("a valid bearer token is required")]
+    Unauthorized,
     /// The route exists but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -116,6 +119,9 @@ impl IngestError {
                 "Backlog full",
                 "delivery is behind and the queue is full; nothing was accepted, retry later".into(),
             ),
+            IngestError::Unauthorized => {
+                Problem::new(S::UNAUTHORIZED, "/problems/unauthorized", "Unauthorized", detail)
+            }
             IngestError::MethodNotAllowed => {
                 Problem::new(S::METHOD_NOT_ALLOWED, "/problems/method-not-allowed", "Method not allowed", detail)
             }

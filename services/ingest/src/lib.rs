@@ -8,9 +8,11 @@
 //! - [`json`]: parsing the body (simd-json) into an order-keeping tree.
 //! - [`request`]: validating a request and building its postbacks.
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
+//! - [`auth`]: optional bearer tokens.
 //! - [`error`]: problem+json responses.
 //! - [`state`]: what the handlers share.
 
+pub mod auth;
 pub mod config;
 pub mod enqueue;
 pub mod error;

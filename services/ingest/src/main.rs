@@ -6,12 +6,9 @@ use postback_common::{runtime, shutdown};
 use postback_ingest::{Application, Config};
 
 fn main() -> ExitCode {
-    runtime::main(
-        |_: &Config| Ok(()),
-        |config| async move {
-            let app = Application::build(config).await?;
-            app.run(shutdown::on_signal()).await?;
-            Ok(())
-        },
-    )
+    runtime::main(Config::validate, |config| async move {
+        let app = Application::build(config).await?;
+        app.run(shutdown::on_signal()).await?;
+        Ok(())
+    })
 }

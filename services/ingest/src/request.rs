@@ -22,6 +22,26 @@ use crate::json::Json;
 /// At most this many problems are reported for one request.
 pub const MAX_REPORTED: usize = 50;
 
+/// Bounds on what one request may hold (`POSTBACK_MAX_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Data items per request.
+    pub max_items: usize,
+    /// Keys per data item.
+    pub max_keys: usize,
+    /// Bytes per key or string value.
+    pub max_value_bytes: usize,
+    /// Bytes of the URL template, and of the URL expanded with missing keys
+    /// empty.
+    pub max_url_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_items: 1_000, max_keys: 100, max_value_bytes: 4_096, max_url_bytes: 8_192 }
+    }
+}
+
 /// One problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Violation {
@@ -49,15 +69,33 @@ impl Report {
 
 /// Checks a parsed request body and builds one postback per data item, each
 /// with a fresh UUIDv7 and `accepted_at_ms`.
-pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64) -> Result<Vec<Postback>, Invalid> {
+pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Result<Vec<Postback>, Invalid> {
     let mut report = Report::default();
     let Json::Object(fields) = body else {
         report.add("body", format!("must be a JSON object, got {}", body.kind()));
         return Err(Invalid(report.0));
     };
     let [endpoint, data] = take_fields(fields, ["endpoint", "data"], "", &mut report);
-    let endpoint = required(endpoint, "endpoint", &mut report).and_then(|value| check_endpoint(value, &mut report));
-    let items = required(data, "data", &mut report).map(|value| check_data(value, &mut report)).unwrap_or_default();
+    let endpoint =
+        required(endpoint, "endpoint", &mut report).and_then(|value| check_endpoint(value, limits, &mut report));
+    let items =
+        required(data, "data", &mut report).map(|value| check_data(value, limits, &mut report)).unwrap_or_default();
+    if let Some((_, url)) = endpoint {
+        for (i, data) in items.iter().enumerate() {
+            // The longest the URL can get before deliver's default for
+            // missing keys, which deliver checks again.
+            let expanded = template::expand(url, data, "").map_or(0, |u| u.len());
+            if expanded > limits.max_url_bytes {
+                report.add(
+                    format!("data[{i}]"),
+                    format!(
+                        "makes endpoint.url {expanded} bytes long, over POSTBACK_MAX_URL_BYTES ({})",
+                        limits.max_url_bytes
+                    ),
+                );
+            }
+        }
+    }
     match endpoint {
         Some((method, url)) if report.0.is_empty() => Ok(items
             .into_iter()
@@ -111,7 +149,7 @@ fn required_str<'a, T>(
     }
 }
 
-fn check_endpoint<'a>(value: &'a Json<'a>, report: &mut Report) -> Option<(Method, &'a str)> {
+fn check_endpoint<'a>(value: &'a Json<'a>, limits: &Limits, report: &mut Report) -> Option<(Method, &'a str)> {
     let Json::Object(fields) = value else {
         report.add("endpoint", format!("must be an object, got {}", value.kind()));
         return None;
@@ -120,18 +158,25 @@ fn check_endpoint<'a>(value: &'a Json<'a>, report: &mut Report) -> Option<(Metho
     let method =
         required_str(method, "endpoint.method", report, |name| name.parse::<Method>().map_err(|e| e.to_string()));
     let url = required_str(url, "endpoint.url", report, |text| {
+        if text.len() > limits.max_url_bytes {
+            return Err(format!("is {} bytes, over POSTBACK_MAX_URL_BYTES ({})", text.len(), limits.max_url_bytes));
+        }
         template::validate(text).map(|()| text).map_err(|e| e.to_string())
     });
     Some((method?, url?))
 }
 
-fn check_data(value: &Json<'_>, report: &mut Report) -> Vec<Data> {
+fn check_data(value: &Json<'_>, limits: &Limits, report: &mut Report) -> Vec<Data> {
     let Json::Array(items) = value else {
         report.add("data", format!("must be an array of objects, got {}", value.kind()));
         return Vec::new();
     };
     if items.is_empty() {
         report.add("data", "must hold at least one object");
+    }
+    if items.len() > limits.max_items {
+        report.add("data", format!("holds {} items, over POSTBACK_MAX_ITEMS ({})", items.len(), limits.max_items));
+        return Vec::new();
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -140,8 +185,25 @@ fn check_data(value: &Json<'_>, report: &mut Report) -> Vec<Data> {
             report.add(at, format!("must be an object, got {}", item.kind()));
             continue;
         };
+        if pairs.len() > limits.max_keys {
+            report.add(at, format!("holds {} keys, over POSTBACK_MAX_KEYS ({})", pairs.len(), limits.max_keys));
+            continue;
+        }
         let mut data = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
+            let too_long = |what: &str, len: usize| {
+                format!("{what} is {len} bytes, over POSTBACK_MAX_VALUE_BYTES ({})", limits.max_value_bytes)
+            };
+            if key.len() > limits.max_value_bytes {
+                report.add(path(&[Cow::Borrowed(at.as_str())], key), too_long("key", key.len()));
+                continue;
+            }
+            if let Json::Str(text) = value
+                && text.len() > limits.max_value_bytes
+            {
+                report.add(path(&[Cow::Borrowed(at.as_str())], key), too_long("value", text.len()));
+                continue;
+            }
             let scalar = match value {
                 Json::Null => Scalar::Null,
                 Json::Bool(b) => Scalar::Bool(*b),
@@ -190,7 +252,7 @@ mod tests {
     fn check(text: &str) -> Result<Vec<Postback>, Invalid> {
         let mut buf = text.as_bytes().to_vec();
         let json = crate::json::parse(&mut buf).expect("test bodies are JSON");
-        postbacks(&json, 1_000)
+        postbacks(&json, 1_000, &Limits::default())
     }
 
     fn fields(text: &str) -> Vec<(String, String)> {
@@ -269,6 +331,51 @@ mod tests {
         let found = fields(r#"{"endpoint":{"method":"X","url":"nope"},"data":[{"a":[]},{"b":{}}]}"#);
         let names: Vec<_> = found.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(names, ["endpoint.method", "endpoint.url", "data[0].a", "data[1].b"]);
+    }
+
+    #[test]
+    fn enforces_the_limits() {
+        let limits = Limits { max_items: 2, max_keys: 2, max_value_bytes: 5, max_url_bytes: 40 };
+        let check = |text: &str| {
+            let mut buf = text.as_bytes().to_vec();
+            let json = crate::json::parse(&mut buf).expect("json");
+            postbacks(&json, 0, &limits).map(|p| p.len()).map_err(|e| e.0[0].clone())
+        };
+        let ok = r#"{"endpoint":{"method":"GET","url":"http://h/{a}"},"data":[{"a":"12345","b":1}]}"#;
+        assert_eq!(check(ok), Ok(1));
+        let cases = [
+            (r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{},{},{}]}"#, "data", "POSTBACK_MAX_ITEMS"),
+            (
+                r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{"a":1,"b":2,"c":3}]}"#,
+                "data[0]",
+                "POSTBACK_MAX_KEYS",
+            ),
+            (
+                r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{"a":"123456"}]}"#,
+                "data[0].a",
+                "POSTBACK_MAX_VALUE_BYTES",
+            ),
+            (
+                r#"{"endpoint":{"method":"GET","url":"http://h/"},"data":[{"abcdef":1}]}"#,
+                "data[0].abcdef",
+                "POSTBACK_MAX_VALUE_BYTES",
+            ),
+            (
+                r#"{"endpoint":{"method":"GET","url":"http://h/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},"data":[{}]}"#,
+                "endpoint.url",
+                "POSTBACK_MAX_URL_BYTES",
+            ),
+            (
+                r#"{"endpoint":{"method":"GET","url":"http://h/{a}{a}{a}{a}{a}{a}{a}{a}"},"data":[{"a":"&&&&&"}]}"#,
+                "data[0]",
+                "POSTBACK_MAX_URL_BYTES",
+            ),
+        ];
+        for (body, field, setting) in cases {
+            let violation = check(body).expect_err(body);
+            assert_eq!(violation.field, field, "{body}");
+            assert!(violation.detail.contains(setting), "{body}: {}", violation.detail);
+        }
     }
 
     #[test]

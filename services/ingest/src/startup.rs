@@ -28,8 +28,15 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (POSTBACK_INGEST_ADDR): {e}", config.addr))?;
+        let tokens = config.tokens_file.as_deref().map(crate::auth::Tokens::load).transpose()?;
+        if tokens.is_none() && !config.addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %config.addr,
+                "ingest listens beyond this host and POSTBACK_INGEST_TOKENS_FILE is not set: ANYONE who can reach it can send postbacks through it"
+            );
+        }
         let redis = postback_common::redis::connect(&config.redis.redis_url, config.redis_timeout())?;
-        Ok(Self { listener, state: AppState::new(redis, config) })
+        Ok(Self { listener, state: AppState::with_tokens(redis, config, tokens) })
     }
 
     /// The address actually bound (the real port when 0 was asked for).

@@ -18,6 +18,10 @@ pub struct Inner {
     pub redis: Client,
     /// Stream and group names.
     pub keys: Keys,
+    /// Accepted bearer tokens, if authentication is on.
+    pub tokens: Option<crate::auth::Tokens>,
+    /// Request limits.
+    pub limits: crate::request::Limits,
     /// Runs the enqueue script.
     pub enqueuer: Enqueuer,
     /// The service's settings.
@@ -25,11 +29,18 @@ pub struct Inner {
 }
 
 impl AppState {
-    /// Wraps the shared parts.
+    /// Wraps the shared parts (no authentication).
     pub fn new(redis: Client, config: Config) -> Self {
+        Self::with_tokens(redis, config, None)
+    }
+
+    /// Wraps the shared parts, requiring one of `tokens` when given.
+    pub fn with_tokens(redis: Client, config: Config, tokens: Option<crate::auth::Tokens>) -> Self {
         Self(Arc::new(Inner {
             redis,
+            tokens,
             keys: config.redis.keys(),
+            limits: config.limits(),
             enqueuer: Enqueuer::new(config.redis_timeout(), config.max_backlog, config.wait_replicas),
             config,
         }))

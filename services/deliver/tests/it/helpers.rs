@@ -172,7 +172,8 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
     state.redis.init().await.expect("connect");
     let mut buf = body.to_string().into_bytes();
     let parsed = postback_ingest::json::parse(&mut buf).expect("json");
-    let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms()).expect("valid");
+    let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
+        .expect("valid");
     state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await.expect("enqueue");
     postbacks.iter().map(|p| p.id.to_string()).collect()
 }

@@ -6,6 +6,8 @@
 //! - `GET /readyz`: Redis answers, so requests can be accepted.
 //!
 //! Any other path is a 404 and any other method a 405, both as problem+json.
+//! With `POSTBACK_INGEST_TOKENS_FILE` set, the POST routes need a bearer
+//! token (401 otherwise); the health routes never do.
 
 mod health;
 mod postbacks;
@@ -20,7 +22,9 @@ use crate::state::AppState;
 
 /// The ingest router with every route and its fallbacks.
 pub fn router(state: AppState) -> Router {
-    let accept = post(postbacks::accept).fallback(|| method_not_allowed("POST"));
+    let accept = post(postbacks::accept)
+        .fallback(|| method_not_allowed("POST"))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
     Router::new()
         .route("/ingest.php", accept.clone())
         .route("/v1/postbacks", accept)

@@ -39,7 +39,8 @@ pub async fn accept(
     let mut buf = read_body(body, limit).await?;
     Span::current().record("bytes", buf.len());
     let parsed = json::parse(&mut buf)?;
-    let postbacks = request::postbacks(&parsed, postback_common::time::now_ms()).map_err(IngestError::Invalid)?;
+    let postbacks =
+        request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
     Span::current().record("postbacks", postbacks.len());
     state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await.map_err(|e| match e {
         EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),

@@ -36,7 +36,7 @@ async fn a_full_backlog_is_a_503_and_enqueues_nothing() {
 async fn waits_for_replicas_when_asked_to() {
     let app = TestApp::spawn_with(|c| {
         c.wait_replicas = 1;
-        c.redis_timeout_ms = 500;
+        c.redis_timeout_ms = 2_000;
     })
     .await;
     // No replica: the write is on the primary, but the promise asked for is

@@ -16,6 +16,8 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_INGEST_ADDR", "localhost"),
             ("POSTBACK_REDIS_URL", "http://127.0.0.1:6379"),
             ("POSTBACK_REDIS_TIMEOUT_MS", "0"),
+            ("POSTBACK_INGEST_TOKENS_FILE", "/nonexistent/tokens"),
+            ("POSTBACK_MAX_ITEMS", "0"),
         ],
     );
 }

@@ -7,6 +7,7 @@
 mod accept;
 mod backpressure;
 mod binary;
+mod guard;
 mod helpers;
 mod redis_outage;
 mod reject;
