@@ -384,4 +384,84 @@ mod tests {
         let found = fields(&format!(r#"{{"endpoint":{{"method":"GET","url":"http://h/"}},"data":[{items}]}}"#));
         assert_eq!(found.len(), MAX_REPORTED);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Any JSON document, a few levels deep.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(Value::from),
+                ".{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                    prop::collection::btree_map("[a-z{}]{0,6}", inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1e12f64..1e12).prop_map(Value::from),
+                ".{0,20}".prop_map(Value::from),
+            ]
+        }
+
+        fn run(body: &[u8]) -> Option<Result<Vec<Postback>, Invalid>> {
+            let mut buf = body.to_vec();
+            let json = crate::json::parse(&mut buf).ok()?;
+            Some(postbacks(&json, 0, &Limits::default()))
+        }
+
+        proptest! {
+            /// Arbitrary bytes are refused or accepted, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = run(&body);
+            }
+
+            /// Any JSON document is refused or accepted, never a panic; a
+            /// refusal always names at least one field.
+            #[test]
+            fn arbitrary_documents_never_panic(doc in json()) {
+                let text = serde_json::to_vec(&doc).expect("json");
+                if let Some(Err(invalid)) = run(&text) {
+                    prop_assert!(!invalid.0.is_empty());
+                    prop_assert!(invalid.0.iter().all(|v| !v.field.is_empty() && !v.detail.is_empty()));
+                }
+            }
+
+            /// Every well-formed request becomes one postback per item, in
+            /// order, with the data's values unchanged.
+            #[test]
+            fn well_formed_requests_are_accepted_as_sent(
+                items in prop::collection::vec(prop::collection::btree_map("[a-z]{1,8}", scalar(), 0..6), 1..10),
+                method in prop::sample::select(vec!["GET", "post", "Put", "PATCH", "delete"]),
+            ) {
+                let data: Vec<Value> = items.iter().map(|m| Value::Object(m.clone().into_iter().collect())).collect();
+                let body = serde_json::json!({"endpoint": {"method": method, "url": "https://h.example/p?a={a}"}, "data": data});
+                let accepted = run(&serde_json::to_vec(&body).expect("json")).expect("json").expect("valid");
+                prop_assert_eq!(accepted.len(), items.len());
+                for (postback, item) in accepted.iter().zip(&items) {
+                    prop_assert_eq!(postback.data.len(), item.len());
+                    for (key, value) in item {
+                        let got = serde_json::to_value(postback.data.get(key).expect("key kept")).expect("json");
+                        prop_assert_eq!(&got, value);
+                    }
+                }
+            }
+        }
+    }
 }

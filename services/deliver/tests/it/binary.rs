@@ -182,3 +182,45 @@ async fn attempts_still_running_after_the_grace_period_are_abandoned_and_stay_pe
         fred::prelude::StreamsInterface::xpending(&client, "postbacks", "deliver", ()).await.expect("XPENDING");
     assert_eq!(pending.0, 1, "the abandoned entry stays pending for another worker");
 }
+
+/// Peak resident memory of a process, from /proc (Linux), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+#[tokio::test]
+async fn endless_response_bodies_do_not_grow_the_worker_s_memory() {
+    let redis = RedisServer::start();
+    let sink = Sink::start_with(|_, _| Reply::status(200).endless()).await;
+    let mut deliver = Running::spawn(
+        &redis,
+        &[
+            ("POSTBACK_LOG_BODY_BYTES", "4096".into()),
+            ("POSTBACK_HTTP_TIMEOUT_MS", "3000".into()),
+            ("POSTBACK_CLAIM_IDLE_MS", "10000".into()),
+        ],
+    );
+    deliver.line("worker started").await;
+    let data: Vec<_> = (0..8).map(|i| json!({"i": i})).collect();
+    enqueue(
+        &redis,
+        json!({"endpoint": {"method": "GET", "url": format!("{}/hose?i={{i}}", sink.base_url())}, "data": data}),
+    )
+    .await;
+    for _ in 0..8 {
+        let line = deliver.line("delivery attempt").await;
+        assert_eq!(line["outcome"], "delivered", "{line}");
+        assert_eq!(line["response_body_truncated"], true);
+        assert_eq!(line["response_body"].as_str().expect("body").len(), 4096);
+    }
+    // Eight endless bodies on loopback would be gigabytes within the 3 s
+    // timeout if they were read to the end.
+    let peak = peak_rss_kib(deliver.child.id().expect("pid"));
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    println!("peak RSS with 8 endless bodies: {} KiB", peak);
+}
