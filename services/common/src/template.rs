@@ -172,6 +172,21 @@ pub fn validate(template: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
+/// Splits fuzz input into a template and a value (at the first NUL) and
+/// checks what must hold whatever they are: no panic, and the value appears
+/// in the expansion only percent-encoded. Used by the fuzz target and the
+/// regression corpus test.
+pub fn check_fuzz_input(input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    let (template, value) = text.split_once('\0').unwrap_or((&text, ""));
+    let _ = validate(template);
+    let data: Data = [("k", crate::Scalar::Str(value.to_owned()))].into_iter().collect();
+    if let Ok(url) = expand(&format!("http://h/?v={{k}}&{template}"), &data, value) {
+        let encoded = url.strip_prefix("http://h/?v=").and_then(|rest| rest.split('&').next()).unwrap_or_default();
+        assert!(encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)), "{encoded:?}");
+    }
+}
+
 fn strip_http_scheme(template: &str) -> Option<&str> {
     ["http://", "https://"].into_iter().find_map(|scheme| {
         let head = template.get(..scheme.len())?;

@@ -118,6 +118,16 @@ pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
     }
 }
 
+/// Decodes arbitrary bytes and checks that whatever decodes re-encodes to
+/// a postback that decodes the same. Used by the fuzz target and the
+/// regression corpus test.
+pub fn check_fuzz_input(bytes: &[u8]) {
+    if let Ok(postback) = decode(bytes) {
+        let again = decode(&encode(&postback)).expect("a decoded postback re-encodes");
+        assert_eq!(again, postback);
+    }
+}
+
 fn decode_v1(bytes: &[u8]) -> Result<Postback, WireError> {
     let malformed = |reason: String| WireError::Malformed { version: 1, reason };
     let v1: V1 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;

@@ -230,6 +230,25 @@ fn check_data(value: &Json<'_>, limits: &Limits, report: &mut Report) -> Vec<Dat
     out
 }
 
+/// Runs a raw body through parsing and validation and checks what must
+/// hold whatever the input: a refusal names at least one field, and an
+/// acceptance gives one postback per data item whose postbacks survive the
+/// wire format. Used by the fuzz target and the regression corpus test.
+pub fn check_body(body: &[u8]) {
+    let mut buf = body.to_vec();
+    let Ok(json) = crate::json::parse(&mut buf) else { return };
+    match postbacks(&json, 0, &Limits::default()) {
+        Err(Invalid(violations)) => assert!(!violations.is_empty(), "a refusal names a field"),
+        Ok(accepted) => {
+            assert!(!accepted.is_empty());
+            for postback in &accepted {
+                let decoded = postback_common::wire::decode(&postback_common::wire::encode(postback));
+                assert_eq!(decoded.as_ref().ok(), Some(postback), "wire round trip");
+            }
+        }
+    }
+}
+
 /// `parent.key`, or `parent["key"]` when the key is not a plain identifier.
 fn path(parents: &[Cow<'_, str>], key: &str) -> String {
     let mut out = parents.join(".");
