@@ -20,8 +20,14 @@ use crate::guard::Guard;
 use crate::hosts::{HostLimits, host_key};
 use crate::retry::{Decision, RetryPolicy};
 
-/// How long a postback whose host is at its limit waits before it is read
-/// again (plus up to as much again of jitter). It keeps its attempt count.
+/// How long a postback whose host is at its limit waits for a slot in the
+/// worker before it goes back to the schedule.
+pub const HOST_PATIENCE: Duration = Duration::from_millis(100);
+
+/// How long a postback whose host stayed at its limit waits in the
+/// schedule before it is read again (plus up to four times as much of
+/// jitter, which spreads a hanging host's backlog out). It keeps its
+/// attempt count.
 pub const HOST_BUSY_DELAY: Duration = Duration::from_millis(250);
 
 /// What every entry's handling shares.
@@ -103,8 +109,8 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) 
         return finisher.bury(&entry, &give_up(format!("refused: {refused}"))).await;
     }
     let host = host_key(&parsed);
-    let Some(_host_slot) = shared.hosts.try_acquire(&host) else {
-        let jitter = Duration::from_millis(fastrand::u64(0..=HOST_BUSY_DELAY.as_millis() as u64));
+    let Some(_host_slot) = shared.hosts.acquire_within(&host, HOST_PATIENCE).await else {
+        let jitter = Duration::from_millis(fastrand::u64(0..=4 * HOST_BUSY_DELAY.as_millis() as u64));
         tracing::debug!(postback_id = %postback.id, host, "host at its limit; rescheduling without an attempt");
         let first = entry.first_attempt_ms.unwrap_or(0);
         return finisher.reschedule(&entry, &payload, entry.attempts, first, HOST_BUSY_DELAY + jitter).await;

@@ -3,8 +3,9 @@
 //!
 //! A slow or dead target would otherwise fill every slot of the worker with
 //! attempts waiting for their timeout, and postbacks to healthy targets would
-//! queue behind them. A postback whose host is at its limit is not held: it
-//! goes back to the retry schedule for a moment without using up an attempt.
+//! queue behind them. A postback whose host is at its limit waits a moment
+//! for a slot (a busy but healthy host frees one quickly); if none frees up,
+//! it goes back to the retry schedule without using up an attempt.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,16 +27,28 @@ impl HostLimits {
         Self { per_host, hosts: Mutex::default() }
     }
 
+    /// A slot for one attempt to `host`, waiting at most `patience` for one
+    /// to free up: a busy but healthy host frees slots within milliseconds,
+    /// a hanging one does not, and its postbacks should not wait here.
+    pub async fn acquire_within(&self, host: &str, patience: std::time::Duration) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self.semaphore(host);
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        tokio::time::timeout(patience, semaphore.acquire_owned()).await.ok()?.ok()
+    }
+
     /// A slot for one attempt to `host`, or `None` when it is at its limit.
     pub fn try_acquire(&self, host: &str) -> Option<OwnedSemaphorePermit> {
-        let semaphore = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if hosts.len() > PRUNE_ABOVE {
-                hosts.retain(|_, s| s.available_permits() < self.per_host);
-            }
-            hosts.entry(host.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone()
-        };
-        semaphore.try_acquire_owned().ok()
+        self.semaphore(host).try_acquire_owned().ok()
+    }
+
+    fn semaphore(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if hosts.len() > PRUNE_ABOVE {
+            hosts.retain(|_, s| s.available_permits() < self.per_host);
+        }
+        hosts.entry(host.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone()
     }
 }
 
@@ -58,6 +71,20 @@ mod tests {
         assert!(limits.try_acquire("b:80").is_some(), "b is not held up by a");
         drop(a1);
         assert!(limits.try_acquire("a:80").is_some(), "a slot comes back when an attempt ends");
+    }
+
+    #[tokio::test]
+    async fn waits_a_little_for_a_slot() {
+        let limits = Arc::new(HostLimits::new(1));
+        let held = limits.try_acquire("a:80").expect("first slot");
+        let patience = std::time::Duration::from_millis(50);
+        assert!(limits.acquire_within("a:80", patience).await.is_none(), "nothing frees up");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            drop(held);
+        });
+        assert!(limits.acquire_within("a:80", std::time::Duration::from_secs(5)).await.is_some());
+        release.await.expect("join");
     }
 
     #[test]
