@@ -46,7 +46,7 @@ else
 fi
 
 echo "==> building (release)"
-cargo build --release --locked -q -p postback-ingest -p postback-deliver
+cargo build --release --locked -q -p postback-ingest -p postback-deliver -p postback-ctl
 
 pids=()
 stop() {
@@ -74,9 +74,10 @@ Send the sample request from the specification:
 
     curl -i -X POST http://$POSTBACK_INGEST_ADDR/ingest.php --data @schemas/examples/seed-request.json
 
-then watch the delivery attempt:
+then watch the delivery attempt, and the queue:
 
     tail -f .data/logs/deliver.log
+    target/release/postbackctl status
 
 Ctrl-C stops both services.
 MSG

@@ -66,3 +66,22 @@ pub async fn close(client: &Client) {
 pub fn is_nogroup(error: &Error) -> bool {
     error.details().starts_with("NOGROUP") || error.to_string().contains("NOGROUP")
 }
+
+/// A reply that is a flat `[key, value, key, value…]` array (RESP2) or a map
+/// (RESP3), as pairs: how XINFO answers.
+pub fn pairs(value: Value) -> Vec<(String, Value)> {
+    match value {
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let Some(k) = k.as_string() {
+                    out.push((k, v));
+                }
+            }
+            out
+        }
+        Value::Map(map) => map.inner().into_iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v))).collect(),
+        _ => Vec::new(),
+    }
+}

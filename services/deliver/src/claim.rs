@@ -95,7 +95,7 @@ impl Claimer {
         let Value::Array(consumers) = reply else { return Ok(0) };
         let mut removed = 0;
         for consumer in consumers {
-            let info = fields(consumer);
+            let info = postback_common::redis::pairs(consumer);
             let number = |key: &str| info.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_u64());
             let Some(name) = info.iter().find(|(k, _)| k == "name").and_then(|(_, v)| v.as_string()) else { continue };
             // Redis 7.2+ reports "inactive" (since the last successful read);
@@ -136,22 +136,4 @@ async fn delivery_counts(
             Some((row.first()?.as_string()?, row.get(3)?.as_u64()?))
         })
         .collect())
-}
-
-/// A flat `[key, value, key, value…]` array (or a map) as pairs.
-fn fields(value: Value) -> Vec<(String, Value)> {
-    match value {
-        Value::Array(items) => {
-            let mut out = Vec::with_capacity(items.len() / 2);
-            let mut it = items.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                if let Some(k) = k.as_string() {
-                    out.push((k, v));
-                }
-            }
-            out
-        }
-        Value::Map(map) => map.inner().into_iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v))).collect(),
-        _ => Vec::new(),
-    }
 }

@@ -1,0 +1,66 @@
+//! The command line of `postbackctl`.
+
+use clap::{Parser, Subcommand};
+use postback_common::config::RedisArgs;
+
+/// On-call view of the postback queue: what waits, who holds it, what was
+/// given up, and putting given-up postbacks back.
+#[derive(Debug, Parser)]
+#[command(name = "postbackctl", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    #[allow(missing_docs)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream length, lag, pending (per consumer, with idle time), oldest
+    /// pending age, scheduled retries, dead letters.
+    Status,
+    /// The oldest pending entries: who holds them, for how long, how often
+    /// they were handed out.
+    Pending {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        count: u64,
+    },
+    /// The dead-letter stream.
+    #[command(subcommand)]
+    Dead(Dead),
+}
+
+/// Dead-letter subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Dead {
+    /// The newest dead letters with their reasons.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        count: u64,
+    },
+    /// One dead letter in full, its postback decoded.
+    Show {
+        /// The dead letter's id (from `dead list`).
+        id: String,
+    },
+    /// Put dead letters back into the stream as fresh postbacks (attempts
+    /// start again), each exactly once.
+    Redrive {
+        /// Dead letter ids.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}

@@ -1,0 +1,112 @@
+//! `dead list`, `dead show` and `dead redrive`: the dead-letter stream.
+
+use bytes::Bytes;
+use fred::prelude::*;
+use postback_common::keys::Keys;
+use postback_common::script::Script;
+use postback_common::wire;
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use crate::output;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadError {
+    /// No dead letter has that id (exit code 3).
+    #[error("{0}")]
+    NotFound(String),
+    /// Redis failed (exit code 1).
+    #[error("Redis: {0}")]
+    Redis(#[from] Error),
+}
+
+type Entry = (String, Vec<(String, Bytes)>);
+
+/// One dead letter: its fields as text, its postback decoded.
+fn letter(entry: Entry) -> Json {
+    let (id, fields) = entry;
+    let mut out = Map::new();
+    out.insert("id".into(), id.into());
+    for (key, value) in fields {
+        if key == "p" {
+            let postback = match wire::decode(&value) {
+                Ok(p) => serde_json::json!({
+                    "id": p.id.to_string(),
+                    "accepted_at": postback_common::time::rfc3339_ms(postback_common::time::from_ms(p.accepted_at_ms)),
+                    "method": p.method.as_str(),
+                    "url": p.url,
+                    "data": p.data,
+                }),
+                Err(e) => serde_json::json!({"undecodable": e.to_string(), "bytes": String::from_utf8_lossy(&value)}),
+            };
+            out.insert("postback".into(), postback);
+        } else {
+            out.insert(key, String::from_utf8_lossy(&value).into_owned().into());
+        }
+    }
+    Json::Object(out)
+}
+
+/// The newest `count` dead letters, newest first.
+pub async fn list(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Json>, DeadError> {
+    let entries: Vec<Entry> = redis.xrevrange(&keys.dead, "+", "-", Some(count)).await?;
+    Ok(entries.into_iter().map(letter).collect())
+}
+
+/// Prints dead letters as a table.
+pub fn print_list(letters: &[Json]) {
+    let text = |l: &Json, k: &str| l.get(k).and_then(Json::as_str).unwrap_or("-").to_owned();
+    let rows: Vec<_> = letters
+        .iter()
+        .map(|l| {
+            vec![
+                text(l, "id"),
+                text(l, "postback_id"),
+                text(l, "attempts"),
+                text(l, "last_status"),
+                text(l, "last_attempt_at"),
+                text(l, "reason"),
+            ]
+        })
+        .collect();
+    output::table(&["dead letter", "postback", "attempts", "status", "last attempt", "reason"], &rows);
+}
+
+/// One dead letter.
+pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadError> {
+    let mut entries: Vec<Entry> = redis.xrange(&keys.dead, id, id, Some(1)).await?;
+    entries.pop().map(letter).ok_or_else(|| DeadError::NotFound(format!("no dead letter {id} in {}", keys.dead)))
+}
+
+/// What one redrive did.
+#[derive(Debug, Serialize)]
+pub struct Redriven {
+    /// The dead letter's id.
+    pub dead_id: String,
+    /// The new stream entry.
+    pub entry_id: String,
+}
+
+/// Puts dead letters back into the stream, each exactly once.
+pub async fn redrive(redis: &Client, keys: &Keys, ids: &[String], all: bool) -> Result<Vec<Redriven>, DeadError> {
+    let ids: Vec<String> = if all {
+        let entries: Vec<Entry> = redis.xrange(&keys.dead, "-", "+", None).await?;
+        entries.into_iter().map(|(id, _)| id).collect()
+    } else {
+        ids.to_vec()
+    };
+    let script = Script::new(include_str!("lua_redrive.lua"));
+    let mut done = Vec::with_capacity(ids.len());
+    for id in ids {
+        match script.call::<_, String>(redis, &[&keys.dead, &keys.stream], vec![id.as_str().into()]).await {
+            Ok(entry_id) => done.push(Redriven { dead_id: id, entry_id }),
+            Err(e) if e.details().starts_with("NOTFOUND") || e.details().starts_with("NOPAYLOAD") => {
+                let what = e.details().split_once(' ').map_or(e.details(), |(_, rest)| rest).to_owned();
+                return Err(DeadError::NotFound(format!("{what} (redriven so far: {})", done.len())));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,86 @@
+//! `postbackctl`: what on-call needs to see and do with the postback queue.
+//!
+//! # Layout
+//! - [`cli`]: the command line.
+//! - [`queue`]: `status` and `pending`.
+//! - [`dead`]: `dead list`, `dead show`, `dead redrive`.
+//! - [`output`]: tables and JSON.
+//!
+//! Exit codes: 0 done, 1 Redis failed or is unreachable, 2 bad usage,
+//! 3 no such dead letter.
+
+pub mod cli;
+pub mod dead;
+pub mod output;
+pub mod queue;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fred::prelude::*;
+
+use crate::cli::{Cli, Command, Dead};
+use crate::dead::DeadError;
+
+/// Runs one command; the exit code says how it went.
+pub async fn run(cli: Cli) -> ExitCode {
+    let keys = cli.redis.keys();
+    let redis = match connect(&cli.redis.redis_url).await {
+        Ok(redis) => redis,
+        Err(e) => {
+            eprintln!("error: cannot reach Redis at {} (POSTBACK_REDIS_URL): {e}", cli.redis.redis_url);
+            return ExitCode::from(1);
+        }
+    };
+    let result: Result<(), DeadError> = async {
+        match cli.command {
+            Command::Status => {
+                let status = queue::status(&redis, &keys).await?;
+                if cli.json { output::json(&status) } else { queue::print_status(&status) }
+            }
+            Command::Pending { count } => {
+                let rows = queue::pending(&redis, &keys, count).await?;
+                if cli.json { output::json(&rows) } else { queue::print_pending(&rows) }
+            }
+            Command::Dead(Dead::List { count }) => {
+                let letters = dead::list(&redis, &keys, count).await?;
+                if cli.json { output::json(&letters) } else { dead::print_list(&letters) }
+            }
+            Command::Dead(Dead::Show { id }) => output::json(&dead::show(&redis, &keys, &id).await?),
+            Command::Dead(Dead::Redrive { ids, all }) => {
+                let done = dead::redrive(&redis, &keys, &ids, all).await?;
+                if cli.json {
+                    output::json(&done)
+                } else {
+                    for r in &done {
+                        println!("redriven {} -> {} {}", r.dead_id, keys.stream, r.entry_id);
+                    }
+                    println!("{} dead letters redriven", done.len());
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), redis.quit()).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(DeadError::NotFound(what)) => {
+            eprintln!("error: {what}");
+            ExitCode::from(3)
+        }
+        Err(DeadError::Redis(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, Error> {
+    let client = Builder::from_config(Config::from_url(url)?)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
+        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(3))
+        .build()?;
+    client.init().await?;
+    Ok(client)
+}

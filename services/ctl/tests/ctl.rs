@@ -1,0 +1,128 @@
+//! `postbackctl` against a real redis-server holding a known state.
+
+#![allow(clippy::expect_used, missing_docs)]
+
+use std::process::{Command, Output};
+
+use fred::prelude::*;
+use postback_common::{Data, Method, Postback, Scalar, wire};
+use postback_testkit::RedisServer;
+use serde_json::Value as Json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_postbackctl");
+
+fn ctl(redis: &RedisServer, args: &[&str]) -> Output {
+    Command::new(BIN).env("POSTBACK_REDIS_URL", redis.url()).args(args).output().expect("run postbackctl")
+}
+
+fn json(output: &Output) -> Json {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+fn postback(n: i64) -> Vec<u8> {
+    wire::encode(&Postback {
+        id: uuid_v7(),
+        accepted_at_ms: postback_common::time::now_ms(),
+        method: Method::Get,
+        url: "http://h.example/{n}".into(),
+        data: Data(vec![("n".into(), Scalar::Int(n))]),
+    })
+}
+
+fn uuid_v7() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
+/// Three queued postbacks, two of them held by consumer w1, one retry
+/// scheduled, two dead letters (one without a payload).
+async fn known_state(redis: &RedisServer) -> (Client, Vec<String>) {
+    let client = redis.client().await;
+    for n in 0..3 {
+        let _: String =
+            client.xadd("postbacks", false, None, "*", ("p", bytes::Bytes::from(postback(n)))).await.expect("XADD");
+    }
+    let _: () = client.xgroup_create("postbacks", "deliver", "0", false).await.expect("group");
+    let _: Value = client.xreadgroup("deliver", "w1", Some(2), None, false, "postbacks", ">").await.expect("read");
+    let _: u64 = client.zadd("postbacks:retry", None, None, false, false, (1.0, "1:0:x")).await.expect("ZADD");
+    let mut dead = Vec::new();
+    let fields = vec![
+        ("reason", bytes::Bytes::from_static(b"rejected: HTTP 404")),
+        ("attempts", bytes::Bytes::from_static(b"1")),
+        ("last_status", bytes::Bytes::from_static(b"404")),
+        ("p", bytes::Bytes::from(postback(9))),
+    ];
+    dead.push(client.xadd::<String, _, _, _, _>("postbacks:dead", false, None, "*", fields).await.expect("XADD dead"));
+    let fields = vec![("reason", "poison: entry has no \"p\" field"), ("attempts", "0")];
+    dead.push(client.xadd::<String, _, _, _, _>("postbacks:dead", false, None, "*", fields).await.expect("XADD dead"));
+    (client, dead)
+}
+
+#[tokio::test]
+async fn status_and_pending_describe_the_queue() {
+    let redis = RedisServer::start();
+    known_state(&redis).await;
+    let status = json(&ctl(&redis, &["--json", "status"]));
+    assert_eq!(status["length"], 3);
+    assert_eq!(status["lag"], 1);
+    assert_eq!(status["pending"], 2);
+    assert_eq!(status["scheduled_retries"], 1);
+    assert_eq!(status["dead_letters"], 2);
+    assert!(status["oldest_pending_age_ms"].is_u64());
+    assert_eq!(status["consumers"][0]["name"], "w1");
+    assert_eq!(status["consumers"][0]["pending"], 2);
+
+    let table = ctl(&redis, &["status"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("scheduled retries") && text.contains("w1"), "{text}");
+
+    let pending = json(&ctl(&redis, &["pending", "--json"]));
+    let rows = pending.as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["consumer"] == "w1" && r["deliveries"] == 1));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_redriven_exactly_once() {
+    let redis = RedisServer::start();
+    let (client, dead) = known_state(&redis).await;
+    let list = json(&ctl(&redis, &["--json", "dead", "list"]));
+    let ids: Vec<_> = list.as_array().expect("list").iter().map(|l| l["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(ids, [dead[1].clone(), dead[0].clone()], "newest first");
+
+    let shown = json(&ctl(&redis, &["dead", "show", &dead[0]]));
+    assert_eq!(shown["reason"], "rejected: HTTP 404");
+    assert_eq!(shown["postback"]["method"], "GET");
+    assert_eq!(shown["postback"]["data"]["n"], 9);
+
+    let redriven = json(&ctl(&redis, &["--json", "dead", "redrive", &dead[0]]));
+    assert_eq!(redriven[0]["dead_id"], dead[0]);
+    let len: u64 = client.xlen("postbacks").await.expect("XLEN");
+    assert_eq!(len, 4, "back in the stream");
+    let again = ctl(&redis, &["dead", "redrive", &dead[0]]);
+    assert_eq!(again.status.code(), Some(3), "a letter is redriven only once");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no dead letter"));
+    let len: u64 = client.xlen("postbacks").await.expect("XLEN");
+    assert_eq!(len, 4, "and nothing was added the second time");
+
+    let no_payload = ctl(&redis, &["dead", "redrive", "--all"]);
+    assert_eq!(no_payload.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&no_payload.stderr).contains("holds no postback"));
+    let missing = ctl(&redis, &["dead", "show", "1-1"]);
+    assert_eq!(missing.status.code(), Some(3));
+}
+
+#[test]
+fn clear_errors_and_exit_codes() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let down = Command::new(BIN).env("POSTBACK_REDIS_URL", &url).arg("status").output().expect("run");
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("POSTBACK_REDIS_URL"));
+    let usage = Command::new(BIN).args(["dead", "redrive"]).output().expect("run");
+    assert_eq!(usage.status.code(), Some(2), "redrive needs ids or --all");
+    let unknown = Command::new(BIN).arg("explode").output().expect("run");
+    assert_eq!(unknown.status.code(), Some(2));
+}
