@@ -36,6 +36,9 @@ pub struct Keys {
     /// Stream of postbacks that will not be delivered (`<stream>:dead`
     /// unless `POSTBACK_DEAD_STREAM` says otherwise).
     pub dead: String,
+    /// Capped stream with one entry per delivery attempt (`<stream>:log`),
+    /// read by `postbackctl attempts`.
+    pub log: String,
 }
 
 impl Keys {
@@ -43,7 +46,13 @@ impl Keys {
     /// dead-letter stream.
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
         let stream = stream.into();
-        Self { retry: format!("{stream}:retry"), dead: format!("{stream}:dead"), group: group.into(), stream }
+        Self {
+            retry: format!("{stream}:retry"),
+            dead: format!("{stream}:dead"),
+            log: format!("{stream}:log"),
+            group: group.into(),
+            stream,
+        }
     }
 
     /// The same keys with another dead-letter stream.
@@ -68,6 +77,7 @@ mod tests {
         let keys = Keys::default();
         assert_eq!(keys.retry, "postbacks:retry");
         assert_eq!(keys.dead, "postbacks:dead");
+        assert_eq!(keys.log, "postbacks:log");
         assert_eq!(keys.with_dead("graveyard").dead, "graveyard");
     }
 }

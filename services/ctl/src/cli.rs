@@ -37,6 +37,14 @@ pub enum Command {
     /// The dead-letter stream.
     #[command(subcommand)]
     Dead(Dead),
+    /// The recent attempts of one postback, from the delivery log stream.
+    Attempts {
+        /// The postback id (X-Postback-Id, or an id from the 202).
+        id: String,
+        /// How many of the newest log entries to search.
+        #[arg(long, default_value_t = 10_000)]
+        scan: u64,
+    },
 }
 
 /// Dead-letter subcommands.

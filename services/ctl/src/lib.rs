@@ -4,11 +4,13 @@
 //! - [`cli`]: the command line.
 //! - [`queue`]: `status` and `pending`.
 //! - [`dead`]: `dead list`, `dead show`, `dead redrive`.
+//! - [`attempts`]: `attempts ID`, from the delivery log stream.
 //! - [`output`]: tables and JSON.
 //!
 //! Exit codes: 0 done, 1 Redis failed or is unreachable, 2 bad usage,
-//! 3 no such dead letter.
+//! 3 not found (no such dead letter, no attempts of that postback).
 
+pub mod attempts;
 pub mod cli;
 pub mod dead;
 pub mod output;
@@ -45,6 +47,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Dead(Dead::List { count }) => {
                 let letters = dead::list(&redis, &keys, count).await?;
                 if cli.json { output::json(&letters) } else { dead::print_list(&letters) }
+            }
+            Command::Attempts { id, scan } => {
+                let rows = attempts::find(&redis, &keys, &id, scan).await?;
+                if cli.json { output::json(&rows) } else { attempts::print(&rows) }
             }
             Command::Dead(Dead::Show { id }) => output::json(&dead::show(&redis, &keys, &id).await?),
             Command::Dead(Dead::Redrive { ids, all }) => {

@@ -126,3 +126,34 @@ fn clear_errors_and_exit_codes() {
     let unknown = Command::new(BIN).arg("explode").output().expect("run");
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn attempts_come_from_the_delivery_log() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    for (attempt, outcome, status) in [("1", "retry", "503"), ("2", "delivered", "200")] {
+        let fields = vec![
+            ("postback_id", "0192-a"),
+            ("attempt", attempt),
+            ("at", "2026-11-28T00:00:00.000Z"),
+            ("outcome", outcome),
+            ("status", status),
+            ("response_time_ms", "7"),
+            ("url", "http://h.example/x"),
+        ];
+        let _: String = client.xadd("postbacks:log", false, None, "*", fields).await.expect("XADD log");
+    }
+    let other = vec![("postback_id", "0192-b"), ("attempt", "1"), ("outcome", "dead")];
+    let _: String = client.xadd("postbacks:log", false, None, "*", other).await.expect("XADD log");
+
+    let rows = json(&ctl(&redis, &["--json", "attempts", "0192-a"]));
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["attempt"], "2", "newest first");
+    assert_eq!(rows[0]["outcome"], "delivered");
+    assert_eq!(rows[1]["status"], "503");
+    let table = ctl(&redis, &["attempts", "0192-a"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("delivered"));
+    let none = ctl(&redis, &["attempts", "0192-zzz"]);
+    assert_eq!(none.status.code(), Some(3));
+}

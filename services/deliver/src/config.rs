@@ -124,6 +124,11 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_MAX_URL_BYTES", default_value_t = 8_192,
           value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
     pub max_url_bytes: u64,
+
+    /// Entries kept in the delivery log stream (<stream>:log, one per
+    /// attempt, read by `postbackctl attempts`); 0 writes no log.
+    #[arg(long, env = "POSTBACK_ATTEMPT_LOG_MAXLEN", default_value_t = 100_000)]
+    pub attempt_log_maxlen: u64,
 }
 
 fn parse_allow_list(text: &str) -> Result<AllowList, String> {

@@ -14,6 +14,7 @@ use postback_common::{template, wire};
 use tracing::instrument;
 
 use crate::attempt::{self, AttemptContext};
+use crate::attempt_log::{AttemptLog, LoggedAttempt};
 use crate::entry::Entry;
 use crate::finish::{DeadLetter, Finisher};
 use crate::guard::Guard;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub max_url_bytes: usize,
     /// Acknowledges, reschedules, dead-letters.
     pub finisher: Finisher,
+    /// The delivery log stream.
+    pub attempt_log: AttemptLog,
 }
 
 /// Handles one entry. `deliveries` is Redis's hand-over count when the entry
@@ -121,6 +124,19 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) 
     let attempt = attempt::send(&ctx, &postback, &url).await;
     let decision = shared.policy.decide(&attempt.verdict, number);
     attempt::log(&postback, number, &entry.id, &url, &attempt, &decision);
+    shared.attempt_log.record(LoggedAttempt {
+        postback_id: postback.id.to_string(),
+        attempt: number,
+        at: postback_common::time::rfc3339_ms(attempt.delivered_at),
+        status: attempt.status,
+        outcome: decision.as_str(),
+        response_time_ms: attempt.response_time_ms,
+        url: url.clone(),
+        error: match &decision {
+            Decision::Dead { reason } => Some(reason.clone()),
+            _ => attempt.verdict.reason().map(str::to_owned),
+        },
+    });
     let first_attempt_ms = entry.first_attempt_ms.filter(|ms| *ms > 0).unwrap_or_else(|| attempt.delivered_at_ms());
     match decision {
         Decision::Delivered => finisher.ack(&entry),

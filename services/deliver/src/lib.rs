@@ -7,6 +7,7 @@
 //! - [`worker`]: the read loop and the queue design (start here).
 //! - [`handle`]: one entry from read to finish.
 //! - [`attempt`]: one HTTP delivery attempt and its log line.
+//! - [`attempt_log`]: the capped delivery-log stream in Redis.
 //! - [`retry`]: what is retried, when, and when it is given up.
 //! - [`finish`]: acknowledge, reschedule or dead-letter, atomically (`lua/`).
 //! - [`scheduler`]: moving due retries back into the stream.
@@ -22,6 +23,7 @@
 pub mod acker;
 pub mod admin;
 pub mod attempt;
+pub mod attempt_log;
 pub mod claim;
 pub mod config;
 pub mod entry;

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::attempt_log::AttemptLog;
 use crate::claim::Claimer;
 use crate::config::Config;
 use crate::finish::Finisher;
@@ -101,6 +102,12 @@ impl Deliverer {
             shutdown.clone(),
         ));
         let config = &self.config;
+        let (attempt_log, log_writer) = if config.attempt_log_maxlen > 0 {
+            let (log, task) = AttemptLog::spawn(self.redis.clone(), keys.log.clone(), config.attempt_log_maxlen);
+            (log, Some(task))
+        } else {
+            (AttemptLog::disabled(), None)
+        };
         let worker = Worker {
             reader: self.reader.clone(),
             redis: self.redis.clone(),
@@ -128,6 +135,7 @@ impl Deliverer {
                 hosts: HostLimits::new(config.per_host_concurrency as usize),
                 max_deliveries: config.max_deliveries,
                 guard: self.guard,
+                attempt_log,
                 max_url_bytes: config.max_url_bytes as usize,
                 finisher,
             }),
@@ -137,6 +145,11 @@ impl Deliverer {
         ack_stop.cancel();
         let _ = acker.await;
         let _ = scheduler.await;
+        if let Some(task) = log_writer {
+            // Ends once the worker's handles are gone; abandoned attempts may
+            // keep one alive, so do not wait long.
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         admin_stop.cancel();
         let _ = admin.await;
         postback_common::redis::close(&self.reader).await;

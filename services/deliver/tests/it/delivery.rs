@@ -113,3 +113,27 @@ async fn put_patch_and_delete() {
         }
     }
 }
+
+#[tokio::test]
+async fn every_attempt_is_written_to_the_delivery_log_stream() {
+    let p = Pipeline::start_with(|_, n| postback_testkit::Reply::status(if n == 0 { 503 } else { 200 }), |_| {}).await;
+    let ids = p.ingest(&seed_request(&p.target("/logged"))).await;
+    p.sink.wait_for(2, WAIT).await;
+    p.wait_drained().await;
+    let client = p.redis.client().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+            fred::prelude::StreamsInterface::xrange(&client, "postbacks:log", "-", "+", None).await.expect("XRANGE");
+        if entries.len() == 2 {
+            assert!(entries.iter().all(|(_, f)| f["postback_id"] == ids[0]));
+            assert_eq!(entries[0].1["outcome"], "retry");
+            assert_eq!(entries[0].1["status"], "503");
+            assert_eq!(entries[1].1["attempt"], "2");
+            assert_eq!(entries[1].1["outcome"], "delivered");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "log holds {entries:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,50 @@
+//! `attempts ID`: one postback's recent attempts, from the capped delivery
+//! log stream (`<stream>:log`) that deliver writes, newest first.
+
+use bytes::Bytes;
+use fred::prelude::*;
+use postback_common::keys::Keys;
+use serde_json::{Map, Value as Json};
+
+use crate::dead::DeadError;
+use crate::output;
+
+/// The attempts of postback `id` among the newest `scan` log entries.
+pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Vec<Json>, DeadError> {
+    let entries: Vec<(String, Vec<(String, Bytes)>)> = redis.xrevrange(&keys.log, "+", "-", Some(scan)).await?;
+    let found: Vec<Json> = entries
+        .into_iter()
+        .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "postback_id" && v.as_ref() == id.as_bytes()))
+        .map(|(_, fields)| {
+            let object: Map<String, Json> =
+                fields.into_iter().map(|(k, v)| (k, Json::from(String::from_utf8_lossy(&v).into_owned()))).collect();
+            Json::Object(object)
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(DeadError::NotFound(format!(
+            "no attempts of {id} in the newest {scan} entries of {} (not attempted yet, or logged longer ago)",
+            keys.log
+        )));
+    }
+    Ok(found)
+}
+
+/// Prints attempts as a table.
+pub fn print(rows: &[Json]) {
+    let text = |r: &Json, k: &str| r.get(k).and_then(Json::as_str).unwrap_or("-").to_owned();
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                text(r, "attempt"),
+                text(r, "at"),
+                text(r, "status"),
+                text(r, "response_time_ms"),
+                text(r, "outcome"),
+                text(r, "error"),
+            ]
+        })
+        .collect();
+    output::table(&["attempt", "at", "status", "ms", "outcome", "error"], &rows);
+}
