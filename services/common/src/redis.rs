@@ -85,3 +85,52 @@ pub fn pairs(value: Value) -> Vec<(String, Value)> {
         _ => Vec::new(),
     }
 }
+
+/// One row of an extended XPENDING reply.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingRow {
+    /// Stream entry id.
+    pub id: String,
+    /// The consumer that holds it.
+    pub consumer: String,
+    /// Since it was last handed out, in ms.
+    pub idle_ms: u64,
+    /// How many times it was handed out.
+    pub deliveries: u64,
+}
+
+/// Runs `XPENDING stream group start end count [consumer]` and reads its
+/// rows.
+pub async fn pending_rows(
+    client: &Client,
+    keys: &crate::keys::Keys,
+    range: (&str, &str),
+    count: u64,
+    consumer: Option<&str>,
+) -> Result<Vec<PendingRow>, Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let mut args: Vec<Value> = vec![
+        keys.stream.as_str().into(),
+        keys.group.as_str().into(),
+        range.0.into(),
+        range.1.into(),
+        (count as i64).into(),
+    ];
+    if let Some(consumer) = consumer {
+        args.push(consumer.into());
+    }
+    let reply: Value = client.custom(CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false), args).await?;
+    let Value::Array(rows) = reply else { return Ok(Vec::new()) };
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let Value::Array(row) = row else { return None };
+            Some(PendingRow {
+                id: row.first()?.as_string()?,
+                consumer: row.get(1)?.as_string()?,
+                idle_ms: row.get(2)?.as_u64()?,
+                deliveries: row.get(3)?.as_u64()?,
+            })
+        })
+        .collect())
+}

@@ -115,36 +115,11 @@ pub fn print_status(status: &Status) {
 }
 
 /// One pending entry.
-#[derive(Debug, Serialize)]
-pub struct Pending {
-    /// Stream entry id.
-    pub id: String,
-    /// Who holds it.
-    pub consumer: String,
-    /// Since it was last handed out, in ms.
-    pub idle_ms: u64,
-    /// How many times it was handed out.
-    pub deliveries: u64,
-}
+pub type Pending = postback_common::redis::PendingRow;
 
 /// The oldest `count` pending entries.
 pub async fn pending(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Pending>, Error> {
-    let args: Vec<Value> =
-        vec![keys.stream.as_str().into(), keys.group.as_str().into(), "-".into(), "+".into(), (count as i64).into()];
-    let rows: Value = redis.custom(CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false), args).await?;
-    let Value::Array(rows) = rows else { return Ok(Vec::new()) };
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let Value::Array(row) = row else { return None };
-            Some(Pending {
-                id: row.first()?.as_string()?,
-                consumer: row.get(1)?.as_string()?,
-                idle_ms: row.get(2)?.as_u64()?,
-                deliveries: row.get(3)?.as_u64()?,
-            })
-        })
-        .collect())
+    postback_common::redis::pending_rows(redis, keys, ("-", "+"), count, None).await
 }
 
 /// Prints pending entries as a table.

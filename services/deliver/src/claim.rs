@@ -119,21 +119,13 @@ async fn delivery_counts(
     entries: &[Entry],
 ) -> Result<Vec<(String, u64)>, Error> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
-    let args: Vec<Value> = vec![
-        keys.stream.as_str().into(),
-        keys.group.as_str().into(),
-        first.id.as_str().into(),
-        last.id.as_str().into(),
-        (entries.len() as i64 * 2).into(),
-        consumer.into(),
-    ];
-    let reply: Value = redis.custom(CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false), args).await?;
-    let Value::Array(rows) = reply else { return Ok(Vec::new()) };
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let Value::Array(row) = row else { return None };
-            Some((row.first()?.as_string()?, row.get(3)?.as_u64()?))
-        })
-        .collect())
+    let rows = postback_common::redis::pending_rows(
+        redis,
+        keys,
+        (&first.id, &last.id),
+        entries.len() as u64 * 2,
+        Some(consumer),
+    )
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.deliveries)).collect())
 }
