@@ -32,19 +32,15 @@ pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Ve
 
 /// Prints attempts as a table.
 pub fn print(rows: &[Json]) {
-    let text = |r: &Json, k: &str| r.get(k).and_then(Json::as_str).unwrap_or("-").to_owned();
-    let rows: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                text(r, "attempt"),
-                text(r, "at"),
-                text(r, "status"),
-                text(r, "response_time_ms"),
-                text(r, "outcome"),
-                text(r, "error"),
-            ]
-        })
-        .collect();
-    output::table(&["attempt", "at", "status", "ms", "outcome", "error"], &rows);
+    output::object_table(
+        rows,
+        &[
+            ("attempt", "attempt"),
+            ("at", "at"),
+            ("status", "status"),
+            ("ms", "response_time_ms"),
+            ("outcome", "outcome"),
+            ("error", "error"),
+        ],
+    );
 }

@@ -56,21 +56,17 @@ pub async fn list(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Json>, 
 
 /// Prints dead letters as a table.
 pub fn print_list(letters: &[Json]) {
-    let text = |l: &Json, k: &str| l.get(k).and_then(Json::as_str).unwrap_or("-").to_owned();
-    let rows: Vec<_> = letters
-        .iter()
-        .map(|l| {
-            vec![
-                text(l, "id"),
-                text(l, "postback_id"),
-                text(l, "attempts"),
-                text(l, "last_status"),
-                text(l, "last_attempt_at"),
-                text(l, "reason"),
-            ]
-        })
-        .collect();
-    output::table(&["dead letter", "postback", "attempts", "status", "last attempt", "reason"], &rows);
+    output::object_table(
+        letters,
+        &[
+            ("dead letter", "id"),
+            ("postback", "postback_id"),
+            ("attempts", "attempts"),
+            ("status", "last_status"),
+            ("last attempt", "last_attempt_at"),
+            ("reason", "reason"),
+        ],
+    );
 }
 
 /// One dead letter.

@@ -20,6 +20,22 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Prints JSON objects as a table: one column per `(header, field)`, the
+/// field's text in each cell (`-` when absent).
+pub fn object_table(objects: &[serde_json::Value], columns: &[(&str, &str)]) {
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = objects
+        .iter()
+        .map(|o| {
+            columns
+                .iter()
+                .map(|(_, key)| o.get(*key).and_then(serde_json::Value::as_str).unwrap_or("-").to_owned())
+                .collect()
+        })
+        .collect();
+    table(&headers, &rows);
+}
+
 /// Prints a value as pretty JSON.
 pub fn json<T: Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());

@@ -57,6 +57,16 @@ async fn wait_drained(redis: &RedisServer) {
     }
 }
 
+/// Starts worker "b" in-process, waits until the stream and the schedule are
+/// empty, checks nothing accepted was lost, and stops it.
+async fn survivor_finishes(redis: &RedisServer, sink: &Sink, accepted: &[String]) {
+    let (stop, b) = run_in_process(redis, "b").await;
+    wait_drained(redis).await;
+    assert_none_lost(sink, redis, accepted).await;
+    stop.cancel();
+    b.await.expect("join");
+}
+
 fn per_id(sink: &Sink) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for r in sink.received() {
@@ -90,15 +100,11 @@ async fn a_killed_worker_s_postbacks_are_finished_by_another() {
     a.start_kill().expect("kill -9");
     a.wait().await.expect("reap");
 
-    let (stop, b) = run_in_process(&redis, "b").await;
-    wait_drained(&redis).await;
+    survivor_finishes(&redis, &sink, &ids).await;
     let seen = per_id(&sink);
     for id in &ids {
         assert!(seen.get(id).copied().unwrap_or(0) >= 2, "{id} was not delivered again by the survivor");
     }
-    assert_none_lost(&sink, &redis, &ids).await;
-    stop.cancel();
-    b.await.expect("join");
 }
 
 #[tokio::test]
@@ -121,11 +127,7 @@ async fn sigterm_under_load_loses_nothing() {
     let mut a = a;
     let status = tokio::time::timeout(WAIT, a.wait()).await.expect("exits").expect("wait");
     assert_eq!(status.code(), Some(0));
-    let (stop, b) = run_in_process(&redis, "b").await;
-    wait_drained(&redis).await;
-    assert_none_lost(&sink, &redis, &accepted).await;
-    stop.cancel();
-    b.await.expect("join");
+    survivor_finishes(&redis, &sink, &accepted).await;
 }
 
 #[tokio::test]
