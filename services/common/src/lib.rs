@@ -7,6 +7,7 @@
 //! - [`template`]: `{key}` URL templates and their percent-encoding.
 //! - [`config`]: settings both services share, and config error reporting.
 //! - [`redis`]: Redis clients that reconnect on their own.
+//! - [`queue_status`]: a snapshot of the stream, group, schedule and dead letters.
 //! - [`script`]: Lua scripts run by SHA1, loaded on demand.
 //! - [`telemetry`]: JSON-lines logging.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod data;
 pub mod keys;
 pub mod method;
+pub mod queue_status;
 pub mod redis;
 pub mod runtime;
 pub mod scalar;

@@ -1,0 +1,111 @@
+//! A snapshot of the queue: the stream, its consumer group, the retry
+//! schedule and the dead-letter stream.
+//!
+//! `postbackctl status` prints it and deliver's `/metrics` turns it into
+//! gauges, so on-call and the dashboards read the same numbers.
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use serde::Serialize;
+
+use crate::keys::Keys;
+use crate::redis::pairs;
+
+/// What [`status`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The stream.
+    pub stream: String,
+    /// The consumer group.
+    pub group: String,
+    /// Entries in the stream: postbacks waiting for an attempt.
+    pub length: u64,
+    /// Entries no worker has read yet (null when the group does not exist,
+    /// or Redis is older than 7.0).
+    pub lag: Option<u64>,
+    /// Entries read by a worker and not yet finished.
+    pub pending: u64,
+    /// Age of the oldest pending entry, from its id.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Postbacks waiting in the retry schedule.
+    pub scheduled_retries: u64,
+    /// Postbacks in the dead-letter stream.
+    pub dead_letters: u64,
+    /// The group's consumers.
+    pub consumers: Vec<Consumer>,
+}
+
+/// One consumer of the group.
+#[derive(Debug, Clone, Serialize)]
+pub struct Consumer {
+    /// Its name (HOST-PID or POSTBACK_CONSUMER).
+    pub name: String,
+    /// Entries it holds.
+    pub pending: u64,
+    /// Since it last read, in ms.
+    pub idle_ms: u64,
+}
+
+/// Gathers the status (a handful of read-only commands).
+pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
+    let length: u64 = redis.xlen(&keys.stream).await?;
+    let scheduled_retries: u64 = redis.zcard(&keys.retry).await?;
+    let dead_letters: u64 = redis.xlen(&keys.dead).await?;
+    let mut status = Status {
+        stream: keys.stream.clone(),
+        group: keys.group.clone(),
+        length,
+        lag: None,
+        pending: 0,
+        oldest_pending_age_ms: None,
+        scheduled_retries,
+        dead_letters,
+        consumers: Vec::new(),
+    };
+    if length == 0 && !redis.exists::<bool, _>(&keys.stream).await? {
+        return Ok(status);
+    }
+    let groups: Value = redis.xinfo_groups(&keys.stream).await?;
+    let Value::Array(groups) = groups else { return Ok(status) };
+    let Some(group) = groups.into_iter().map(pairs).find(|g| field_str(g, "name").as_deref() == Some(&keys.group))
+    else {
+        return Ok(status);
+    };
+    status.lag = field_u64(&group, "lag");
+    status.pending = field_u64(&group, "pending").unwrap_or(0);
+    let summary: Value = redis
+        .custom(CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false), vec![&keys.stream, &keys.group])
+        .await?;
+    if let Value::Array(parts) = summary
+        && let Some(oldest) = parts.get(1).and_then(|v| v.as_string())
+    {
+        status.oldest_pending_age_ms = id_age_ms(&oldest);
+    }
+    let consumers: Value = redis.xinfo_consumers(&keys.stream, &keys.group).await?;
+    if let Value::Array(consumers) = consumers {
+        status.consumers = consumers
+            .into_iter()
+            .map(pairs)
+            .map(|c| Consumer {
+                name: field_str(&c, "name").unwrap_or_default(),
+                pending: field_u64(&c, "pending").unwrap_or(0),
+                idle_ms: field_u64(&c, "inactive").or_else(|| field_u64(&c, "idle")).unwrap_or(0),
+            })
+            .collect();
+    }
+    Ok(status)
+}
+
+fn field_str(fields: &[(String, Value)], key: &str) -> Option<String> {
+    fields.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_string())
+}
+
+fn field_u64(fields: &[(String, Value)], key: &str) -> Option<u64> {
+    fields.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_u64())
+}
+
+/// How long ago an entry id (`<ms>-<seq>`) was created.
+fn id_age_ms(id: &str) -> Option<u64> {
+    let ms: u64 = id.split('-').next()?.parse().ok()?;
+    Some(crate::time::now_ms().saturating_sub(ms))
+}
