@@ -10,6 +10,7 @@
 //! - [`queue_status`]: a snapshot of the stream, group, schedule and dead letters.
 //! - [`script`]: Lua scripts run by SHA1, loaded on demand.
 //! - [`telemetry`]: JSON-lines logging.
+//! - [`metrics`]: the Prometheus text encoding and shared histogram buckets.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
 //! - [`time`]: wall-clock helpers.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod data;
 pub mod keys;
 pub mod method;
+pub mod metrics;
 pub mod queue_status;
 pub mod redis;
 pub mod runtime;

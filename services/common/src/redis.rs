@@ -61,6 +61,19 @@ pub async fn close(client: &Client) {
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
 }
 
+/// Whether Redis answers a PING within `timeout`; the error says why not.
+/// What readiness probes and the `postback_redis_up` gauge ask.
+pub async fn ping(client: &Client, timeout: Duration) -> Result<(), String> {
+    if !client.is_connected() {
+        return Err("not connected to Redis".into());
+    }
+    match tokio::time::timeout(timeout, client.ping::<String>(None)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no PING reply within {timeout:?}")),
+    }
+}
+
 /// Whether `error` is Redis saying that the stream or its consumer group does
 /// not exist (it was deleted, or Redis restarted without its data).
 pub fn is_nogroup(error: &Error) -> bool {

@@ -39,12 +39,8 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<serde_json
     if !state.group_ready.load(Ordering::Acquire) {
         return not_ready("consumer group not set up yet".into());
     }
-    if !state.redis.is_connected() {
-        return not_ready("not connected to Redis".into());
-    }
-    match tokio::time::timeout(READY_TIMEOUT, state.redis.ping::<String>(None)).await {
-        Ok(Ok(_)) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Ok(Err(e)) => not_ready(e.to_string()),
-        Err(_) => not_ready(format!("no PING reply within {READY_TIMEOUT:?}")),
+    match postback_common::redis::ping(&state.redis, READY_TIMEOUT).await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Err(reason) => not_ready(reason),
     }
 }

@@ -130,6 +130,23 @@ impl IngestError {
     }
 }
 
+impl IngestError {
+    /// The `outcome` label of a request refused with this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Invalid(_) | IngestError::Json(JsonError::TooDeep) => "invalid",
+            IngestError::Json(JsonError::Malformed(_)) => "malformed_json",
+            IngestError::BodyRead(_) => "unreadable_body",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::Unavailable(_) => "unavailable",
+            IngestError::BacklogFull(_) => "backlog_full",
+            IngestError::Unauthorized => "unauthorized",
+            IngestError::MethodNotAllowed => "method_not_allowed",
+            IngestError::NotFound => "not_found",
+        }
+    }
+}
+
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
@@ -144,6 +161,7 @@ impl IntoResponse for IngestError {
             _ => None,
         };
         let mut response = problem_response(&self.problem());
+        response.extensions_mut().insert(crate::metrics::Rejection(self.reason()));
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

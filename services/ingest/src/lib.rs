@@ -10,6 +10,7 @@
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
 //! - [`auth`]: optional bearer tokens.
 //! - [`error`]: problem+json responses.
+//! - [`metrics`]: Prometheus metrics and `GET /metrics`.
 //! - [`state`]: what the handlers share.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod enqueue;
 pub mod error;
 pub mod json;
+pub mod metrics;
 pub mod request;
 pub mod routes;
 pub mod startup;

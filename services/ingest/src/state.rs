@@ -26,6 +26,8 @@ pub struct Inner {
     pub enqueuer: Enqueuer,
     /// The service's settings.
     pub config: Config,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::IngestMetrics,
 }
 
 impl AppState {
@@ -43,6 +45,7 @@ impl AppState {
             limits: config.limits(),
             enqueuer: Enqueuer::new(config.redis_timeout(), config.max_backlog, config.wait_replicas),
             config,
+            metrics: crate::metrics::IngestMetrics::new(),
         }))
     }
 }

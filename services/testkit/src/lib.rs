@@ -7,10 +7,12 @@
 
 #![allow(missing_docs, clippy::expect_used)]
 
+pub mod metrics;
 mod redis_server;
 mod settings;
 mod sink;
 
+pub use metrics::{expect_metric, lint_with_promtool, metric};
 pub use redis_server::RedisServer;
 pub use settings::assert_bad_settings_are_named;
 pub use sink::{Received, Reply, Sink};

@@ -4,10 +4,11 @@
 //!   the first is the drop-in path of the original PHP service).
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: Redis answers, so requests can be accepted.
+//! - `GET /metrics`: Prometheus metrics (see [`crate::metrics`]).
 //!
 //! Any other path is a 404 and any other method a 405, both as problem+json.
 //! With `POSTBACK_INGEST_TOKENS_FILE` set, the POST routes need a bearer
-//! token (401 otherwise); the health routes never do.
+//! token (401 otherwise); the health and metrics routes never do.
 
 mod health;
 mod postbacks;
@@ -24,12 +25,14 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let accept = post(postbacks::accept)
         .fallback(|| method_not_allowed("POST"))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track));
     Router::new()
         .route("/ingest.php", accept.clone())
         .route("/v1/postbacks", accept)
         .route("/healthz", get(health::healthz).fallback(|| method_not_allowed("GET, HEAD")))
         .route("/readyz", get(health::readyz).fallback(|| method_not_allowed("GET, HEAD")))
+        .route("/metrics", get(crate::metrics::scrape).fallback(|| method_not_allowed("GET, HEAD")))
         .fallback(|| async { IngestError::NotFound })
         .with_state(state)
 }

@@ -42,10 +42,18 @@ pub async fn accept(
     let postbacks =
         request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
     Span::current().record("postbacks", postbacks.len());
-    state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await.map_err(|e| match e {
-        EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),
-        other => IngestError::Unavailable(other.to_string()),
-    })?;
+    let started = std::time::Instant::now();
+    let enqueued = state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await;
+    state.metrics.enqueued_in(started.elapsed());
+    if let Err(e) = enqueued {
+        let error = match e {
+            EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),
+            other => IngestError::Unavailable(other.to_string()),
+        };
+        state.metrics.postbacks(error.reason(), postbacks.len());
+        return Err(error);
+    }
+    state.metrics.postbacks("accepted", postbacks.len());
     let ids = postbacks.iter().map(|p| p.id.to_string()).collect();
     tracing::debug!(count = postbacks.len(), "accepted");
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: postbacks.len(), ids })))

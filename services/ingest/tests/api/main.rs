@@ -9,5 +9,6 @@ mod backpressure;
 mod binary;
 mod guard;
 mod helpers;
+mod metrics;
 mod redis_outage;
 mod reject;

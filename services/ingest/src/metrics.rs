@@ -1,0 +1,132 @@
+//! Ingest's Prometheus metrics and `GET /metrics`.
+//!
+//! - `postback_ingest_requests_total{route, outcome}`: requests to the POST
+//!   routes, by outcome: `accepted` or the rejection (`invalid`,
+//!   `malformed_json`, `unreadable_body`, `too_large`, `unauthorized`,
+//!   `backlog_full`, `unavailable`).
+//! - `postback_ingest_postbacks_total{outcome}`: postbacks of valid
+//!   requests: `accepted`, or refused whole with their request
+//!   (`backlog_full`, `unavailable`).
+//! - `postback_ingest_request_duration_seconds{route}`: from the request's
+//!   arrival to its answer, whatever the outcome.
+//! - `postback_ingest_enqueue_duration_seconds`: the enqueue script's round
+//!   trip to Redis (WAIT included when asked for).
+//! - `postback_redis_up`: 1 when Redis answered a PING during this scrape.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use postback_common::metrics::{CONTENT_TYPE, latency_histogram, render};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::state::AppState;
+
+/// How long a scrape waits for Redis's PING.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a request was refused, put on its response by
+/// [`IntoResponse`](crate::error::IngestError) for [`track`] to count.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejection(pub &'static str);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+/// Every metric ingest keeps, and the registry that renders them.
+pub struct IngestMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    postbacks: Family<OutcomeLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+    enqueue: Histogram,
+    redis_up: Gauge,
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IngestMetrics {
+    /// Registers every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("postback");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("ingest_requests", "Requests to the POST routes, by route and outcome", requests.clone());
+        let postbacks = Family::<OutcomeLabels, Counter>::default();
+        registry.register("ingest_postbacks", "Postbacks of valid requests, by outcome", postbacks.clone());
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "ingest_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            duration.clone(),
+        );
+        let enqueue = latency_histogram();
+        registry.register(
+            "ingest_enqueue_duration_seconds",
+            "Round trip of the enqueue script to Redis",
+            enqueue.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register("redis_up", "1 when Redis answered a PING during this scrape, else 0", redis_up.clone());
+        Self { registry, requests, postbacks, duration, enqueue, redis_up }
+    }
+
+    /// Counts `n` postbacks of a valid request with `outcome`.
+    pub fn postbacks(&self, outcome: &'static str, n: usize) {
+        self.postbacks.get_or_create(&OutcomeLabels { outcome }).inc_by(n as u64);
+    }
+
+    /// Records one enqueue round trip.
+    pub fn enqueued_in(&self, took: Duration) {
+        self.enqueue.observe(took.as_secs_f64());
+    }
+}
+
+/// Middleware on the POST routes: times each request and counts it by
+/// outcome.
+pub async fn track(State(state): State<AppState>, path: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = path.as_ref().map_or("unmatched", |p| p.as_str()).to_owned();
+    let outcome = match response.extensions().get::<Rejection>() {
+        Some(Rejection(reason)) => reason,
+        None if response.status().is_success() => "accepted",
+        None => "other",
+    };
+    let metrics = &state.metrics;
+    metrics.duration.get_or_create(&RouteLabels { route: route.clone() }).observe(started.elapsed().as_secs_f64());
+    metrics.requests.get_or_create(&RequestLabels { route, outcome }).inc();
+    response
+}
+
+/// `GET /metrics`: checks Redis, then renders every metric.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    let up = postback_common::redis::ping(&state.redis, PING_TIMEOUT).await.is_ok();
+    state.metrics.redis_up.set(i64::from(up));
+    let mut response = render(&state.metrics.registry).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
