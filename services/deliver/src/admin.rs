@@ -1,16 +1,22 @@
-//! The admin listener: `/healthz` (alive) and `/readyz` (Redis answers and
-//! the consumer group is in place).
+//! The admin listener: `/healthz` (alive), `/readyz` (Redis answers and
+//! the consumer group is in place) and `/metrics` (Prometheus; see
+//! [`crate::metrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fred::prelude::*;
+use postback_common::keys::Keys;
+use postback_common::metrics::CONTENT_TYPE;
 use serde_json::json;
+
+use crate::metrics::DeliverMetrics;
 
 /// A PING slower than this means "not ready".
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -22,11 +28,26 @@ pub struct AdminState {
     pub redis: Client,
     /// Set once the consumer group exists.
     pub group_ready: Arc<AtomicBool>,
+    /// Stream and group names, for the queue sample.
+    pub keys: Keys,
+    /// What `/metrics` renders.
+    pub metrics: Arc<DeliverMetrics>,
 }
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.metrics.scrape(&state.redis, &state.keys).await;
+    let mut response = text.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
 }
 
 async fn healthz() -> Json<serde_json::Value> {

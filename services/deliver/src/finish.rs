@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::acker::AckSender;
 use crate::entry::Entry;
+use crate::metrics::{DeliverMetrics, RescheduleReason};
 
 /// How long a reschedule or a dead-lettering keeps trying to reach Redis.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
@@ -49,6 +50,7 @@ pub struct Finisher {
     acks: AckSender,
     reschedule: Script,
     bury: Script,
+    metrics: Arc<DeliverMetrics>,
     /// Woken when a retry is scheduled, so the scheduler can move it back in
     /// time even when it is due sooner than the scheduler's next look.
     pub scheduled: Arc<Notify>,
@@ -56,13 +58,14 @@ pub struct Finisher {
 
 impl Finisher {
     /// A finisher on the command client.
-    pub fn new(redis: Client, keys: Keys, acks: AckSender) -> Self {
+    pub fn new(redis: Client, keys: Keys, acks: AckSender, metrics: Arc<DeliverMetrics>) -> Self {
         Self {
             redis,
             keys,
             acks,
             reschedule: Script::new(include_str!("lua/reschedule.lua")),
             bury: Script::new(include_str!("lua/bury.lua")),
+            metrics,
             scheduled: Arc::new(Notify::new()),
         }
     }
@@ -78,9 +81,9 @@ impl Finisher {
         &self,
         entry: &Entry,
         payload: &Bytes,
-        attempts: u32,
-        first_attempt_ms: u64,
+        (attempts, first_attempt_ms): (u32, u64),
         delay: Duration,
+        reason: RescheduleReason,
     ) {
         let mut member = format!("{attempts}:{first_attempt_ms}:").into_bytes();
         member.extend_from_slice(payload);
@@ -97,6 +100,7 @@ impl Finisher {
         })
         .await;
         if done {
+            self.metrics.rescheduled(reason);
             self.scheduled.notify_one();
         }
     }
@@ -104,11 +108,14 @@ impl Finisher {
     /// Moves the entry to the dead-letter stream with `letter`.
     pub async fn bury(&self, entry: &Entry, letter: &DeadLetter) {
         let keys = [self.keys.stream.as_str(), self.keys.dead.as_str()];
-        persist("dead-letter", &entry.id, || async {
+        let done = persist("dead-letter", &entry.id, || async {
             let args = dead_letter_args(&self.keys.group, entry, letter);
             self.bury.call::<_, String>(&self.redis, &keys, args).await.map(drop)
         })
         .await;
+        if done {
+            self.metrics.dead_lettered(&letter.reason);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::entry::Entry;
 use crate::finish::{DeadLetter, Finisher};
 use crate::guard::Guard;
 use crate::hosts::{HostLimits, host_key};
+use crate::metrics::{DeliverMetrics, RescheduleReason};
 use crate::retry::{Decision, RetryPolicy};
 
 /// How long a postback whose host is at its limit waits for a slot in the
@@ -53,6 +54,8 @@ pub struct Shared {
     pub finisher: Finisher,
     /// The delivery log stream.
     pub attempt_log: AttemptLog,
+    /// Prometheus metrics.
+    pub metrics: Arc<DeliverMetrics>,
 }
 
 /// Handles one entry. `deliveries` is Redis's hand-over count when the entry
@@ -116,13 +119,22 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) 
         let jitter = Duration::from_millis(fastrand::u64(0..=4 * HOST_BUSY_DELAY.as_millis() as u64));
         tracing::debug!(postback_id = %postback.id, host, "host at its limit; rescheduling without an attempt");
         let first = entry.first_attempt_ms.unwrap_or(0);
-        return finisher.reschedule(&entry, &payload, entry.attempts, first, HOST_BUSY_DELAY + jitter).await;
+        let delay = HOST_BUSY_DELAY + jitter;
+        return finisher.reschedule(&entry, &payload, (entry.attempts, first), delay, RescheduleReason::HostBusy).await;
     };
 
     let number = entry.attempts + 1;
     let ctx = AttemptContext { http: &shared.http, log_body_bytes: shared.log_body_bytes };
+    shared.metrics.in_flight(true);
     let attempt = attempt::send(&ctx, &postback, &url).await;
+    shared.metrics.in_flight(false);
     let decision = shared.policy.decide(&attempt.verdict, number);
+    let end_to_end = (decision == Decision::Delivered).then(|| {
+        let accepted = postback_common::time::from_ms(postback.accepted_at_ms);
+        std::time::SystemTime::now().duration_since(accepted).unwrap_or_default()
+    });
+    let response_time = attempt.status.map(|_| Duration::from_millis(attempt.response_time_ms));
+    shared.metrics.attempted(decision.as_str(), attempt.status, response_time, end_to_end);
     attempt::log(&postback, number, &entry.id, &url, &attempt, &decision);
     shared.attempt_log.record(LoggedAttempt {
         postback_id: postback.id.to_string(),
@@ -140,7 +152,10 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) 
     let first_attempt_ms = entry.first_attempt_ms.filter(|ms| *ms > 0).unwrap_or_else(|| attempt.delivered_at_ms());
     match decision {
         Decision::Delivered => finisher.ack(&entry),
-        Decision::Retry { after } => finisher.reschedule(&entry, &payload, number, first_attempt_ms, after).await,
+        Decision::Retry { after } => {
+            let so_far = (number, first_attempt_ms);
+            finisher.reschedule(&entry, &payload, so_far, after, RescheduleReason::FailedAttempt).await;
+        }
         Decision::Dead { reason } => {
             let letter = DeadLetter {
                 reason,

@@ -18,7 +18,8 @@
 //! - [`entry`]: stream entries out of XREADGROUP and XAUTOCLAIM replies.
 //! - [`http`]: the outbound HTTP client and capped body reads.
 //! - [`acker`]: batched XACK + XDEL.
-//! - [`admin`]: `/healthz` and `/readyz`.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: Prometheus counters, histograms and sampled queue gauges.
 
 pub mod acker;
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod guard;
 pub mod handle;
 pub mod hosts;
 pub mod http;
+pub mod metrics;
 pub mod retry;
 pub mod scheduler;
 pub mod startup;

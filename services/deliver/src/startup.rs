@@ -25,6 +25,7 @@ use crate::guard::Guard;
 use crate::handle::Shared;
 use crate::hosts::HostLimits;
 use crate::http::ClientSettings;
+use crate::metrics::DeliverMetrics;
 use crate::retry::RetryPolicy;
 use crate::worker::Worker;
 
@@ -75,7 +76,13 @@ impl Deliverer {
         let keys = self.config.redis.keys();
         let group_ready = Arc::new(AtomicBool::new(false));
         let admin_stop = CancellationToken::new();
-        let admin_app = admin::router(AdminState { redis: self.redis.clone(), group_ready: group_ready.clone() });
+        let metrics = Arc::new(DeliverMetrics::new());
+        let admin_app = admin::router(AdminState {
+            redis: self.redis.clone(),
+            group_ready: group_ready.clone(),
+            keys: keys.clone(),
+            metrics: metrics.clone(),
+        });
         let admin_addr = self.admin_addr();
         let admin = {
             let stop = admin_stop.clone();
@@ -94,7 +101,7 @@ impl Deliverer {
 
         let ack_stop = CancellationToken::new();
         let (acks, acker) = crate::acker::spawn(self.redis.clone(), keys.clone(), ACK_GRACE, ack_stop.clone());
-        let finisher = Finisher::new(self.redis.clone(), keys.clone(), acks);
+        let finisher = Finisher::new(self.redis.clone(), keys.clone(), acks, metrics.clone());
         let scheduler = tokio::spawn(crate::scheduler::run(
             self.redis.clone(),
             keys.clone(),
@@ -137,6 +144,7 @@ impl Deliverer {
                 guard: self.guard,
                 attempt_log,
                 max_url_bytes: config.max_url_bytes as usize,
+                metrics,
                 finisher,
             }),
         };

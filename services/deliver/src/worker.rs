@@ -116,6 +116,7 @@ impl Worker {
                     Ok(claimed) => {
                         if !claimed.is_empty() {
                             tracing::info!(count = claimed.len(), "took over entries left by another worker");
+                            self.shared.metrics.claimed(claimed.len());
                         }
                         for claimed in claimed {
                             let Some(permit) = permits.pop() else { break };
@@ -130,8 +131,9 @@ impl Worker {
             }
             if Instant::now() >= next_cleanup {
                 next_cleanup = Instant::now() + cleanup_every;
-                if let Err(e) = self.claimer.remove_gone_consumers(&self.redis, &self.keys, &self.consumer).await {
-                    tracing::warn!(error = %e, "cannot look for consumers that are gone");
+                match self.claimer.remove_gone_consumers(&self.redis, &self.keys, &self.consumer).await {
+                    Ok(removed) => self.shared.metrics.consumers_removed(removed),
+                    Err(e) => tracing::warn!(error = %e, "cannot look for consumers that are gone"),
                 }
             }
 

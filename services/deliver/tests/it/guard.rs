@@ -25,6 +25,9 @@ async fn loopback_targets_are_refused_with_the_guard_on() {
     assert!(dead.iter().any(|d| d["reason"].contains("localhost is")), "the name was resolved and refused: {dead:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(p.sink.received().is_empty(), "no request reached the refused target");
+    // Refused targets are counted (once the letter is written, which the
+    // test has just seen).
+    p.deliver_metrics_once("postback_dead_lettered_total", &[("reason", "refused")], 2.0).await;
 }
 
 #[tokio::test]

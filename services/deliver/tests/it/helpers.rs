@@ -138,6 +138,28 @@ impl Pipeline {
         Some(body["ids"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
     }
 
+    /// Deliver's `/metrics` text once the sample `name` with `labels` has
+    /// reached `value` (counters are updated just after the sink answers).
+    pub async fn deliver_metrics_once(&self, name: &str, labels: &[(&str, &str)], value: f64) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.deliver_metrics().await;
+            let now = postback_testkit::metric(&text, name, labels);
+            if now == Some(value) {
+                return text;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} {labels:?} is {now:?}, never {value}:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Deliver's `/metrics` text.
+    pub async fn deliver_metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.deliver_admin)).send().await.expect("scrape");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         for task in self.tasks.drain(..) {

@@ -9,5 +9,6 @@ mod delivery;
 mod faults;
 mod guard;
 mod helpers;
+mod metrics;
 mod queue;
 mod retries;

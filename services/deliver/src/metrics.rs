@@ -1,0 +1,256 @@
+//! Deliver's Prometheus metrics, served on the admin listener's
+//! `GET /metrics`.
+//!
+//! Counted as work happens:
+//! - `postback_delivery_attempts_total{outcome, status_class}`: attempts,
+//!   by what was decided (`delivered`, `retry`, `dead`) and the response's
+//!   status class (`2xx` … `5xx`, `none` when no response came).
+//! - `postback_retries_scheduled_total{reason}`: postbacks put in the retry
+//!   schedule, after a failed attempt (`failed_attempt`) or because their
+//!   host was at its concurrency limit (`host_busy`, no attempt made).
+//! - `postback_dead_lettered_total{reason}`: postbacks moved to the
+//!   dead-letter stream: `rejected` (a final status, or a URL that cannot be
+//!   built), `refused` (the SSRF guard refused the target), `exhausted`
+//!   (`POSTBACK_MAX_ATTEMPTS` reached), `poison` (undecodable, or it kept
+//!   failing its workers).
+//! - `postback_claimed_total`: entries taken over from another worker.
+//! - `postback_consumers_removed_total`: consumers removed as gone.
+//! - `postback_delivery_response_seconds`: third-party response time (to
+//!   the end of the capped body), for attempts that got a response.
+//! - `postback_end_to_end_seconds`: accepted by ingest → delivered.
+//! - `postback_deliveries_in_flight`: attempts under way in this worker.
+//!
+//! Sampled from Redis at each scrape (the same snapshot as
+//! `postbackctl status`; every worker reports the same values, so alert on
+//! `max` over them):
+//! `postback_stream_length`, `postback_group_lag`, `postback_group_pending`,
+//! `postback_oldest_pending_age_seconds`, `postback_scheduled_retries`,
+//! `postback_dead_letters`, `postback_group_consumers`, and
+//! `postback_redis_up` (0 when the sample failed; the others then keep
+//! their last values).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use fred::prelude::Client;
+use postback_common::keys::Keys;
+use postback_common::metrics::{latency_histogram, render, status_class};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// How long a scrape waits for its Redis sample.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    outcome: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a postback went back to the retry schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RescheduleReason {
+    /// Its attempt failed and another is due.
+    FailedAttempt,
+    /// Its host was at its limit; no attempt was made.
+    HostBusy,
+}
+
+impl RescheduleReason {
+    fn label(self) -> &'static str {
+        match self {
+            RescheduleReason::FailedAttempt => "failed_attempt",
+            RescheduleReason::HostBusy => "host_busy",
+        }
+    }
+}
+
+/// The gauges sampled from Redis.
+#[derive(Default)]
+struct QueueGauges {
+    stream_length: Gauge,
+    group_lag: Gauge,
+    group_pending: Gauge,
+    oldest_pending_age: Gauge<f64, AtomicU64>,
+    scheduled_retries: Gauge,
+    dead_letters: Gauge,
+    consumers: Gauge,
+    redis_up: Gauge,
+}
+
+/// Every metric deliver keeps, and the registry that renders them.
+pub struct DeliverMetrics {
+    registry: Registry,
+    attempts: Family<AttemptLabels, Counter>,
+    retries: Family<ReasonLabels, Counter>,
+    dead: Family<ReasonLabels, Counter>,
+    claimed: Counter,
+    consumers_removed: Counter,
+    response: Histogram,
+    end_to_end: Histogram,
+    in_flight: Gauge,
+    queue: QueueGauges,
+}
+
+impl Default for DeliverMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeliverMetrics {
+    /// Registers every metric at zero.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("postback");
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        r.register("delivery_attempts", "Delivery attempts, by outcome and status class", attempts.clone());
+        let retries = Family::<ReasonLabels, Counter>::default();
+        r.register("retries_scheduled", "Postbacks put in the retry schedule, by reason", retries.clone());
+        let dead = Family::<ReasonLabels, Counter>::default();
+        r.register("dead_lettered", "Postbacks moved to the dead-letter stream, by reason", dead.clone());
+        let claimed = Counter::default();
+        r.register("claimed", "Entries taken over from another worker", claimed.clone());
+        let consumers_removed = Counter::default();
+        r.register("consumers_removed", "Consumers removed from the group as gone", consumers_removed.clone());
+        let response = latency_histogram();
+        r.register("delivery_response_seconds", "Third-party response time", response.clone());
+        let end_to_end = latency_histogram();
+        r.register("end_to_end_seconds", "From accepted by ingest to delivered", end_to_end.clone());
+        let in_flight = Gauge::default();
+        r.register("deliveries_in_flight", "Attempts under way in this worker", in_flight.clone());
+        let queue = QueueGauges::default();
+        r.register("stream_length", "Entries in the stream", queue.stream_length.clone());
+        r.register("group_lag", "Entries no worker has read yet", queue.group_lag.clone());
+        r.register("group_pending", "Entries read by a worker and not yet finished", queue.group_pending.clone());
+        r.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest pending entry, from its id",
+            queue.oldest_pending_age.clone(),
+        );
+        r.register("scheduled_retries", "Postbacks waiting in the retry schedule", queue.scheduled_retries.clone());
+        r.register("dead_letters", "Entries in the dead-letter stream", queue.dead_letters.clone());
+        r.register("group_consumers", "Consumers in the group", queue.consumers.clone());
+        r.register("redis_up", "1 when the Redis sample of this scrape succeeded, else 0", queue.redis_up.clone());
+        Self {
+            registry: r,
+            attempts,
+            retries,
+            dead,
+            claimed,
+            consumers_removed,
+            response,
+            end_to_end,
+            in_flight,
+            queue,
+        }
+    }
+
+    /// Counts one finished attempt. `response_time` only when a response
+    /// arrived; `end_to_end` only when delivered.
+    pub fn attempted(
+        &self,
+        outcome: &'static str,
+        status: Option<u16>,
+        response_time: Option<Duration>,
+        end_to_end: Option<Duration>,
+    ) {
+        self.attempts.get_or_create(&AttemptLabels { outcome, status_class: status_class(status) }).inc();
+        if let Some(took) = response_time {
+            self.response.observe(took.as_secs_f64());
+        }
+        if let Some(took) = end_to_end {
+            self.end_to_end.observe(took.as_secs_f64());
+        }
+    }
+
+    /// An attempt starts (`true`) or ends (`false`).
+    pub fn in_flight(&self, started: bool) {
+        if started {
+            self.in_flight.inc()
+        } else {
+            self.in_flight.dec()
+        };
+    }
+
+    /// Counts a postback put in the retry schedule.
+    pub fn rescheduled(&self, reason: RescheduleReason) {
+        self.retries.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
+    }
+
+    /// Counts a dead-lettered postback; `reason` is the dead letter's.
+    pub fn dead_lettered(&self, reason: &str) {
+        self.dead.get_or_create(&ReasonLabels { reason: dead_category(reason) }).inc();
+    }
+
+    /// Counts entries taken over from other workers.
+    pub fn claimed(&self, n: usize) {
+        self.claimed.inc_by(n as u64);
+    }
+
+    /// Counts consumers removed as gone.
+    pub fn consumers_removed(&self, n: usize) {
+        self.consumers_removed.inc_by(n as u64);
+    }
+
+    /// Samples the queue from Redis, then renders every metric.
+    pub async fn scrape(&self, redis: &Client, keys: &Keys) -> String {
+        let sample = tokio::time::timeout(SAMPLE_TIMEOUT, postback_common::queue_status::status(redis, keys)).await;
+        let q = &self.queue;
+        match sample {
+            Ok(Ok(status)) => {
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                q.stream_length.set(n(status.length));
+                q.group_lag.set(n(status.lag.unwrap_or(0)));
+                q.group_pending.set(n(status.pending));
+                q.oldest_pending_age.set(status.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+                q.scheduled_retries.set(n(status.scheduled_retries));
+                q.dead_letters.set(n(status.dead_letters));
+                q.consumers.set(n(status.consumers.len() as u64));
+                q.redis_up.set(1);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot sample the queue for /metrics");
+                q.redis_up.set(0);
+            }
+            Err(_) => {
+                tracing::debug!("no queue sample for /metrics within {SAMPLE_TIMEOUT:?}");
+                q.redis_up.set(0);
+            }
+        }
+        render(&self.registry)
+    }
+}
+
+/// The `reason` label of a dead letter, from its reason text.
+fn dead_category(reason: &str) -> &'static str {
+    match reason.split(':').next().unwrap_or("") {
+        "rejected" => "rejected",
+        "refused" => "refused",
+        "poison" => "poison",
+        _ if reason.starts_with("gave up") => "exhausted",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_reasons_fall_into_categories() {
+        assert_eq!(dead_category("rejected: HTTP 404"), "rejected");
+        assert_eq!(dead_category("refused: 10.0.0.1 is private"), "refused");
+        assert_eq!(dead_category("poison: undecodable: bad"), "poison");
+        assert_eq!(dead_category("gave up after 3 attempts; last: HTTP 503"), "exhausted");
+        assert_eq!(dead_category("something new"), "other");
+    }
+}
