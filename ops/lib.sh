@@ -33,3 +33,27 @@ redis_answers() {
     exec 3<&- 3>&-
     [ "${reply%$'\r'}" = "+PONG" ]
 }
+
+# Sets PROMTOOL to a promtool binary: one on PATH, or the one in Debian's
+# `prometheus` package, downloaded and unpacked (not installed: no service
+# is started) under .data/promtool. Needs the repository root as $root.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then
+        PROMTOOL=$(command -v promtool)
+    else
+        local dir="$root/.data/promtool"
+        PROMTOOL="$dir/usr/bin/promtool"
+        if [ ! -x "$PROMTOOL" ]; then
+            echo "==> promtool not found; unpacking it from Debian's prometheus package into .data/promtool"
+            mkdir -p "$dir"
+            if ! (cd "$dir" && apt-get download -q prometheus >/dev/null 2>&1); then
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+                (cd "$dir" && apt-get download -q prometheus >/dev/null)
+            fi
+            dpkg-deb -x "$dir"/prometheus_*.deb "$dir"
+            rm -f "$dir"/prometheus_*.deb
+            [ -x "$PROMTOOL" ] || { echo "error: no promtool in Debian's prometheus package" >&2; return 1; }
+        fi
+    fi
+    export PROMTOOL
+}

@@ -5,7 +5,8 @@
 #
 # Needs only a Rust toolchain: redis-server (which the tests start on their
 # own free ports, never touching 6379) is installed from the distribution's
-# packages if missing.
+# packages if missing, and promtool (which checks the alert rules and lints
+# the services' /metrics) is unpacked from Debian's prometheus package.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +14,11 @@ cd "$root"
 . ops/lib.sh
 
 ensure_redis_installed
+ensure_promtool
+
+echo "==> promtool: alert rules and their unit tests"
+"$PROMTOOL" check config ops/prometheus/prometheus.yml
+"$PROMTOOL" test rules ops/prometheus/alerts.test.yml
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
