@@ -9,7 +9,8 @@
 //! - [`redis`]: Redis clients that reconnect on their own.
 //! - [`queue_status`]: a snapshot of the stream, group, schedule and dead letters.
 //! - [`script`]: Lua scripts run by SHA1, loaded on demand.
-//! - [`telemetry`]: JSON-lines logging.
+//! - [`telemetry`]: JSON-lines logging and the OpenTelemetry trace exporter.
+//! - [`trace_context`]: the W3C trace context a postback carries.
 //! - [`metrics`]: the Prometheus text encoding and shared histogram buckets.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
@@ -29,6 +30,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod template;
 pub mod time;
+pub mod trace_context;
 pub mod wire;
 
 pub use data::Data;

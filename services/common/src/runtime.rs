@@ -37,11 +37,17 @@ where
     if let Err(e) = validate(&config) {
         return config::report(&e);
     }
-    if let Err(e) = crate::telemetry::init() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    match run(serve(config)) {
+    let service = C::command().get_name().to_owned();
+    let telemetry = match crate::telemetry::init(&service) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run(serve(config));
+    telemetry.shutdown();
+    match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             tracing::error!(error = format!("{e:#}"), "stopped with an error");

@@ -10,17 +10,25 @@
 //! Version 1: `[1, id: bin 16, accepted_at_ms: uint, method: str, url: str,
 //! data: map str → (nil | bool | int | float | str)]`.
 //!
-//! Rolling upgrades: deploy deliver (the reader) before ingest (the writer)
-//! whenever a new version is introduced.
+//! Version 2: version 1 plus a seventh element, the W3C trace context of
+//! ingest's span for the postback: `bin 25` (trace id, span id, flags; see
+//! [`TraceContext`]) or nil.
+//!
+//! [`encode`] writes version 1 when the postback has no trace context (no
+//! exporter configured) and version 2 when it has one; [`decode`] reads
+//! both. Rolling upgrades: deploy deliver (the reader) before ingest (the
+//! writer) whenever a new version is introduced.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::data::Data;
 use crate::method::Method;
+use crate::trace_context::TraceContext;
 
-/// The version that [`encode`] writes.
-pub const CURRENT_VERSION: u8 = 1;
+/// The newest version [`encode`] writes (it writes version 1 for a postback
+/// without a trace context).
+pub const CURRENT_VERSION: u8 = 2;
 
 /// One postback: a single delivery to make, produced by ingest from one item
 /// of a request's `data` array.
@@ -37,6 +45,9 @@ pub struct Postback {
     pub url: String,
     /// The values for the placeholders (and the JSON body of POST/PUT/PATCH).
     pub data: Data,
+    /// Ingest's span for this postback, when traces are exported: the
+    /// parent of every delivery attempt's span.
+    pub trace: Option<TraceContext>,
 }
 
 /// Why a stream entry could not be decoded into a [`Postback`].
@@ -69,6 +80,19 @@ struct V1Ref<'a> {
     data: &'a Data,
 }
 
+#[derive(Serialize)]
+struct V2Ref<'a> {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    id: &'a [u8; 16],
+    accepted_at_ms: u64,
+    method: &'a str,
+    url: &'a str,
+    data: &'a Data,
+    #[serde(with = "serde_bytes")]
+    trace: &'a [u8],
+}
+
 #[derive(Deserialize)]
 struct V1 {
     _version: u8,
@@ -80,19 +104,33 @@ struct V1 {
     data: Data,
 }
 
-/// Encodes a postback in the current wire format, appending to `out`.
+#[derive(Deserialize)]
+struct V2 {
+    _version: u8,
+    #[serde(with = "serde_bytes")]
+    id: [u8; 16],
+    accepted_at_ms: u64,
+    method: String,
+    url: String,
+    data: Data,
+    trace: Option<serde_bytes::ByteBuf>,
+}
+
+/// Encodes a postback (version 1 without a trace context, 2 with one),
+/// appending to `out`.
 pub fn encode_into(postback: &Postback, out: &mut Vec<u8>) {
-    let v1 = V1Ref {
-        version: CURRENT_VERSION,
-        id: postback.id.as_bytes(),
-        accepted_at_ms: postback.accepted_at_ms,
-        method: postback.method.as_str(),
-        url: &postback.url,
-        data: &postback.data,
-    };
+    let (id, method) = (postback.id.as_bytes(), postback.method.as_str());
+    let (accepted_at_ms, url, data) = (postback.accepted_at_ms, postback.url.as_str(), &postback.data);
     // Writing into a Vec cannot fail, and every field has a MessagePack form.
     #[allow(clippy::expect_used)]
-    rmp_serde::encode::write(out, &v1).expect("encoding a postback into memory cannot fail");
+    match &postback.trace {
+        None => rmp_serde::encode::write(out, &V1Ref { version: 1, id, accepted_at_ms, method, url, data }),
+        Some(trace) => {
+            let trace = &trace.to_bytes();
+            rmp_serde::encode::write(out, &V2Ref { version: 2, id, accepted_at_ms, method, url, data, trace })
+        }
+    }
+    .expect("encoding a postback into memory cannot fail");
 }
 
 /// Encodes a postback in the current wire format.
@@ -114,6 +152,7 @@ pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
         .map_err(|_| WireError::NotAPostback("first element is not a version number"))?;
     match version {
         1 => decode_v1(bytes),
+        2 => decode_v2(bytes),
         other => Err(WireError::UnknownVersion(other)),
     }
 }
@@ -132,7 +171,36 @@ fn decode_v1(bytes: &[u8]) -> Result<Postback, WireError> {
     let malformed = |reason: String| WireError::Malformed { version: 1, reason };
     let v1: V1 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     let method = v1.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-    Ok(Postback { id: Uuid::from_bytes(v1.id), accepted_at_ms: v1.accepted_at_ms, method, url: v1.url, data: v1.data })
+    Ok(Postback {
+        id: Uuid::from_bytes(v1.id),
+        accepted_at_ms: v1.accepted_at_ms,
+        method,
+        url: v1.url,
+        data: v1.data,
+        trace: None,
+    })
+}
+
+fn decode_v2(bytes: &[u8]) -> Result<Postback, WireError> {
+    let malformed = |reason: String| WireError::Malformed { version: 2, reason };
+    let v2: V2 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let method = v2.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
+    let trace = match v2.trace {
+        Some(raw) if raw.len() != TraceContext::WIRE_LEN => {
+            return Err(malformed(format!("trace context is {} bytes, not {}", raw.len(), TraceContext::WIRE_LEN)));
+        }
+        // All-zero ids are no context at all: deliver the postback untraced.
+        Some(raw) => TraceContext::from_bytes(&raw),
+        None => None,
+    };
+    Ok(Postback {
+        id: Uuid::from_bytes(v2.id),
+        accepted_at_ms: v2.accepted_at_ms,
+        method,
+        url: v2.url,
+        data: v2.data,
+        trace,
+    })
 }
 
 #[cfg(test)]
@@ -153,7 +221,13 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            trace: None,
         }
+    }
+
+    fn traced() -> Postback {
+        let trace = TraceContext { trace_id: [0xab; 16], span_id: [0xcd; 8], flags: 1 };
+        Postback { trace: Some(trace), ..seed() }
     }
 
     #[test]
@@ -183,6 +257,33 @@ mod tests {
         want.extend_from_slice(b"https://blog.golang.org/gopher/gopher.png");
         assert_eq!(encode(&p), want);
         assert_eq!(want.len(), 182);
+    }
+
+    #[test]
+    fn round_trips_a_trace_context_as_version_2() {
+        let p = traced();
+        let bytes = encode(&p);
+        assert_eq!(&bytes[..2], &[0x97, 0x02], "seven elements, version 2");
+        let tail = [&[0xc4, 25][..], &[0xab; 16], &[0xcd; 8], &[1]].concat();
+        assert!(bytes.ends_with(&tail), "the context is a 25-byte bin at the end");
+        assert_eq!(bytes.len(), encode(&seed()).len() + 27);
+        assert_eq!(decode(&bytes).expect("decode"), p);
+    }
+
+    #[test]
+    fn version_2_with_nil_or_zero_context_is_untraced() {
+        let mut nil = encode(&traced());
+        nil.truncate(nil.len() - 27);
+        nil.push(0xc0);
+        assert_eq!(decode(&nil).expect("decode").trace, None);
+        let mut zeros = encode(&traced());
+        let len = zeros.len();
+        zeros[len - 25..].fill(0);
+        assert_eq!(decode(&zeros).expect("decode").trace, None);
+        let mut short = encode(&traced());
+        short.truncate(short.len() - 27);
+        short.extend_from_slice(&[0xc4, 3, 1, 2, 3]);
+        assert!(matches!(decode(&short), Err(WireError::Malformed { version: 2, .. })));
     }
 
     #[test]
@@ -244,8 +345,10 @@ mod tests {
             method in prop::sample::select(crate::method::SUPPORTED.to_vec()),
             url in ".*",
             pairs in prop::collection::vec((".*", scalar()), 0..8),
+            trace in prop::option::of((1..=u128::MAX, 1..=u64::MAX, any::<u8>())),
         ) {
-            let p = Postback { id: Uuid::from_u128(id), accepted_at_ms: at, method, url, data: Data(pairs) };
+            let trace = trace.map(|(t, s, flags)| TraceContext { trace_id: t.to_be_bytes(), span_id: s.to_be_bytes(), flags });
+            let p = Postback { id: Uuid::from_u128(id), accepted_at_ms: at, method, url, data: Data(pairs), trace };
             prop_assert_eq!(decode(&encode(&p)).expect("decode"), p);
         }
 

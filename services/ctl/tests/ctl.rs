@@ -27,6 +27,7 @@ fn postback(n: i64) -> Vec<u8> {
         method: Method::Get,
         url: "http://h.example/{n}".into(),
         data: Data(vec![("n".into(), Scalar::Int(n))]),
+        trace: None,
     })
 }
 

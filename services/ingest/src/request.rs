@@ -99,7 +99,7 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Resul
     match endpoint {
         Some((method, url)) if report.0.is_empty() => Ok(items
             .into_iter()
-            .map(|data| Postback { id: Uuid::now_v7(), accepted_at_ms, method, url: url.to_owned(), data })
+            .map(|data| Postback { id: Uuid::now_v7(), accepted_at_ms, method, url: url.to_owned(), data, trace: None })
             .collect()),
         _ => Err(Invalid(report.0)),
     }
