@@ -4,12 +4,18 @@
 //! Every request carries `X-Postback-Id`, so a receiver can drop the
 //! duplicates that at-least-once delivery allows; the id is the same on every
 //! attempt of a postback.
+//!
+//! Each attempt is an OpenTelemetry client span ([`span`]) whose parent is
+//! ingest's span for the postback, carried in the postback itself: every
+//! attempt, retried or claimed by another worker, joins the same trace.
 
 use std::time::{Instant, SystemTime};
 
 use postback_common::Postback;
+use postback_common::trace_context::TARGET;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use tracing::Level;
+use tracing::{Level, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::retry::{Decision, Verdict, parse_retry_after};
 
@@ -104,6 +110,54 @@ pub async fn send(ctx: &AttemptContext<'_>, postback: &Postback, url: &str) -> A
     }
 }
 
+/// The client span of attempt number `number` of `postback` to `url`
+/// (disabled, and free, when traces are not exported).
+pub fn span(postback: &Postback, number: u32, url: &url::Url) -> Span {
+    if !tracing::enabled!(target: TARGET, Level::INFO) {
+        return Span::none();
+    }
+    let method = postback.method.as_str();
+    let span = tracing::info_span!(
+        target: TARGET,
+        "attempt",
+        otel.name = method,
+        otel.kind = "client",
+        otel.status_code = field::Empty,
+        http.request.method = method,
+        url.full = url.as_str(),
+        server.address = url.host_str().unwrap_or_default(),
+        server.port = url.port_or_known_default(),
+        http.response.status_code = field::Empty,
+        error.type = field::Empty,
+        postback.id = %postback.id,
+        postback.attempt = number,
+    );
+    if let Some(trace) = &postback.trace {
+        let _ = span.set_parent(trace.as_parent());
+    }
+    span
+}
+
+/// Records how the attempt went on its span.
+pub fn record(span: &Span, attempt: &Attempt) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(status) = attempt.status {
+        span.record("http.response.status_code", status);
+    }
+    let error_type = match (&attempt.verdict, attempt.status) {
+        (Verdict::Delivered, _) => None,
+        (_, Some(status)) => Some(status.to_string()),
+        (Verdict::Refused { .. }, None) => Some("refused".to_owned()),
+        (verdict, None) => verdict.reason().and_then(|r| r.split(':').next()).map(str::to_owned),
+    };
+    if let Some(error_type) = error_type {
+        span.record("error.type", error_type);
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// A short reason for a request that got no response: the error and its
 /// causes, e.g. "timeout: …" or "connect: … Connection refused".
 fn transport_reason(error: &reqwest::Error) -> String {
@@ -142,6 +196,8 @@ pub fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt:
         Decision::Dead { reason } => Some(reason.as_str()),
         _ => attempt.verdict.reason(),
     };
+    let trace_id = postback.trace.as_ref().map(|t| t.trace_id_hex());
+    let trace_id = trace_id.as_deref();
     macro_rules! attempt_event {
         ($level:expr) => {
             tracing::event!(
@@ -161,6 +217,7 @@ pub fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt:
                 outcome = decision.as_str(),
                 next_attempt_in_ms,
                 error,
+                trace_id,
                 "delivery attempt"
             )
         };

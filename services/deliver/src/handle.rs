@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postback_common::{template, wire};
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use crate::attempt::{self, AttemptContext};
 use crate::attempt_log::{AttemptLog, LoggedAttempt};
@@ -125,9 +125,12 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>) 
 
     let number = entry.attempts + 1;
     let ctx = AttemptContext { http: &shared.http, log_body_bytes: shared.log_body_bytes };
+    let span = attempt::span(&postback, number, &parsed);
     shared.metrics.in_flight(true);
-    let attempt = attempt::send(&ctx, &postback, &url).await;
+    let attempt = attempt::send(&ctx, &postback, &url).instrument(span.clone()).await;
     shared.metrics.in_flight(false);
+    attempt::record(&span, &attempt);
+    drop(span);
     let decision = shared.policy.decide(&attempt.verdict, number);
     let end_to_end = (decision == Decision::Delivered).then(|| {
         let accepted = postback_common::time::from_ms(postback.accepted_at_ms);

@@ -11,6 +11,7 @@
 //! - [`auth`]: optional bearer tokens.
 //! - [`error`]: problem+json responses.
 //! - [`metrics`]: Prometheus metrics and `GET /metrics`.
+//! - [`trace`]: the request and per-postback spans of the trace.
 //! - [`state`]: what the handlers share.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod request;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod trace;
 
 pub use config::Config;
 pub use startup::Application;

@@ -1,13 +1,11 @@
 //! The real `postback-deliver` binary: its log lines, bad settings, SIGTERM.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use postback_testkit::{RedisServer, Reply, Sink};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 
-use crate::helpers::{WAIT, enqueue};
+use crate::helpers::{Running, WAIT, enqueue};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
 
@@ -30,54 +28,24 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
     );
 }
 
-struct Running {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Running {
-    fn spawn(redis: &RedisServer, envs: &[(&str, String)]) -> Self {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.env("POSTBACK_REDIS_URL", redis.url())
-            .env("POSTBACK_DELIVER_ADDR", "127.0.0.1:0")
-            .env("POSTBACK_READ_BLOCK_MS", "200")
-            .env("POSTBACK_ALLOW_PRIVATE_TARGETS", "true")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn deliver");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Self { child, lines }
-    }
-
-    /// The next log line whose `message` is `message`, as JSON.
-    async fn line(&mut self, message: &str) -> Value {
-        let read = async {
-            while let Some(line) = self.lines.next_line().await.expect("read stdout") {
-                let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if json["message"] == message {
-                    return json;
-                }
-            }
-            panic!("stdout closed before {message:?}");
-        };
-        tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no {message:?} line"))
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("pid").to_string();
-        assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
-    }
+/// The deliver binary on `redis`, admin on a free port, loopback allowed.
+fn spawn(redis: &RedisServer, envs: &[(&str, String)]) -> Running {
+    let mut all = vec![
+        ("POSTBACK_REDIS_URL", redis.url()),
+        ("POSTBACK_DELIVER_ADDR", "127.0.0.1:0".into()),
+        ("POSTBACK_READ_BLOCK_MS", "200".into()),
+        ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
+        ("RUST_LOG", "info".into()),
+    ];
+    all.extend(envs.iter().map(|(k, v)| (*k, v.clone())));
+    Running::spawn(BIN, &all)
 }
 
 #[tokio::test]
 async fn logs_each_attempt_as_one_json_line() {
     let redis = RedisServer::start();
     let sink = Sink::start_with(|_, _| Reply::status(201).body("thanks, all good")).await;
-    let mut deliver = Running::spawn(&redis, &[("POSTBACK_LOG_BODY_BYTES", "6".into())]);
+    let mut deliver = spawn(&redis, &[("POSTBACK_LOG_BODY_BYTES", "6".into())]);
     let closed = postback_testkit::free_port();
     let ids = enqueue(
         &redis,
@@ -124,7 +92,7 @@ async fn logs_each_attempt_as_one_json_line() {
 async fn sigterm_finishes_deliveries_in_flight_then_exits_zero() {
     let redis = RedisServer::start();
     let sink = Sink::start_with(|_, _| Reply::status(200).delay(Duration::from_millis(1_500))).await;
-    let mut deliver = Running::spawn(&redis, &[]);
+    let mut deliver = spawn(&redis, &[]);
     deliver.line("worker started").await;
     enqueue(
         &redis,
@@ -148,7 +116,7 @@ async fn sigterm_finishes_deliveries_in_flight_then_exits_zero() {
 #[tokio::test]
 async fn sigterm_while_redis_is_down_still_exits_promptly() {
     let mut redis = RedisServer::start();
-    let mut deliver = Running::spawn(&redis, &[]);
+    let mut deliver = spawn(&redis, &[]);
     deliver.line("worker started").await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -161,7 +129,7 @@ async fn sigterm_while_redis_is_down_still_exits_promptly() {
 async fn attempts_still_running_after_the_grace_period_are_abandoned_and_stay_pending() {
     let redis = RedisServer::start();
     let sink = Sink::start_with(|_, _| Reply::status(200).delay(Duration::from_secs(8))).await;
-    let mut deliver = Running::spawn(
+    let mut deliver = spawn(
         &redis,
         &[
             ("POSTBACK_SHUTDOWN_GRACE_MS", "300".into()),
@@ -197,7 +165,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn endless_response_bodies_do_not_grow_the_worker_s_memory() {
     let redis = RedisServer::start();
     let sink = Sink::start_with(|_, _| Reply::status(200).endless()).await;
-    let mut deliver = Running::spawn(
+    let mut deliver = spawn(
         &redis,
         &[
             ("POSTBACK_LOG_BODY_BYTES", "4096".into()),

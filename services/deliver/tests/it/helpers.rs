@@ -1,11 +1,13 @@
 //! `Pipeline`: redis-server + ingest + deliver + sink, all real, on loopback.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use postback_deliver::{Config as DeliverConfig, Deliverer};
 use postback_ingest::{Application, Config as IngestConfig};
 use postback_testkit::{RedisServer, Reply, Sink};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -246,4 +248,44 @@ pub async fn assert_none_lost(sink: &Sink, redis: &RedisServer, accepted: &[Stri
     let duplicates = accepted.iter().filter(|id| seen.get(*id).copied().unwrap_or(0) > 1).count();
     println!("accepted {}, delivered or dead-lettered all, {duplicates} delivered more than once", accepted.len());
     duplicates
+}
+
+/// A service binary running as a child process, its JSON log lines read
+/// from stdout.
+pub struct Running {
+    pub child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Running {
+    /// Starts `bin` with exactly `envs` on top of the test's environment.
+    pub fn spawn(bin: &str, envs: &[(&str, String)]) -> Self {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.stdout(Stdio::piped()).kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, lines }
+    }
+
+    /// The next log line whose `message` is `message`, as JSON.
+    pub async fn line(&mut self, message: &str) -> Value {
+        let read = async {
+            while let Some(line) = self.lines.next_line().await.expect("read stdout") {
+                let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if json["message"] == message {
+                    return json;
+                }
+            }
+            panic!("stdout closed before {message:?}");
+        };
+        tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no {message:?} line"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("pid").to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    }
 }

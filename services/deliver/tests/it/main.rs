@@ -12,3 +12,4 @@ mod helpers;
 mod metrics;
 mod queue;
 mod retries;
+mod trace;

@@ -26,7 +26,8 @@ pub fn router(state: AppState) -> Router {
     let accept = post(postbacks::accept)
         .fallback(|| method_not_allowed("POST"))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .route_layer(axum::middleware::from_fn(crate::trace::request_span));
     Router::new()
         .route("/ingest.php", accept.clone())
         .route("/v1/postbacks", accept)

@@ -1,15 +1,16 @@
 //! `POST /ingest.php` and `POST /v1/postbacks`: accept a postback request.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::{Extension, Json};
 use serde::Serialize;
 use tracing::{Span, field, instrument};
 
 use crate::enqueue::EnqueueError;
 use crate::error::IngestError;
 use crate::state::AppState;
+use crate::trace::{self, RequestSpan};
 use crate::{json, request};
 
 /// The 202 body: how many postbacks were queued and their ids, in the order
@@ -27,6 +28,7 @@ pub struct Accepted {
 #[instrument(name = "ingest", skip_all, fields(bytes = field::Empty, postbacks = field::Empty))]
 pub async fn accept(
     State(state): State<AppState>,
+    request_span: Option<Extension<RequestSpan>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), IngestError> {
@@ -39,13 +41,18 @@ pub async fn accept(
     let mut buf = read_body(body, limit).await?;
     Span::current().record("bytes", buf.len());
     let parsed = json::parse(&mut buf)?;
-    let postbacks =
+    let mut postbacks =
         request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
     Span::current().record("postbacks", postbacks.len());
+    let spans = match &request_span {
+        Some(Extension(RequestSpan(span))) => trace::postback_spans(span, &mut postbacks, &state.keys.stream),
+        None => Vec::new(),
+    };
     let started = std::time::Instant::now();
     let enqueued = state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await;
     state.metrics.enqueued_in(started.elapsed());
     if let Err(e) = enqueued {
+        trace::failed(&spans);
         let error = match e {
             EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),
             other => IngestError::Unavailable(other.to_string()),
