@@ -29,6 +29,8 @@ pub enum Command {
     Load(LoadArgs),
     /// The whole pipeline on this machine, with the machine's ceilings.
     Run(RunArgs),
+    /// What a postback costs in Redis, beside the same postback as JSON.
+    Bytes(BytesArgs),
     /// (Used by `run`.) The bare ingest handler.
     #[command(hide = true)]
     BareIngest(BareIngestArgs),
@@ -150,6 +152,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub logs: Option<PathBuf>,
     /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `bytes`.
+#[derive(Debug, Args)]
+pub struct BytesArgs {
+    /// Postbacks per case.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

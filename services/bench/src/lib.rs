@@ -6,12 +6,14 @@
 //! - [`load`]: the load generator (fixed rate or concurrency).
 //! - [`run`]: the whole pipeline and its ceilings in one run.
 //! - [`bare`]: the bare twins that give the ceilings.
+//! - [`bytes`]: what a postback costs in Redis, beside JSON.
 //! - [`process`]: child processes and their CPU and memory.
 //! - [`redis`]: the run's redis-server and its counters.
 //! - [`report`]: the report, as tables or JSON.
 //! - [`latency`]: percentiles from an HDR histogram.
 
 pub mod bare;
+pub mod bytes;
 pub mod cli;
 pub mod latency;
 pub mod load;
@@ -91,6 +93,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 "{} accepted postbacks were not delivered",
                 report.pipeline.lost
             );
+            Ok(())
+        }
+        Command::Bytes(args) => {
+            let temp = tempfile::tempdir()?;
+            let cases = bytes::run(args.count.max(100), temp.path()).await?;
+            print!("{}", bytes::text(&cases));
+            if let Some(path) = &args.json {
+                run::write_json(path, &cases)?;
+            }
             Ok(())
         }
         Command::BareIngest(args) => bare::ingest(args.addr, args.redis, args.stream, args.items, stop).await,

@@ -1,8 +1,10 @@
 //! `postback-bench load`: drives an ingest URL with postback requests.
 //!
 //! At a fixed rate (open loop: requests start on schedule whether or not
-//! earlier ones have answered, and latency counts from the scheduled start,
-//! so a stall is not hidden) or at a fixed concurrency (closed loop: N
+//! earlier ones have answered; latency counts from the moment a request was
+//! due to go, including any wait for a free in-flight slot, so a stall of
+//! the service is not hidden, but not the load generator's own timer
+//! granularity) or at a fixed concurrency (closed loop: N
 //! requests always in flight), for a duration or a number of requests, each
 //! with K data items. Every item carries `ts`, microseconds since the epoch
 //! when its request was sent, which the sink turns into end-to-end latency.
@@ -172,8 +174,11 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             let mut sent = 0u64;
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
             while !done(sent) {
-                let scheduled = started + interval.mul_f64(sent as f64);
-                tokio::time::sleep_until(scheduled.into()).await;
+                let due = started + interval.mul_f64(sent as f64);
+                tokio::time::sleep_until(due.into()).await;
+                // The timer fires up to a millisecond late: start the clock
+                // when it does, before waiting for an in-flight slot.
+                let scheduled = Instant::now();
                 let permit = slots.clone().acquire_owned().await?;
                 let send = send.clone();
                 tasks.spawn(async move {

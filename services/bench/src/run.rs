@@ -57,8 +57,10 @@ pub struct RunOptions {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Flavour {
+pub(crate) enum Flavour {
+    /// postback-ingest and postback-deliver.
     Ours,
+    /// bare-ingest and bare-deliver.
     Bare,
 }
 
@@ -284,7 +286,7 @@ async fn client_ceiling(sink: &Sink, options: &RunOptions) -> anyhow::Result<f64
 
 /// Starts ingest (or its bare twin; without `redis`, the bare handler
 /// that answers at once) and waits until it is ready.
-async fn start_ingest(
+pub(crate) async fn start_ingest(
     flavour: Flavour,
     redis: Option<&RedisServer>,
     items: usize,
@@ -319,7 +321,7 @@ async fn start_ingest(
     Ok((process, base))
 }
 
-fn start_worker(
+pub(crate) fn start_worker(
     flavour: Flavour,
     redis: &RedisServer,
     concurrency: usize,
@@ -350,7 +352,7 @@ fn start_worker(
 }
 
 /// Waits until the sink has every one of `ids`.
-async fn wait_delivered(sink: &Sink, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_delivered(sink: &Sink, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let missing = sink.missing(ids).len();

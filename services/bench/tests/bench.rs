@@ -211,3 +211,25 @@ fn a_small_run_reports_figures_that_add_up() {
         assert!((ours / ceiling - r).abs() < 1e-9, "{ratio}");
     }
 }
+
+#[test]
+fn bytes_reports_the_sample_postback_to_the_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bytes.json");
+    let output = Command::new(BIN).args(["bytes", "--count", "200", "--json"]).arg(&path).output().expect("bytes");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let cases: Value = serde_json::from_slice(&std::fs::read(&path).expect("report")).expect("JSON");
+    let cases = cases.as_array().expect("cases");
+    assert_eq!(cases.len(), 2);
+    // The wire format's golden test pins the sample at 182 bytes, and its
+    // JSON form at 262.
+    assert_eq!(cases[0]["payload_bytes"], 182.0, "{cases:?}");
+    assert_eq!(cases[0]["json_bytes"], 262.0, "{cases:?}");
+    assert_eq!(cases[0]["postbacks"], 200);
+    assert_eq!(cases[1]["postbacks"], 200, "two requests of 100 items");
+    for case in cases {
+        let stored = case["stored_bytes"].as_f64().expect("stored");
+        assert!(stored > case["payload_bytes"].as_f64().expect("payload"), "the stream adds its own overhead: {case}");
+        assert!(case["deliver_net_bytes"].as_f64().is_some_and(|b| b > 0.0), "{case}");
+    }
+}
