@@ -69,8 +69,10 @@ pub enum WireError {
     },
 }
 
+/// What [`encode`] writes: the elements of version 1, then, for version 2,
+/// the trace context (left out altogether in version 1, not written as nil).
 #[derive(Serialize)]
-struct V1Ref<'a> {
+struct Fields<'a> {
     version: u8,
     #[serde(with = "serde_bytes")]
     id: &'a [u8; 16],
@@ -78,23 +80,14 @@ struct V1Ref<'a> {
     method: &'a str,
     url: &'a str,
     data: &'a Data,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a serde_bytes::Bytes>,
 }
 
-#[derive(Serialize)]
-struct V2Ref<'a> {
-    version: u8,
-    #[serde(with = "serde_bytes")]
-    id: &'a [u8; 16],
-    accepted_at_ms: u64,
-    method: &'a str,
-    url: &'a str,
-    data: &'a Data,
-    #[serde(with = "serde_bytes")]
-    trace: &'a [u8],
-}
-
+/// What [`decode`] reads, either version (the array's length is checked
+/// against the version before).
 #[derive(Deserialize)]
-struct V1 {
+struct Stored {
     _version: u8,
     #[serde(with = "serde_bytes")]
     id: [u8; 16],
@@ -102,35 +95,26 @@ struct V1 {
     method: String,
     url: String,
     data: Data,
-}
-
-#[derive(Deserialize)]
-struct V2 {
-    _version: u8,
-    #[serde(with = "serde_bytes")]
-    id: [u8; 16],
-    accepted_at_ms: u64,
-    method: String,
-    url: String,
-    data: Data,
+    #[serde(default)]
     trace: Option<serde_bytes::ByteBuf>,
 }
 
 /// Encodes a postback (version 1 without a trace context, 2 with one),
 /// appending to `out`.
 pub fn encode_into(postback: &Postback, out: &mut Vec<u8>) {
-    let (id, method) = (postback.id.as_bytes(), postback.method.as_str());
-    let (accepted_at_ms, url, data) = (postback.accepted_at_ms, postback.url.as_str(), &postback.data);
+    let trace = postback.trace.map(|t| t.to_bytes());
+    let fields = Fields {
+        version: if trace.is_some() { 2 } else { 1 },
+        id: postback.id.as_bytes(),
+        accepted_at_ms: postback.accepted_at_ms,
+        method: postback.method.as_str(),
+        url: &postback.url,
+        data: &postback.data,
+        trace: trace.as_ref().map(|t| serde_bytes::Bytes::new(t)),
+    };
     // Writing into a Vec cannot fail, and every field has a MessagePack form.
     #[allow(clippy::expect_used)]
-    match &postback.trace {
-        None => rmp_serde::encode::write(out, &V1Ref { version: 1, id, accepted_at_ms, method, url, data }),
-        Some(trace) => {
-            let trace = &trace.to_bytes();
-            rmp_serde::encode::write(out, &V2Ref { version: 2, id, accepted_at_ms, method, url, data, trace })
-        }
-    }
-    .expect("encoding a postback into memory cannot fail");
+    rmp_serde::encode::write(out, &fields).expect("encoding a postback into memory cannot fail");
 }
 
 /// Encodes a postback in the current wire format.
@@ -150,10 +134,13 @@ pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
     }
     let version: u64 = rmp::decode::read_int(&mut head)
         .map_err(|_| WireError::NotAPostback("first element is not a version number"))?;
-    match version {
-        1 => decode_v1(bytes),
-        2 => decode_v2(bytes),
-        other => Err(WireError::UnknownVersion(other)),
+    match (version, len) {
+        (1, 6) | (2, 7) => decode_known(version as u8, bytes),
+        (1 | 2, _) => Err(WireError::Malformed {
+            version: version as u8,
+            reason: format!("{len} elements, not {}", if version == 1 { 6 } else { 7 }),
+        }),
+        (other, _) => Err(WireError::UnknownVersion(other)),
     }
 }
 
@@ -167,25 +154,11 @@ pub fn check_fuzz_input(bytes: &[u8]) {
     }
 }
 
-fn decode_v1(bytes: &[u8]) -> Result<Postback, WireError> {
-    let malformed = |reason: String| WireError::Malformed { version: 1, reason };
-    let v1: V1 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-    let method = v1.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-    Ok(Postback {
-        id: Uuid::from_bytes(v1.id),
-        accepted_at_ms: v1.accepted_at_ms,
-        method,
-        url: v1.url,
-        data: v1.data,
-        trace: None,
-    })
-}
-
-fn decode_v2(bytes: &[u8]) -> Result<Postback, WireError> {
-    let malformed = |reason: String| WireError::Malformed { version: 2, reason };
-    let v2: V2 = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-    let method = v2.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-    let trace = match v2.trace {
+fn decode_known(version: u8, bytes: &[u8]) -> Result<Postback, WireError> {
+    let malformed = |reason: String| WireError::Malformed { version, reason };
+    let stored: Stored = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let method = stored.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
+    let trace = match stored.trace {
         Some(raw) if raw.len() != TraceContext::WIRE_LEN => {
             return Err(malformed(format!("trace context is {} bytes, not {}", raw.len(), TraceContext::WIRE_LEN)));
         }
@@ -194,11 +167,11 @@ fn decode_v2(bytes: &[u8]) -> Result<Postback, WireError> {
         None => None,
     };
     Ok(Postback {
-        id: Uuid::from_bytes(v2.id),
-        accepted_at_ms: v2.accepted_at_ms,
+        id: Uuid::from_bytes(stored.id),
+        accepted_at_ms: stored.accepted_at_ms,
         method,
-        url: v2.url,
-        data: v2.data,
+        url: stored.url,
+        data: stored.data,
         trace,
     })
 }
@@ -316,6 +289,14 @@ mod tests {
         assert!(matches!(decode(&[0x90]), Err(WireError::NotAPostback(_))));
         assert!(matches!(decode(&[0x91, 0x07]), Err(WireError::UnknownVersion(7))));
         assert!(matches!(decode(&[0x92, 0x01, 0x01]), Err(WireError::Malformed { version: 1, .. })));
+        // A version's element count is part of it: a v1 entry with a trace,
+        // or a v2 entry without one, is malformed.
+        let mut v1_with_trace = encode(&traced());
+        v1_with_trace[1] = 0x01;
+        assert!(matches!(decode(&v1_with_trace), Err(WireError::Malformed { version: 1, .. })));
+        let mut v2_without = encode(&seed());
+        v2_without[1] = 0x02;
+        assert!(matches!(decode(&v2_without), Err(WireError::Malformed { version: 2, .. })));
     }
 
     #[test]
