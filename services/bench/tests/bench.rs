@@ -121,21 +121,6 @@ async fn services(redis: &RedisServer, stop: &CancellationToken) -> String {
     base
 }
 
-/// Waits until Redis holds nothing left to deliver.
-async fn drained(redis: &RedisServer) {
-    let client = redis.client().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let len: u64 = client.xlen("postbacks").await.expect("XLEN");
-        let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
-        if len == 0 && scheduled == 0 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{len} entries and {scheduled} retries left");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn load_sink_and_redis_agree_even_when_the_sink_fails_some() {
     let redis = RedisServer::start();
@@ -160,7 +145,7 @@ async fn load_sink_and_redis_agree_even_when_the_sink_fails_some() {
     assert_eq!(report["accepted_requests"], 50);
     assert_eq!(report["accepted_postbacks"], 150);
     assert_eq!(report["latency"]["count"], 50);
-    drained(&redis).await;
+    redis.wait_nothing_to_deliver(WAIT).await;
     let dead: u64 = redis.client().await.xlen("postbacks:dead").await.expect("XLEN dead");
     assert_eq!(dead, 0);
     let stats = sink.stats().await;

@@ -61,11 +61,7 @@ impl Collector {
     pub async fn start() -> Self {
         let shared = Arc::new(Shared::default());
         let app = Router::new().route("/v1/traces", post(receive)).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector");
-        let addr = listener.local_addr().expect("collector address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve("127.0.0.1", app).await;
         Self { addr, shared, task }
     }
 

@@ -24,3 +24,14 @@ pub use sink::{Received, Reply, Sink};
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
+
+/// Serves `app` on `ip`, on a port the kernel picks, in a background task;
+/// returns the address and the task (abort it to stop serving).
+pub async fn serve(ip: &str, app: axum::Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("bound address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}

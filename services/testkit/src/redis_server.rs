@@ -106,6 +106,23 @@ impl RedisServer {
         client
     }
 
+    /// Waits until the default stream (`postbacks`) and its retry schedule
+    /// are both empty: nothing is left to deliver. Panics after `timeout`,
+    /// saying what is left.
+    pub async fn wait_nothing_to_deliver(&self, timeout: Duration) {
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let len: u64 = client.xlen("postbacks").await.expect("XLEN");
+            let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
+            if len == 0 && scheduled == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{len} entries and {scheduled} retries left");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

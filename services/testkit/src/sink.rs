@@ -105,11 +105,7 @@ impl Sink {
         let shared =
             Arc::new(Shared { received: Mutex::default(), notify: Notify::new(), responder: Box::new(responder) });
         let app = Router::new().fallback(record).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind sink");
-        let addr = listener.local_addr().expect("sink address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve(ip, app).await;
         Self { addr, shared, task }
     }
 

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use fred::prelude::*;
 use postback_deliver::Deliverer;
 use postback_testkit::{RedisServer, Reply, Sink};
 use serde_json::json;
@@ -43,25 +42,11 @@ async fn run_in_process(redis: &RedisServer, consumer: &str) -> (CancellationTok
     (stop, tokio::spawn(async move { deliverer.run(token).await.expect("run") }))
 }
 
-async fn wait_drained(redis: &RedisServer) {
-    let client = redis.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let len: u64 = client.xlen("postbacks").await.expect("XLEN");
-        let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
-        if len == 0 && scheduled == 0 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{len} entries and {scheduled} retries left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Starts worker "b" in-process, waits until the stream and the schedule are
 /// empty, checks nothing accepted was lost, and stops it.
 async fn survivor_finishes(redis: &RedisServer, sink: &Sink, accepted: &[String]) {
     let (stop, b) = run_in_process(redis, "b").await;
-    wait_drained(redis).await;
+    redis.wait_nothing_to_deliver(Duration::from_secs(20)).await;
     assert_none_lost(sink, redis, accepted).await;
     stop.cancel();
     b.await.expect("join");
@@ -152,7 +137,7 @@ async fn a_redis_restart_with_aof_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert!(accepted.len() >= 200, "most requests were accepted ({})", accepted.len());
-    wait_drained(&p.redis).await;
+    p.redis.wait_nothing_to_deliver(Duration::from_secs(20)).await;
     assert_none_lost(&p.sink, &p.redis, &accepted).await;
 }
 
