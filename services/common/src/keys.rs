@@ -39,6 +39,15 @@ pub struct Keys {
     /// Capped stream with one entry per delivery attempt (`<stream>:log`),
     /// read by `postbackctl attempts`.
     pub log: String,
+    /// Hash of endpoint records that version 3 entries refer to
+    /// (`<stream>:endpoints`): 16 hex digits of content address → record.
+    pub endpoints: String,
+    /// Hash counting, per endpoint record, the version 3 entries that refer
+    /// to it (`<stream>:endpoints:refs`); a record goes when its count does.
+    pub endpoint_refs: String,
+    /// Postbacks in the stream beyond one per entry (`<stream>:batched`):
+    /// the stream's length plus this is the postbacks waiting.
+    pub batched: String,
 }
 
 impl Keys {
@@ -50,6 +59,9 @@ impl Keys {
             retry: format!("{stream}:retry"),
             dead: format!("{stream}:dead"),
             log: format!("{stream}:log"),
+            endpoints: format!("{stream}:endpoints"),
+            endpoint_refs: format!("{stream}:endpoints:refs"),
+            batched: format!("{stream}:batched"),
             group: group.into(),
             stream,
         }
@@ -78,6 +90,9 @@ mod tests {
         assert_eq!(keys.retry, "postbacks:retry");
         assert_eq!(keys.dead, "postbacks:dead");
         assert_eq!(keys.log, "postbacks:log");
+        assert_eq!(keys.endpoints, "postbacks:endpoints");
+        assert_eq!(keys.endpoint_refs, "postbacks:endpoints:refs");
+        assert_eq!(keys.batched, "postbacks:batched");
         assert_eq!(keys.with_dead("graveyard").dead, "graveyard");
     }
 }

@@ -4,6 +4,8 @@
 //! - [`keys`]: Redis key names and the stream entry layout (a contract).
 //! - [`method`], [`scalar`], [`data`]: the parts of one postback.
 //! - [`wire`]: the versioned MessagePack encoding of a postback.
+//! - [`batch`]: wire version 3, a request's postbacks in one entry.
+//! - [`entries`]: stream entries read back as postbacks, records resolved.
 //! - [`template`]: `{key}` URL templates and their percent-encoding.
 //! - [`config`]: settings both services share, and config error reporting.
 //! - [`redis`]: Redis clients that reconnect on their own.
@@ -16,8 +18,10 @@
 //! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
 //! - [`time`]: wall-clock helpers.
 
+pub mod batch;
 pub mod config;
 pub mod data;
+pub mod entries;
 pub mod keys;
 pub mod method;
 pub mod metrics;

@@ -18,8 +18,10 @@ pub struct Status {
     pub stream: String,
     /// The consumer group.
     pub group: String,
-    /// Entries in the stream: postbacks waiting for an attempt.
+    /// Entries in the stream (a request's postbacks share one entry).
     pub length: u64,
+    /// Postbacks in those entries: waiting for an attempt.
+    pub postbacks: u64,
     /// Entries no worker has read yet (null when the group does not exist,
     /// or Redis is older than 7.0).
     pub lag: Option<u64>,
@@ -51,10 +53,12 @@ pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
     let length: u64 = redis.xlen(&keys.stream).await?;
     let scheduled_retries: u64 = redis.zcard(&keys.retry).await?;
     let dead_letters: u64 = redis.xlen(&keys.dead).await?;
+    let batched: Option<u64> = redis.get(&keys.batched).await?;
     let mut status = Status {
         stream: keys.stream.clone(),
         group: keys.group.clone(),
         length,
+        postbacks: if length == 0 { 0 } else { length + batched.unwrap_or(0) },
         lag: None,
         pending: 0,
         oldest_pending_age_ms: None,

@@ -14,14 +14,21 @@
 //! ingest's span for the postback: `bin 25` (trace id, span id, flags; see
 //! [`TraceContext`]) or nil.
 //!
+//! Version 3: several postbacks of one request in one entry, their shared
+//! endpoint stored once elsewhere; see [`crate::batch`].
+//!
 //! [`encode`] writes version 1 when the postback has no trace context (no
 //! exporter configured) and version 2 when it has one; [`decode`] reads
-//! both. Rolling upgrades: deploy deliver (the reader) before ingest (the
+//! both, and [`decode_entry`] reads all three. Ingest writes version 3 (see
+//! [`crate::batch::pack`]); the retry schedule and the dead-letter stream
+//! hold single postbacks (versions 1 and 2), which need nothing else to be
+//! read. Rolling upgrades: deploy deliver (the reader) before ingest (the
 //! writer) whenever a new version is introduced.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::batch::{self, Batch};
 use crate::data::Data;
 use crate::method::Method;
 use crate::trace_context::TraceContext;
@@ -59,6 +66,9 @@ pub enum WireError {
     /// A version this build does not know (written by a newer ingest?).
     #[error("unknown wire format version {0}")]
     UnknownVersion(u64),
+    /// A version 3 entry, read where a single postback was expected.
+    #[error("a version 3 entry holds postbacks whose endpoint is stored apart; it is not a single postback")]
+    NotSingle,
     /// The version is known but the rest does not match it.
     #[error("malformed version {version} postback: {reason}")]
     Malformed {
@@ -124,8 +134,40 @@ pub fn encode(postback: &Postback) -> Vec<u8> {
     out
 }
 
+/// What a stream entry's value holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// One postback (versions 1 and 2).
+    Single(Postback),
+    /// Several, whose endpoint record is still to be looked up (version 3).
+    Batch(Batch),
+}
+
 /// Decodes a stream entry's value, whatever version wrote it.
+pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, WireError> {
+    let (version, len) = header(bytes)?;
+    match (version, len) {
+        (1, 6) | (2, 7) => decode_known(version as u8, bytes).map(Decoded::Single),
+        (1 | 2, _) => Err(WireError::Malformed {
+            version: version as u8,
+            reason: format!("{len} elements, not {}", if version == 1 { 6 } else { 7 }),
+        }),
+        (3, _) => batch::decode(bytes, len).map(Decoded::Batch),
+        (other, _) => Err(WireError::UnknownVersion(other)),
+    }
+}
+
+/// Decodes a single postback (version 1 or 2), as the retry schedule and
+/// the dead-letter stream hold them.
 pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
+    match decode_entry(bytes)? {
+        Decoded::Single(postback) => Ok(postback),
+        Decoded::Batch(_) => Err(WireError::NotSingle),
+    }
+}
+
+/// The array length and the version, read before anything else.
+fn header(bytes: &[u8]) -> Result<(u64, u32), WireError> {
     let mut head = bytes;
     let len = rmp::decode::read_array_len(&mut head)
         .map_err(|_| WireError::NotAPostback("does not start with a MessagePack array"))?;
@@ -134,23 +176,41 @@ pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
     }
     let version: u64 = rmp::decode::read_int(&mut head)
         .map_err(|_| WireError::NotAPostback("first element is not a version number"))?;
-    match (version, len) {
-        (1, 6) | (2, 7) => decode_known(version as u8, bytes),
-        (1 | 2, _) => Err(WireError::Malformed {
-            version: version as u8,
-            reason: format!("{len} elements, not {}", if version == 1 { 6 } else { 7 }),
-        }),
-        (other, _) => Err(WireError::UnknownVersion(other)),
-    }
+    Ok((version, len))
 }
 
 /// Decodes arbitrary bytes and checks that whatever decodes re-encodes to
-/// a postback that decodes the same. Used by the fuzz target and the
-/// regression corpus test.
+/// the same thing (a batch with the record it would need). Used by the fuzz
+/// target and the regression corpus test.
 pub fn check_fuzz_input(bytes: &[u8]) {
-    if let Ok(postback) = decode(bytes) {
-        let again = decode(&encode(&postback)).expect("a decoded postback re-encodes");
-        assert_eq!(again, postback);
+    match decode_entry(bytes) {
+        Ok(Decoded::Single(postback)) => {
+            let again = decode(&encode(&postback)).expect("a decoded postback re-encodes");
+            assert_eq!(again, postback);
+        }
+        Ok(Decoded::Batch(batch)) => {
+            let width = batch.values.len().checked_div(batch.count).unwrap_or(0);
+            let keys = (0..width).map(|i| format!("k{i}")).collect();
+            let endpoint = crate::batch::Endpoint { method: crate::Method::Get, url: "http://h/".into(), keys };
+            if let Ok(postbacks) = batch.postbacks(&endpoint) {
+                for packed in batch::pack(&postbacks) {
+                    assert!(decode_entry(&packed.payload).is_ok(), "a decoded batch re-encodes");
+                }
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// A stored trace context: nil, or 25 bytes of which all-zero ids mean no
+/// context at all (the postback is delivered untraced).
+pub(crate) fn trace_from(raw: Option<&[u8]>) -> Result<Option<TraceContext>, String> {
+    match raw {
+        Some(raw) if raw.len() != TraceContext::WIRE_LEN => {
+            Err(format!("trace context is {} bytes, not {}", raw.len(), TraceContext::WIRE_LEN))
+        }
+        Some(raw) => Ok(TraceContext::from_bytes(raw)),
+        None => Ok(None),
     }
 }
 
@@ -158,14 +218,7 @@ fn decode_known(version: u8, bytes: &[u8]) -> Result<Postback, WireError> {
     let malformed = |reason: String| WireError::Malformed { version, reason };
     let stored: Stored = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     let method = stored.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-    let trace = match stored.trace {
-        Some(raw) if raw.len() != TraceContext::WIRE_LEN => {
-            return Err(malformed(format!("trace context is {} bytes, not {}", raw.len(), TraceContext::WIRE_LEN)));
-        }
-        // All-zero ids are no context at all: deliver the postback untraced.
-        Some(raw) => TraceContext::from_bytes(&raw),
-        None => None,
-    };
+    let trace = trace_from(stored.trace.as_ref().map(|b| b.as_slice())).map_err(malformed)?;
     Ok(Postback {
         id: Uuid::from_bytes(stored.id),
         accepted_at_ms: stored.accepted_at_ms,
@@ -288,6 +341,7 @@ mod tests {
         assert!(matches!(decode(b"hello"), Err(WireError::NotAPostback(_))));
         assert!(matches!(decode(&[0x90]), Err(WireError::NotAPostback(_))));
         assert!(matches!(decode(&[0x91, 0x07]), Err(WireError::UnknownVersion(7))));
+        assert!(matches!(decode(&[0x92, 0x03, 0x01]), Err(WireError::Malformed { version: 3, .. })));
         assert!(matches!(decode(&[0x92, 0x01, 0x01]), Err(WireError::Malformed { version: 1, .. })));
         // A version's element count is part of it: a v1 entry with a trace,
         // or a v2 entry without one, is malformed.

@@ -1,0 +1,492 @@
+//! Wire format version 3: a request's postbacks in one stream entry, their
+//! shared endpoint stored once.
+//!
+//! Postbacks from one request share the method, the URL template and, almost
+//! always, the keys of their data. Version 3 keeps those once, in an
+//! [`Endpoint`] record that lives in a Redis hash (`<stream>:endpoints`)
+//! under a content address ([`EndpointRef`]: the first 8 bytes of the
+//! record's SHA-256), and puts into the stream entry only what differs:
+//!
+//! `[3, first id: bin 16, endpoint: bin 8, count: uint, values: array,
+//! trace: bin 25 | nil]` (the trace element only when ingest traces).
+//!
+//! `values` holds `count` rows of one value per endpoint key, flattened.
+//! Postback `i` (from 0) has id `first id + i`, taken as a 128-bit number,
+//! and was accepted at the millisecond the UUIDv7 id carries, so neither ids
+//! nor timestamps are stored per postback.
+//!
+//! [`pack`] groups a request's postbacks into entries: consecutive ones with
+//! the same method, template, keys and trace context, and consecutive ids,
+//! up to [`MAX_ROWS`] at a time. A postback that fits no group (its id is
+//! not a UUIDv7 of its acceptance time) is written alone as version 1 or 2,
+//! which needs no record. `schemas/wire-format.md` has the byte layout.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::data::Data;
+use crate::method::Method;
+use crate::scalar::Scalar;
+use crate::trace_context::TraceContext;
+use crate::wire::{self, Postback, WireError};
+
+/// Most postbacks in one version 3 entry: a worker holds an entry until all
+/// of them are finished, so this bounds that unit of work.
+pub const MAX_ROWS: usize = 128;
+
+/// What a version 3 entry's postbacks share: stored once per distinct
+/// value in the endpoint hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// How to deliver.
+    pub method: Method,
+    /// The URL template, `{key}` placeholders still in place.
+    pub url: String,
+    /// The data keys, in request order; each row holds one value per key.
+    pub keys: Vec<String>,
+}
+
+/// A record's content address: the first 8 bytes of the SHA-256 of its
+/// encoding. Written as 16 lower-case hex digits as the hash field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointRef(pub [u8; 8]);
+
+impl std::fmt::Display for EndpointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// The record as stored: `[1, method, url, [keys…]]`.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    version: u8,
+    method: &'a str,
+    url: &'a str,
+    keys: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    version: u8,
+    method: String,
+    url: String,
+    keys: Vec<String>,
+}
+
+impl Endpoint {
+    /// The shared part of `postback`.
+    pub fn of(postback: &Postback) -> Self {
+        Self {
+            method: postback.method,
+            url: postback.url.clone(),
+            keys: postback.data.0.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+
+    /// The record's bytes, as stored in the endpoint hash.
+    pub fn encode(&self) -> Vec<u8> {
+        let record = RecordOut { version: 1, method: self.method.as_str(), url: &self.url, keys: &self.keys };
+        // Writing into a Vec cannot fail, and every field has a MessagePack form.
+        #[allow(clippy::expect_used)]
+        rmp_serde::to_vec(&record).expect("encoding an endpoint record into memory cannot fail")
+    }
+
+    /// Reads a record back.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let malformed =
+            |reason: String| WireError::Malformed { version: 3, reason: format!("endpoint record: {reason}") };
+        let record: RecordIn = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        if record.version != 1 {
+            return Err(malformed(format!("unknown record version {}", record.version)));
+        }
+        let method = record.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
+        Ok(Self { method, url: record.url, keys: record.keys })
+    }
+
+    /// The content address of an encoded record.
+    pub fn reference(encoded: &[u8]) -> EndpointRef {
+        let digest = Sha256::digest(encoded);
+        let mut out = [0; 8];
+        out.copy_from_slice(&digest[..8]);
+        EndpointRef(out)
+    }
+}
+
+/// A decoded version 3 entry, before its endpoint is looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The first postback's id; the others follow it by one.
+    pub first_id: Uuid,
+    /// Where the shared part is stored.
+    pub endpoint: EndpointRef,
+    /// How many postbacks.
+    pub count: usize,
+    /// `count` rows of one value per endpoint key.
+    pub values: Vec<Scalar>,
+    /// Ingest's span for the request's postbacks, when traced.
+    pub trace: Option<TraceContext>,
+}
+
+impl Batch {
+    /// The postbacks, given the record the entry refers to.
+    pub fn postbacks(&self, endpoint: &Endpoint) -> Result<Vec<Postback>, WireError> {
+        let malformed = |reason: String| WireError::Malformed { version: 3, reason };
+        let width = endpoint.keys.len();
+        if self.values.len() != self.count * width {
+            return Err(malformed(format!(
+                "{} values for {} postbacks of {width} keys (endpoint {})",
+                self.values.len(),
+                self.count,
+                self.endpoint
+            )));
+        }
+        let accepted_at_ms = timestamp_ms(self.first_id);
+        let mut rows = self.values.chunks(width.max(1));
+        (0..self.count)
+            .map(|i| {
+                let row: &[Scalar] = if width == 0 { &[] } else { rows.next().unwrap_or_default() };
+                Ok(Postback {
+                    id: nth_id(self.first_id, i),
+                    accepted_at_ms,
+                    method: endpoint.method,
+                    url: endpoint.url.clone(),
+                    data: Data(endpoint.keys.iter().cloned().zip(row.iter().cloned()).collect()),
+                    trace: self.trace,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The millisecond a UUIDv7 carries in its first 48 bits.
+pub fn timestamp_ms(id: Uuid) -> u64 {
+    (id.as_u128() >> 80) as u64
+}
+
+/// The id of postback `i` of a batch.
+pub fn nth_id(first: Uuid, i: usize) -> Uuid {
+    Uuid::from_u128(first.as_u128().wrapping_add(i as u128))
+}
+
+/// A fresh first id for `count` postbacks accepted at `accepted_at_ms`: a
+/// UUIDv7 of that millisecond whose random low bits leave room for `count`
+/// successors without touching the version or variant bits.
+pub fn first_id(accepted_at_ms: u64, count: usize) -> Uuid {
+    let mut random = [0u8; 10];
+    random.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    // The top random bit below the variant is cleared: 2^61 successors fit.
+    random[2] &= 0x1f;
+    let id = uuid::Builder::from_unix_timestamp_millis(accepted_at_ms, &random).into_uuid();
+    debug_assert!(fits(id, count));
+    id
+}
+
+/// Whether `count` ids from `first` stay UUIDv7s of the same millisecond.
+fn fits(first: Uuid, count: usize) -> bool {
+    const LOW_62: u128 = (1 << 62) - 1;
+    first.get_version_num() == 7 && (first.as_u128() & LOW_62) + (count as u128) <= LOW_62 + 1
+}
+
+/// One stream entry to append: its `p` value, the endpoint record it refers
+/// to (version 3), and how many postbacks it holds.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// The entry's `p` field.
+    pub payload: Vec<u8>,
+    /// The record's address and bytes, for a version 3 entry.
+    pub endpoint: Option<(EndpointRef, Vec<u8>)>,
+    /// Postbacks in the entry.
+    pub postbacks: usize,
+}
+
+/// The stream entries for a request's postbacks, in order.
+pub fn pack(postbacks: &[Postback]) -> Vec<Packed> {
+    let mut out = Vec::new();
+    let mut rest = postbacks;
+    while let Some(first) = rest.first() {
+        let run = run_length(rest);
+        if run == 0 {
+            out.push(Packed { payload: wire::encode(first), endpoint: None, postbacks: 1 });
+            rest = &rest[1..];
+            continue;
+        }
+        let (group, tail) = rest.split_at(run);
+        out.push(encode_group(group));
+        rest = tail;
+    }
+    out
+}
+
+/// How many postbacks from the start of `postbacks` one version 3 entry can
+/// hold (0: the first must be written alone).
+fn run_length(postbacks: &[Postback]) -> usize {
+    let first = &postbacks[0];
+    if timestamp_ms(first.id) != first.accepted_at_ms || !fits(first.id, 1) {
+        return 0;
+    }
+    let same_shape = |p: &Postback| {
+        p.method == first.method
+            && p.url == first.url
+            && p.trace == first.trace
+            && p.accepted_at_ms == first.accepted_at_ms
+            && p.data.len() == first.data.len()
+            && p.data.0.iter().zip(&first.data.0).all(|((a, _), (b, _))| a == b)
+    };
+    postbacks
+        .iter()
+        .take(MAX_ROWS)
+        .enumerate()
+        .take_while(|(i, p)| p.id == nth_id(first.id, *i) && fits(first.id, i + 1) && same_shape(p))
+        .count()
+}
+
+/// The version 3 entry as written: the elements in order; `trace` is left
+/// out (not nil) when there is none.
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    first_id: &'a [u8; 16],
+    #[serde(with = "serde_bytes")]
+    endpoint: &'a [u8; 8],
+    count: usize,
+    values: Vec<&'a Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a serde_bytes::Bytes>,
+}
+
+#[derive(Deserialize)]
+struct BatchIn {
+    _version: u8,
+    #[serde(with = "serde_bytes")]
+    first_id: [u8; 16],
+    #[serde(with = "serde_bytes")]
+    endpoint: [u8; 8],
+    count: usize,
+    values: Vec<Scalar>,
+    #[serde(default)]
+    trace: Option<serde_bytes::ByteBuf>,
+}
+
+fn encode_group(group: &[Postback]) -> Packed {
+    let first = &group[0];
+    let record = Endpoint::of(first).encode();
+    let reference = Endpoint::reference(&record);
+    let trace = first.trace.map(|t| t.to_bytes());
+    let out = BatchOut {
+        version: 3,
+        first_id: first.id.as_bytes(),
+        endpoint: &reference.0,
+        count: group.len(),
+        values: group.iter().flat_map(|p| p.data.0.iter().map(|(_, v)| v)).collect(),
+        trace: trace.as_ref().map(|t| serde_bytes::Bytes::new(t)),
+    };
+    // Writing into a Vec cannot fail, and every field has a MessagePack form.
+    #[allow(clippy::expect_used)]
+    let payload = rmp_serde::to_vec(&out).expect("encoding a batch into memory cannot fail");
+    Packed { payload, endpoint: Some((reference, record)), postbacks: group.len() }
+}
+
+/// How many postbacks an entry's value holds, from its first bytes only:
+/// the count of a version 3 entry, 1 for anything else.
+pub fn postbacks_in(bytes: &[u8]) -> usize {
+    let mut head = bytes;
+    let mut peek = || -> Option<usize> {
+        rmp::decode::read_array_len(&mut head).ok()?;
+        let version: u8 = rmp::decode::read_int(&mut head).ok()?;
+        if version != 3 {
+            return None;
+        }
+        for expected in [16, 8] {
+            if rmp::decode::read_bin_len(&mut head).ok()? != expected {
+                return None;
+            }
+            head = head.get(expected as usize..)?;
+        }
+        rmp::decode::read_int(&mut head).ok()
+    };
+    peek().unwrap_or(1)
+}
+
+/// Decodes a version 3 entry whose array length `len` was read already.
+pub(crate) fn decode(bytes: &[u8], len: u32) -> Result<Batch, WireError> {
+    let malformed = |reason: String| WireError::Malformed { version: 3, reason };
+    if !(5..=6).contains(&len) {
+        return Err(malformed(format!("{len} elements, not 5 or 6")));
+    }
+    let stored: BatchIn = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let first_id = Uuid::from_bytes(stored.first_id);
+    if stored.count == 0 || stored.count > MAX_ROWS {
+        return Err(malformed(format!("{} postbacks, not 1 to {MAX_ROWS}", stored.count)));
+    }
+    if !fits(first_id, stored.count) {
+        return Err(malformed(format!("first id {first_id} is not a UUIDv7 with room for {} ids", stored.count)));
+    }
+    let trace = wire::trace_from(stored.trace.as_ref().map(|b| b.as_slice())).map_err(malformed)?;
+    Ok(Batch { first_id, endpoint: EndpointRef(stored.endpoint), count: stored.count, values: stored.values, trace })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Decoded, decode_entry};
+
+    const URL: &str = "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}";
+
+    fn request(items: usize, accepted_at_ms: u64) -> Vec<Postback> {
+        let first = first_id(accepted_at_ms, items);
+        (0..items)
+            .map(|i| Postback {
+                id: nth_id(first, i),
+                accepted_at_ms,
+                method: Method::Get,
+                url: URL.into(),
+                data: [
+                    ("mascot", Scalar::Str("Gopher".into())),
+                    ("location", Scalar::Str("https://blog.golang.org/gopher/gopher.png".into())),
+                ]
+                .into_iter()
+                .collect(),
+                trace: None,
+            })
+            .collect()
+    }
+
+    fn unpack(packed: &[Packed]) -> Vec<Postback> {
+        packed
+            .iter()
+            .flat_map(|entry| match decode_entry(&entry.payload).expect("decodes") {
+                Decoded::Single(p) => vec![p],
+                Decoded::Batch(batch) => {
+                    let (reference, record) = entry.endpoint.as_ref().expect("a batch has a record");
+                    assert_eq!(*reference, batch.endpoint);
+                    assert_eq!(Endpoint::reference(record), batch.endpoint);
+                    batch.postbacks(&Endpoint::decode(record).expect("record")).expect("postbacks")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_sample_is_one_small_entry() {
+        let postbacks = request(1, 1_764_288_000_000);
+        let packed = pack(&postbacks);
+        assert_eq!(packed.len(), 1);
+        assert_eq!(packed[0].postbacks, 1);
+        // array, version, id (18), endpoint (10), count, values array, then
+        // "Gopher" (7) and the 41-byte image URL (43).
+        assert_eq!(packed[0].payload.len(), 1 + 1 + 18 + 10 + 1 + 1 + 7 + 43);
+        assert_eq!(unpack(&packed), postbacks);
+    }
+
+    #[test]
+    fn a_uniform_request_is_one_entry_per_max_rows() {
+        let postbacks = request(300, 1_764_288_000_123);
+        let packed = pack(&postbacks);
+        let sizes: Vec<_> = packed.iter().map(|p| p.postbacks).collect();
+        assert_eq!(sizes, [MAX_ROWS, MAX_ROWS, 300 - 2 * MAX_ROWS]);
+        assert!(packed.iter().all(|p| p.endpoint.as_ref().map(|e| e.0) == packed[0].endpoint.as_ref().map(|e| e.0)));
+        assert_eq!(unpack(&packed), postbacks);
+        assert_eq!(postbacks_in(&packed[0].payload), MAX_ROWS);
+        assert_eq!(postbacks_in(&packed[2].payload), 300 - 2 * MAX_ROWS);
+        assert_eq!(postbacks_in(&wire::encode(&postbacks[0])), 1);
+        assert_eq!(postbacks_in(b"junk"), 1);
+        let ids: std::collections::HashSet<_> = postbacks.iter().map(|p| p.id).collect();
+        assert_eq!(ids.len(), 300, "ids are distinct");
+        assert!(postbacks.iter().all(|p| p.id.get_version_num() == 7 && timestamp_ms(p.id) == p.accepted_at_ms));
+    }
+
+    #[test]
+    fn items_with_other_keys_start_a_new_entry() {
+        let mut postbacks = request(4, 1_764_288_000_000);
+        postbacks[2].data.0.reverse();
+        postbacks[3].data.0.pop();
+        let packed = pack(&postbacks);
+        let sizes: Vec<_> = packed.iter().map(|p| p.postbacks).collect();
+        assert_eq!(sizes, [2, 1, 1]);
+        assert_eq!(unpack(&packed), postbacks);
+    }
+
+    #[test]
+    fn postbacks_with_ids_of_their_own_are_written_alone() {
+        let mut postbacks = request(3, 1_764_288_000_000);
+        postbacks[1].id = Uuid::now_v7();
+        postbacks[2].id = Uuid::from_u128(0x1234_5678_9abc_4def_8000_0000_0000_0001);
+        let packed = pack(&postbacks);
+        assert_eq!(packed.iter().map(|p| p.endpoint.is_some()).collect::<Vec<_>>(), [true, false, false]);
+        assert_eq!(packed[1].payload[1], 1, "version 1");
+        assert_eq!(unpack(&packed), postbacks);
+    }
+
+    #[test]
+    fn a_trace_context_is_kept_once_per_entry() {
+        let trace = TraceContext { trace_id: [7; 16], span_id: [9; 8], flags: 1 };
+        let postbacks: Vec<_> =
+            request(3, 1_764_288_000_000).into_iter().map(|p| Postback { trace: Some(trace), ..p }).collect();
+        let packed = pack(&postbacks);
+        assert_eq!(packed.len(), 1);
+        assert_eq!(packed[0].payload[0], 0x96, "six elements");
+        assert_eq!(unpack(&packed), postbacks);
+    }
+
+    #[test]
+    fn empty_data_items_batch_too() {
+        let postbacks: Vec<_> =
+            request(5, 1_764_288_000_000).into_iter().map(|p| Postback { data: Data::default(), ..p }).collect();
+        let packed = pack(&postbacks);
+        assert_eq!(packed.len(), 1);
+        assert_eq!(unpack(&packed), postbacks);
+    }
+
+    #[test]
+    fn refuses_a_batch_that_does_not_match_its_record() {
+        let packed = pack(&request(2, 1_764_288_000_000));
+        let Decoded::Batch(batch) = decode_entry(&packed[0].payload).expect("decodes") else { panic!("a batch") };
+        let narrower = Endpoint { method: Method::Get, url: URL.into(), keys: vec!["mascot".into()] };
+        assert!(matches!(batch.postbacks(&narrower), Err(WireError::Malformed { version: 3, .. })));
+        let mut zero = packed[0].payload.clone();
+        zero[30] = 0;
+        assert!(matches!(decode_entry(&zero), Err(WireError::Malformed { version: 3, .. })));
+    }
+
+    proptest::proptest! {
+        /// Whatever mix of shapes and ids a request has, its entries give
+        /// back exactly its postbacks, in order.
+        #[test]
+        fn any_request_packs_and_unpacks(
+            shapes in proptest::collection::vec((0..3usize, proptest::bool::weighted(0.1)), 1..300),
+            at in 1_600_000_000_000u64..1_900_000_000_000,
+        ) {
+            let first = first_id(at, shapes.len());
+            let postbacks: Vec<_> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, (keys, own_id))| Postback {
+                    id: if *own_id { Uuid::from_u128(i as u128 + 1) } else { nth_id(first, i) },
+                    accepted_at_ms: at,
+                    method: Method::Post,
+                    url: "http://h/{k0}".into(),
+                    data: (0..*keys).map(|k| (format!("k{k}"), Scalar::Int(i as i64))).collect(),
+                    trace: None,
+                })
+                .collect();
+            let packed = pack(&postbacks);
+            proptest::prop_assert_eq!(packed.iter().map(|p| p.postbacks).sum::<usize>(), postbacks.len());
+            proptest::prop_assert_eq!(unpack(&packed), postbacks);
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_are_content_addressed() {
+        let endpoint =
+            Endpoint { method: Method::Post, url: "http://h/{a}".into(), keys: vec!["a".into(), "b".into()] };
+        let bytes = endpoint.encode();
+        assert_eq!(Endpoint::decode(&bytes).expect("decodes"), endpoint);
+        let other = Endpoint { keys: vec!["b".into(), "a".into()], ..endpoint.clone() };
+        assert_ne!(Endpoint::reference(&bytes), Endpoint::reference(&other.encode()));
+        assert_eq!(Endpoint::reference(&bytes).to_string().len(), 16);
+        assert!(Endpoint::decode(b"\x94\x02\xa3GET\xa0\x90").is_err(), "unknown record version");
+    }
+}
