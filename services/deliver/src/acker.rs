@@ -2,10 +2,11 @@
 //!
 //! Each finished entry is XACKed (it leaves the group's pending list) and
 //! XDELed (it leaves the stream, which therefore holds only what is not yet
-//! delivered and never needs a length cap). Delivery tasks send entry ids
-//! down a channel; this task acknowledges whatever has gathered in one
-//! pipelined XACK + XDEL, so a busy worker pays one round trip per batch, not
-//! per postback.
+//! delivered and never needs a length cap). A version 3 entry also lets go
+//! of its endpoint record (see `lua/ack.lua`). Delivery tasks send finished
+//! entries down a channel; this task finishes whatever has gathered in one
+//! script call, so a busy worker pays one round trip per batch, not per
+//! postback.
 //!
 //! When Redis is down the batch is kept and retried with backoff. If the
 //! worker dies before an ack lands, the entry stays pending and is delivered
@@ -14,23 +15,34 @@
 use std::time::Duration;
 
 use fred::prelude::*;
+use postback_common::batch::EndpointRef;
 use postback_common::keys::Keys;
+use postback_common::script::Script;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Largest number of ids acknowledged in one round trip.
+/// Largest number of entries acknowledged in one round trip.
 pub const MAX_BATCH: usize = 1_024;
+
+/// One finished entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Its stream entry id.
+    pub entry_id: String,
+    /// For a version 3 entry: the record it refers to, and its postbacks.
+    pub batch: Option<(EndpointRef, usize)>,
+}
 
 /// Handle for delivery tasks to report finished entries.
 #[derive(Clone)]
-pub struct AckSender(mpsc::UnboundedSender<String>);
+pub struct AckSender(mpsc::UnboundedSender<Ack>);
 
 impl AckSender {
-    /// Queues `entry_id` for XACK + XDEL.
-    pub fn ack(&self, entry_id: String) {
+    /// Queues an entry for XACK + XDEL.
+    pub fn ack(&self, ack: Ack) {
         // The acker outlives every sender, so this only fails after it has
         // stopped, when the entry simply stays pending.
-        let _ = self.0.send(entry_id);
+        let _ = self.0.send(ack);
     }
 }
 
@@ -52,10 +64,11 @@ pub fn spawn(
 async fn run(
     client: Client,
     keys: Keys,
-    mut rx: mpsc::UnboundedReceiver<String>,
+    mut rx: mpsc::UnboundedReceiver<Ack>,
     give_up_after: Duration,
     stop: CancellationToken,
 ) {
+    let script = Script::new(include_str!("lua/ack.lua"));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
@@ -72,7 +85,7 @@ async fn run(
         let mut delay = Duration::from_millis(50);
         let mut closing_since = None;
         loop {
-            match ack(&client, &keys, &batch).await {
+            match ack(&client, &keys, &script, &batch).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, entries = batch.len(), "acknowledge failed; retrying");
@@ -97,10 +110,23 @@ async fn run(
     }
 }
 
-async fn ack(client: &Client, keys: &Keys, ids: &[String]) -> Result<(), Error> {
-    let pipeline = client.pipeline();
-    let _: () = pipeline.xack(&keys.stream, &keys.group, ids.to_vec()).await?;
-    let _: () = pipeline.xdel(&keys.stream, ids.to_vec()).await?;
-    let _: Vec<Value> = pipeline.all().await?;
+async fn ack(client: &Client, keys: &Keys, script: &Script, acks: &[Ack]) -> Result<(), Error> {
+    let mut args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
+    args.push(keys.group.as_str().into());
+    for ack in acks {
+        args.push(ack.entry_id.as_str().into());
+        match ack.batch {
+            Some((endpoint, postbacks)) => {
+                args.push(endpoint.to_string().into());
+                args.push((postbacks.saturating_sub(1) as i64).into());
+            }
+            None => {
+                args.push("".into());
+                args.push(0.into());
+            }
+        }
+    }
+    let script_keys = [&*keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched];
+    let _: i64 = script.call(client, &script_keys, args).await?;
     Ok(())
 }

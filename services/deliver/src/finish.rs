@@ -3,6 +3,13 @@
 //! stream (given up). Each is one atomic step in Redis (see `lua/`), so an
 //! entry is never lost and never in two places.
 //!
+//! A version 3 entry holds several postbacks. Each one that is not
+//! delivered is scheduled or dead-lettered on its own, as a single postback
+//! that carries its endpoint (version 1 or 2), while the entry stays
+//! pending; the entry is acknowledged once all of them are finished. A
+//! worker that dies in between leaves the entry pending, and whoever takes
+//! it over handles all of its postbacks again (at-least-once).
+//!
 //! When Redis does not answer, a step is retried with backoff for a while;
 //! if it still fails the entry stays pending and is attempted again later,
 //! by this worker after a restart or by another after POSTBACK_CLAIM_IDLE_MS
@@ -17,9 +24,10 @@ use postback_common::keys::Keys;
 use postback_common::script::Script;
 use tokio::sync::Notify;
 
-use crate::acker::AckSender;
+use crate::acker::{Ack, AckSender};
 use crate::entry::Entry;
 use crate::metrics::{DeliverMetrics, RescheduleReason};
+use postback_common::batch::EndpointRef;
 
 /// How long a reschedule or a dead-lettering keeps trying to reach Redis.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
@@ -72,19 +80,27 @@ impl Finisher {
 
     /// Delivered: XACK + XDEL, batched by the acker.
     pub fn ack(&self, entry: &Entry) {
-        self.acks.ack(entry.id.clone());
+        self.acks.ack(Ack { entry_id: entry.id.clone(), batch: None });
     }
 
-    /// Schedules the entry's postback again after `delay`, recording
-    /// `attempts` made so far and when the first was made.
+    /// Every postback of a version 3 entry is finished: XACK + XDEL, and
+    /// let go of its endpoint record.
+    pub fn ack_batch(&self, entry: &Entry, endpoint: EndpointRef, postbacks: usize) {
+        self.acks.ack(Ack { entry_id: entry.id.clone(), batch: Some((endpoint, postbacks)) });
+    }
+
+    /// Schedules a postback (`payload`, a single postback) again after
+    /// `delay`, recording `attempts` made so far and when the first was
+    /// made. Whether it landed: when it did not, the entry must stay pending.
     pub async fn reschedule(
         &self,
-        entry: &Entry,
+        scope: Scope<'_>,
         payload: &Bytes,
         (attempts, first_attempt_ms): (u32, u64),
         delay: Duration,
         reason: RescheduleReason,
-    ) {
+    ) -> bool {
+        let entry = scope.entry();
         let mut member = format!("{attempts}:{first_attempt_ms}:").into_bytes();
         member.extend_from_slice(payload);
         let member = Bytes::from(member);
@@ -92,7 +108,7 @@ impl Finisher {
         let done = persist("schedule a retry", &entry.id, || async {
             let args: Vec<Value> = vec![
                 self.keys.group.as_str().into(),
-                entry.id.as_str().into(),
+                scope.finished_entry_id().into(),
                 (delay.as_millis() as i64).into(),
                 Value::Bytes(member.clone()),
             ];
@@ -103,27 +119,59 @@ impl Finisher {
             self.metrics.rescheduled(reason);
             self.scheduled.notify_one();
         }
+        done
     }
 
-    /// Moves the entry to the dead-letter stream with `letter`.
-    pub async fn bury(&self, entry: &Entry, letter: &DeadLetter) {
+    /// Moves a postback to the dead-letter stream with `letter`; `payload`
+    /// is kept in the letter (the entry's own bytes, or a single postback
+    /// of a version 3 entry). Whether it landed.
+    pub async fn bury(&self, scope: Scope<'_>, letter: &DeadLetter, payload: Option<&Bytes>) -> bool {
         let keys = [self.keys.stream.as_str(), self.keys.dead.as_str()];
-        let done = persist("dead-letter", &entry.id, || async {
-            let args = dead_letter_args(&self.keys.group, entry, letter);
+        let done = persist("dead-letter", &scope.entry().id, || async {
+            let args = dead_letter_args(&self.keys.group, scope, letter, payload);
             self.bury.call::<_, String>(&self.redis, &keys, args).await.map(drop)
         })
         .await;
         if done {
             self.metrics.dead_lettered(&letter.reason);
         }
+        done
     }
 }
 
-/// The bury script's arguments: group, entry id, then the dead-letter
-/// entry's fields. Times are RFC 3339 text, so `redis-cli XRANGE` reads well.
-fn dead_letter_args(group: &str, entry: &Entry, letter: &DeadLetter) -> Vec<Value> {
+/// What a finishing step finishes besides the postback itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// The whole entry, acknowledged and deleted in the same step.
+    Entry(&'a Entry),
+    /// One postback of a version 3 entry, which stays pending.
+    PostbackOf(&'a Entry),
+}
+
+impl<'a> Scope<'a> {
+    /// The stream entry concerned.
+    pub fn entry(self) -> &'a Entry {
+        match self {
+            Scope::Entry(entry) | Scope::PostbackOf(entry) => entry,
+        }
+    }
+
+    /// The id the script acknowledges, or `""` for none.
+    fn finished_entry_id(self) -> &'a str {
+        match self {
+            Scope::Entry(entry) => &entry.id,
+            Scope::PostbackOf(_) => "",
+        }
+    }
+}
+
+/// The bury script's arguments: group, the entry id to finish (or `""`),
+/// then the dead-letter entry's fields. Times are RFC 3339 text, so
+/// `redis-cli XRANGE` reads well.
+fn dead_letter_args(group: &str, scope: Scope<'_>, letter: &DeadLetter, payload: Option<&Bytes>) -> Vec<Value> {
     let time = |ms: Option<u64>| ms.map(|ms| postback_common::time::rfc3339_ms(postback_common::time::from_ms(ms)));
-    let mut args: Vec<Value> = vec![group.into(), entry.id.as_str().into()];
+    let entry = scope.entry();
+    let mut args: Vec<Value> = vec![group.into(), scope.finished_entry_id().into()];
     let mut field = |name: &'static str, value: Value| {
         args.push(name.into());
         args.push(value);
@@ -146,7 +194,7 @@ fn dead_letter_args(group: &str, entry: &Entry, letter: &DeadLetter) -> Vec<Valu
         field("last_error", error.as_str().into());
     }
     field("entry_id", entry.id.as_str().into());
-    if let Some(payload) = &entry.payload {
+    if let Some(payload) = payload {
         field("p", Value::Bytes(payload.clone()));
     }
     args

@@ -6,6 +6,8 @@
 //! - [`startup`]: building, running, graceful shutdown.
 //! - [`worker`]: the read loop and the queue design (start here).
 //! - [`handle`]: one entry from read to finish.
+//! - [`batch`]: a version 3 entry's postbacks, side by side.
+//! - [`endpoints`]: endpoint records of version 3 entries, cached.
 //! - [`attempt`]: one HTTP delivery attempt and its log line.
 //! - [`attempt_log`]: the capped delivery-log stream in Redis.
 //! - [`retry`]: what is retried, when, and when it is given up.
@@ -17,7 +19,7 @@
 //! - [`group`]: creating the consumer group.
 //! - [`entry`]: stream entries out of XREADGROUP and XAUTOCLAIM replies.
 //! - [`http`]: the outbound HTTP client and capped body reads.
-//! - [`acker`]: batched XACK + XDEL.
+//! - [`acker`]: batched XACK + XDEL (and endpoint records let go of).
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: Prometheus counters, histograms and sampled queue gauges.
 
@@ -25,8 +27,10 @@ pub mod acker;
 pub mod admin;
 pub mod attempt;
 pub mod attempt_log;
+pub mod batch;
 pub mod claim;
 pub mod config;
+pub mod endpoints;
 pub mod entry;
 pub mod finish;
 pub mod group;

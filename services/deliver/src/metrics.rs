@@ -23,7 +23,8 @@
 //! Sampled from Redis at each scrape (the same snapshot as
 //! `postbackctl status`; every worker reports the same values, so alert on
 //! `max` over them):
-//! `postback_stream_length`, `postback_group_lag`, `postback_group_pending`,
+//! `postback_stream_length`, `postback_stream_postbacks`, `postback_group_lag`,
+//! `postback_group_pending`,
 //! `postback_oldest_pending_age_seconds`, `postback_scheduled_retries`,
 //! `postback_dead_letters`, `postback_group_consumers`, and
 //! `postback_redis_up` (0 when the sample failed; the others then keep
@@ -63,6 +64,9 @@ pub enum RescheduleReason {
     FailedAttempt,
     /// Its host was at its limit; no attempt was made.
     HostBusy,
+    /// The worker had no free slot for it in time (a postback of a
+    /// version 3 entry); no attempt was made.
+    WorkerBusy,
 }
 
 impl RescheduleReason {
@@ -70,6 +74,7 @@ impl RescheduleReason {
         match self {
             RescheduleReason::FailedAttempt => "failed_attempt",
             RescheduleReason::HostBusy => "host_busy",
+            RescheduleReason::WorkerBusy => "worker_busy",
         }
     }
 }
@@ -78,6 +83,7 @@ impl RescheduleReason {
 #[derive(Default)]
 struct QueueGauges {
     stream_length: Gauge,
+    stream_postbacks: Gauge,
     group_lag: Gauge,
     group_pending: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
@@ -129,6 +135,7 @@ impl DeliverMetrics {
         r.register("deliveries_in_flight", "Attempts under way in this worker", in_flight.clone());
         let queue = QueueGauges::default();
         r.register("stream_length", "Entries in the stream", queue.stream_length.clone());
+        r.register("stream_postbacks", "Postbacks in the stream's entries", queue.stream_postbacks.clone());
         r.register("group_lag", "Entries no worker has read yet", queue.group_lag.clone());
         r.register("group_pending", "Entries read by a worker and not yet finished", queue.group_pending.clone());
         r.register(
@@ -209,6 +216,7 @@ impl DeliverMetrics {
             Ok(Ok(status)) => {
                 let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 q.stream_length.set(n(status.length));
+                q.stream_postbacks.set(n(status.postbacks));
                 q.group_lag.set(n(status.lag.unwrap_or(0)));
                 q.group_pending.set(n(status.pending));
                 q.oldest_pending_age.set(status.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0));

@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::attempt_log::AttemptLog;
 use crate::claim::Claimer;
 use crate::config::Config;
+use crate::endpoints::Endpoints;
 use crate::finish::Finisher;
 use crate::guard::Guard;
 use crate::handle::Shared;
@@ -27,7 +28,7 @@ use crate::hosts::HostLimits;
 use crate::http::ClientSettings;
 use crate::metrics::DeliverMetrics;
 use crate::retry::RetryPolicy;
-use crate::worker::Worker;
+use crate::worker::{EntrySizes, Worker};
 
 /// Longest wait for a Redis reply to any non-blocking command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,6 +116,13 @@ impl Deliverer {
         } else {
             (AttemptLog::disabled(), None)
         };
+        let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+        let endpoints_key = keys.endpoints.clone();
+        // A version 3 entry stays pending while its postbacks wait for
+        // slots; it must be finished well before POSTBACK_CLAIM_IDLE_MS, or
+        // another worker would take it over and deliver it again.
+        let slot_patience =
+            (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::handle::HOST_PATIENCE);
         let worker = Worker {
             reader: self.reader.clone(),
             redis: self.redis.clone(),
@@ -122,7 +130,7 @@ impl Deliverer {
             consumer: config.consumer_name(),
             read_count: config.read_count as usize,
             read_block: config.read_block(),
-            slots: Arc::new(Semaphore::new(config.concurrency as usize)),
+            slots: slots.clone(),
             group_ready,
             claimer: Claimer::new(
                 config.claim_idle(),
@@ -146,7 +154,13 @@ impl Deliverer {
                 max_url_bytes: config.max_url_bytes as usize,
                 metrics,
                 finisher,
+                redis: self.redis.clone(),
+                endpoints_key,
+                endpoints: Endpoints::default(),
+                slots,
+                slot_patience,
             }),
+            sizes: EntrySizes::default(),
         };
         worker.run(shutdown).await;
         // Acknowledge what finished; anything abandoned stays pending.

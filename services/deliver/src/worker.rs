@@ -21,8 +21,11 @@
 //! worker costs Redis one read per `POSTBACK_READ_BLOCK_MS`, one scheduler
 //! look a second and one XAUTOCLAIM per claim interval.
 //!
-//! At most `POSTBACK_DELIVER_CONCURRENCY` entries are held at once: the loop
-//! reads (or claims) only as many entries as it has free slots.
+//! At most `POSTBACK_DELIVER_CONCURRENCY` postbacks are in hand at once:
+//! each takes a slot, and the loop reads (or claims) only as many entries as
+//! its free slots are likely to hold. A version 3 entry holds several
+//! postbacks (see [`crate::batch`]); its first uses the entry's slot and the
+//! others wait for slots of their own.
 //!
 //! If the group disappears (Redis restarted without its data, or the stream
 //! was deleted), the next command answers NOGROUP and the group is created
@@ -73,6 +76,35 @@ pub struct Worker {
     pub shutdown_grace: Duration,
     /// Shared with each entry's task.
     pub shared: Arc<Shared>,
+    /// Postbacks per entry lately, to size reads.
+    pub sizes: EntrySizes,
+}
+
+/// A running average of postbacks per entry, in sixteenths. Every postback
+/// in hand takes a slot, so a read asks for as many entries as the free
+/// slots are likely to hold, rather than one per slot: a read of version 3
+/// entries of 100 postbacks each then takes one entry, not one per slot.
+#[derive(Debug)]
+pub struct EntrySizes(std::sync::atomic::AtomicUsize);
+
+impl Default for EntrySizes {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicUsize::new(16))
+    }
+}
+
+impl EntrySizes {
+    /// Notes an entry just read.
+    fn saw(&self, entry: &Entry) {
+        let postbacks = entry.payload.as_deref().map_or(1, postback_common::batch::postbacks_in).clamp(1, 1 << 16);
+        let old = self.0.load(Ordering::Relaxed);
+        self.0.store((old * 7 + postbacks * 16).div_ceil(8), Ordering::Relaxed);
+    }
+
+    /// Entries to read for `free` slots: at least one.
+    fn entries_for(&self, free: usize) -> usize {
+        (free * 16).div_ceil(self.0.load(Ordering::Relaxed).max(16)).max(1)
+    }
 }
 
 /// Where a read starts.
@@ -106,6 +138,8 @@ impl Worker {
                 }
             }
             let Some(mut permits) = self.free_slots(&shutdown).await else { break };
+            // Slots not needed for the entries read this time go back.
+            permits.truncate(self.sizes.entries_for(permits.len()));
 
             // Claimed entries join this consumer's pending list, so claiming
             // waits until its own pending entries have been re-read:
@@ -203,10 +237,8 @@ impl Worker {
 
     fn spawn(&self, tracker: &TaskTracker, entry: Entry, deliveries: Option<u64>, permit: OwnedSemaphorePermit) {
         let shared = self.shared.clone();
-        tracker.spawn(async move {
-            handle(shared, entry, deliveries).await;
-            drop(permit);
-        });
+        self.sizes.saw(&entry);
+        tracker.spawn(handle(shared, entry, deliveries, permit));
     }
 
     async fn on_error(&self, error: &Error, command: &str, backoff: &mut Backoff, shutdown: &CancellationToken) {

@@ -123,6 +123,17 @@ impl RedisServer {
         }
     }
 
+    /// Asserts that no endpoint record, reference count or batched count is
+    /// left: every version 3 entry that left the stream let go of its
+    /// record exactly once.
+    pub async fn assert_no_records_left(&self) {
+        let client = self.client().await;
+        for key in ["postbacks:endpoints", "postbacks:endpoints:refs", "postbacks:batched"] {
+            let exists: u32 = client.exists(key).await.expect("EXISTS");
+            assert_eq!(exists, 0, "{key} is left behind");
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -48,6 +48,7 @@ async fn survivor_finishes(redis: &RedisServer, sink: &Sink, accepted: &[String]
     let (stop, b) = run_in_process(redis, "b").await;
     redis.wait_nothing_to_deliver(Duration::from_secs(20)).await;
     assert_none_lost(sink, redis, accepted).await;
+    redis.assert_no_records_left().await;
     stop.cancel();
     b.await.expect("join");
 }
@@ -139,6 +140,7 @@ async fn a_redis_restart_with_aof_loses_nothing() {
     assert!(accepted.len() >= 200, "most requests were accepted ({})", accepted.len());
     p.redis.wait_nothing_to_deliver(Duration::from_secs(20)).await;
     assert_none_lost(&p.sink, &p.redis, &accepted).await;
+    p.redis.assert_no_records_left().await;
 }
 
 #[tokio::test]

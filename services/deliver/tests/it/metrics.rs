@@ -26,7 +26,11 @@ async fn counts_attempts_retries_dead_letters_and_samples_the_queue() {
     p.ingest(&seed_request(&p.target("/gone"))).await;
     wait_dead(&p.redis, 1).await;
     let delivered = [("outcome", "delivered"), ("status_class", "2xx")];
-    let text = p.deliver_metrics_once("postback_delivery_attempts_total", &delivered, 1.0).await;
+    p.deliver_metrics_once("postback_delivery_attempts_total", &delivered, 1.0).await;
+    // The counters move when the sink answers; the entry leaves the stream
+    // a moment later, when its acknowledgement lands.
+    p.redis.wait_nothing_to_deliver(crate::helpers::WAIT).await;
+    let text = p.deliver_metrics().await;
     assert_eq!(flaky.load(Ordering::SeqCst), 2, "one failed attempt and one delivery");
     lint_with_promtool(&text);
     let attempts = |outcome: &str, class: &str| {
@@ -62,6 +66,7 @@ async fn a_queue_that_waits_shows_in_the_gauges() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let text = p.deliver_metrics().await;
     assert_eq!(expect_metric(&text, "postback_stream_length", &[]), 3.0);
+    assert_eq!(expect_metric(&text, "postback_stream_postbacks", &[]), 3.0);
     assert_eq!(expect_metric(&text, "postback_group_pending", &[]), 1.0, "one held by the only slot");
     assert_eq!(expect_metric(&text, "postback_group_lag", &[]), 2.0);
     assert_eq!(expect_metric(&text, "postback_deliveries_in_flight", &[]), 1.0);
