@@ -34,6 +34,12 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         count: u64,
     },
+    /// One stream entry, its postbacks decoded (a request's postbacks
+    /// share one entry; ids come from `pending`).
+    Entry {
+        /// The stream entry id.
+        id: String,
+    },
     /// The dead-letter stream.
     #[command(subcommand)]
     Dead(Dead),

@@ -4,11 +4,10 @@ use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
 use postback_common::script::Script;
-use postback_common::wire;
 use serde::Serialize;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
-use crate::output;
+use crate::{entry, output};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,35 +22,14 @@ pub enum DeadError {
 
 type Entry = (String, Vec<(String, Bytes)>);
 
-/// One dead letter: its fields as text, its postback decoded.
-fn letter(entry: Entry) -> Json {
-    let (id, fields) = entry;
-    let mut out = Map::new();
-    out.insert("id".into(), id.into());
-    for (key, value) in fields {
-        if key == "p" {
-            let postback = match wire::decode(&value) {
-                Ok(p) => serde_json::json!({
-                    "id": p.id.to_string(),
-                    "accepted_at": postback_common::time::rfc3339_ms(postback_common::time::from_ms(p.accepted_at_ms)),
-                    "method": p.method.as_str(),
-                    "url": p.url,
-                    "data": p.data,
-                }),
-                Err(e) => serde_json::json!({"undecodable": e.to_string(), "bytes": String::from_utf8_lossy(&value)}),
-            };
-            out.insert("postback".into(), postback);
-        } else {
-            out.insert(key, String::from_utf8_lossy(&value).into_owned().into());
-        }
-    }
-    Json::Object(out)
-}
-
-/// The newest `count` dead letters, newest first.
+/// The newest `count` dead letters, newest first, their postbacks decoded.
 pub async fn list(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Json>, DeadError> {
     let entries: Vec<Entry> = redis.xrevrange(&keys.dead, "+", "-", Some(count)).await?;
-    Ok(entries.into_iter().map(letter).collect())
+    let mut out = Vec::with_capacity(entries.len());
+    for (id, fields) in entries {
+        out.push(entry::fields_json(redis, keys, id, fields).await?);
+    }
+    Ok(out)
 }
 
 /// Prints dead letters as a table.
@@ -72,7 +50,10 @@ pub fn print_list(letters: &[Json]) {
 /// One dead letter.
 pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadError> {
     let mut entries: Vec<Entry> = redis.xrange(&keys.dead, id, id, Some(1)).await?;
-    entries.pop().map(letter).ok_or_else(|| DeadError::NotFound(format!("no dead letter {id} in {}", keys.dead)))
+    let Some((id, fields)) = entries.pop() else {
+        return Err(DeadError::NotFound(format!("no dead letter {id} in {}", keys.dead)));
+    };
+    Ok(entry::fields_json(redis, keys, id, fields).await?)
 }
 
 /// What one redrive did.

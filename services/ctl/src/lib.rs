@@ -4,15 +4,17 @@
 //! - [`cli`]: the command line.
 //! - [`queue`]: `status` and `pending`.
 //! - [`dead`]: `dead list`, `dead show`, `dead redrive`.
+//! - [`entry`]: `entry ID`, and entry values decoded as JSON.
 //! - [`attempts`]: `attempts ID`, from the delivery log stream.
 //! - [`output`]: tables and JSON.
 //!
 //! Exit codes: 0 done, 1 Redis failed or is unreachable, 2 bad usage,
-//! 3 not found (no such dead letter, no attempts of that postback).
+//! 3 not found (no such entry or dead letter, no attempts of that postback).
 
 pub mod attempts;
 pub mod cli;
 pub mod dead;
+pub mod entry;
 pub mod output;
 pub mod queue;
 
@@ -44,6 +46,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 let rows = queue::pending(&redis, &keys, count).await?;
                 if cli.json { output::json(&rows) } else { queue::print_pending(&rows) }
             }
+            Command::Entry { id } => output::json(&entry::show(&redis, &keys, &id).await?),
             Command::Dead(Dead::List { count }) => {
                 let letters = dead::list(&redis, &keys, count).await?;
                 if cli.json { output::json(&letters) } else { dead::print_list(&letters) }

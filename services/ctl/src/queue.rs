@@ -11,11 +11,22 @@ pub use postback_common::queue_status::{Consumer, Status, status};
 pub fn print_status(status: &Status) {
     let na = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     output::table(
-        &["stream", "group", "length", "lag", "pending", "oldest pending", "scheduled retries", "dead letters"],
+        &[
+            "stream",
+            "group",
+            "entries",
+            "postbacks",
+            "lag",
+            "pending",
+            "oldest pending",
+            "scheduled retries",
+            "dead letters",
+        ],
         &[vec![
             status.stream.clone(),
             status.group.clone(),
             status.length.to_string(),
+            status.postbacks.to_string(),
             na(status.lag),
             status.pending.to_string(),
             status.oldest_pending_age_ms.map_or("-".to_owned(), output::age),

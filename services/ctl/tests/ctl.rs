@@ -158,3 +158,57 @@ async fn attempts_come_from_the_delivery_log() {
     let none = ctl(&redis, &["attempts", "0192-zzz"]);
     assert_eq!(none.status.code(), Some(3));
 }
+
+/// A version 3 entry as ingest writes it: the entry, and its endpoint
+/// record in the hash, counted.
+async fn queue_batch(client: &Client, items: i64) -> (String, Vec<String>) {
+    let first = postback_common::batch::first_id(postback_common::time::now_ms(), items as usize);
+    let postbacks: Vec<Postback> = (0..items)
+        .map(|n| Postback {
+            id: postback_common::batch::nth_id(first, n as usize),
+            accepted_at_ms: postback_common::batch::timestamp_ms(first),
+            method: Method::Post,
+            url: "http://h.example/{n}".into(),
+            data: Data(vec![("n".into(), Scalar::Int(n))]),
+            trace: None,
+        })
+        .collect();
+    let packed = postback_common::batch::pack(&postbacks);
+    assert_eq!(packed.len(), 1);
+    let (address, record) = packed[0].endpoint.clone().expect("a version 3 entry");
+    let _: i64 = client.hset("postbacks:endpoints", (address.to_string(), record)).await.expect("HSET");
+    let _: i64 = client.hincrby("postbacks:endpoints:refs", address.to_string(), 1).await.expect("HINCRBY");
+    let _: i64 = client.incr_by("postbacks:batched", items - 1).await.expect("INCRBY");
+    let payload = bytes::Bytes::from(packed[0].payload.clone());
+    let id: String = client.xadd("postbacks", false, None, "*", ("p", payload)).await.expect("XADD");
+    (id, postbacks.iter().map(|p| p.id.to_string()).collect())
+}
+
+#[tokio::test]
+async fn entries_are_shown_with_their_postbacks_and_counted_in_postbacks() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (batch, ids) = queue_batch(&client, 3).await;
+    let single: String =
+        client.xadd("postbacks", false, None, "*", ("p", bytes::Bytes::from(postback(7)))).await.expect("XADD");
+
+    let shown = json(&ctl(&redis, &["entry", &batch]));
+    let postbacks = shown["postbacks"].as_array().expect("a request's postbacks");
+    let shown_ids: Vec<_> = postbacks.iter().map(|p| p["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(shown_ids, ids);
+    assert_eq!(postbacks[2]["method"], "POST");
+    assert_eq!(postbacks[2]["url"], "http://h.example/{n}");
+    assert_eq!(postbacks[2]["data"]["n"], 2);
+    assert_eq!(json(&ctl(&redis, &["entry", &single]))["postback"]["data"]["n"], 7);
+
+    let status = json(&ctl(&redis, &["--json", "status"]));
+    assert_eq!((status["length"].as_u64(), status["postbacks"].as_u64()), (Some(2), Some(4)));
+
+    let _: i64 = client.del("postbacks:endpoints").await.expect("DEL");
+    let unresolved = json(&ctl(&redis, &["entry", &batch]));
+    let why = unresolved["undecodable"].as_str().expect("says why");
+    assert!(why.contains("is not in postbacks:endpoints"), "{why}");
+    let missing = ctl(&redis, &["entry", "1-1"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no entry 1-1 in postbacks"));
+}

@@ -1,0 +1,65 @@
+//! `entry ID`, and the decoding that `dead show` shares: a stream entry's
+//! value as JSON, with the endpoint record of a version 3 entry (a
+//! request's postbacks in one entry) looked up.
+
+use bytes::Bytes;
+use fred::prelude::*;
+use postback_common::keys::{ENTRY_FIELD, Keys};
+use postback_common::{Postback, entries};
+use serde_json::{Map, Value as Json, json};
+
+use crate::dead::DeadError;
+
+/// One postback as JSON.
+pub fn postback_json(p: &Postback) -> Json {
+    json!({
+        "id": p.id.to_string(),
+        "accepted_at": postback_common::time::rfc3339_ms(postback_common::time::from_ms(p.accepted_at_ms)),
+        "method": p.method.as_str(),
+        "url": p.url,
+        "data": p.data,
+    })
+}
+
+/// A `p` value as JSON fields: `postback` for a single postback,
+/// `postbacks` for a version 3 entry, `undecodable` (and the bytes as
+/// text) when it cannot be read.
+pub async fn payload_json(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Map<String, Json>, Error> {
+    let mut out = Map::new();
+    match entries::resolve(redis, keys, payload).await? {
+        Ok(postbacks) if postbacks.len() == 1 && postback_common::batch::postbacks_in(payload) == 1 => {
+            out.insert("postback".into(), postback_json(&postbacks[0]));
+        }
+        Ok(postbacks) => {
+            out.insert("postbacks".into(), postbacks.iter().map(postback_json).collect());
+        }
+        Err(why) => {
+            out.insert("undecodable".into(), why.into());
+            out.insert("bytes".into(), String::from_utf8_lossy(payload).into_owned().into());
+        }
+    }
+    Ok(out)
+}
+
+/// An entry's fields as JSON: `p` decoded, the others as text.
+pub async fn fields_json(redis: &Client, keys: &Keys, id: String, fields: Vec<(String, Bytes)>) -> Result<Json, Error> {
+    let mut out = Map::new();
+    out.insert("id".into(), id.into());
+    for (key, value) in fields {
+        if key == ENTRY_FIELD {
+            out.extend(payload_json(redis, keys, &value).await?);
+        } else {
+            out.insert(key, String::from_utf8_lossy(&value).into_owned().into());
+        }
+    }
+    Ok(Json::Object(out))
+}
+
+/// One entry of the stream, its postbacks decoded.
+pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadError> {
+    let mut entries: Vec<(String, Vec<(String, Bytes)>)> = redis.xrange(&keys.stream, id, id, Some(1)).await?;
+    let Some((id, fields)) = entries.pop() else {
+        return Err(DeadError::NotFound(format!("no entry {id} in {}", keys.stream)));
+    };
+    Ok(fields_json(redis, keys, id, fields).await?)
+}
