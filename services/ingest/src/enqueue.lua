@@ -1,25 +1,60 @@
--- Appends one stream entry per postback, atomically, unless the backlog is
--- full.
+-- Appends a request's stream entries, atomically, unless the backlog is
+-- full; records the endpoints that version 3 entries refer to.
 -- KEYS[1]  the stream
 -- KEYS[2]  the retry schedule (sorted set)
--- ARGV[1]  the largest backlog accepted (0: no limit)
--- ARGV[2…] the MessagePack postbacks, one per entry (field "p")
--- Returns  the entry ids, in ARGV order, or the error "BACKLOG <n>".
+-- KEYS[3]  the endpoint records (hash: address -> record)
+-- KEYS[4]  the endpoint reference counts (hash: address -> entries)
+-- KEYS[5]  postbacks in the stream beyond one per entry (string)
+-- ARGV[1]  the largest backlog accepted, in postbacks (0: no limit)
+-- ARGV[2]  R, the number of endpoint records
+-- then R pairs: address, record
+-- then one triple per entry: record number (1..R, or 0 for a single
+--          postback), postbacks in it beyond the first, the value of "p"
+-- Returns  the entry ids, in order, or the error "BACKLOG <n>", or the
+--          error "COLLISION <address>" when the hash holds another record
+--          under an address (nothing is written then).
 --
 -- A script runs without interruption, so other clients see all of a
--- request's entries or none. With maxmemory-policy noeviction an
--- out-of-memory Redis refuses the first XADD, before anything is written.
+-- request's entries and its records, or none. With maxmemory-policy
+-- noeviction an out-of-memory Redis refuses the script before it writes.
+local length = redis.call('XLEN', KEYS[1])
+if length == 0 then
+  -- Nothing waits, so nothing is batched: heals a count left behind by an
+  -- entry someone deleted by hand.
+  redis.call('DEL', KEYS[5])
+end
 local max = tonumber(ARGV[1])
 if max > 0 then
   -- Delivered entries are deleted, so the stream holds exactly what is
   -- waiting for a first or a repeated attempt; retries wait in KEYS[2].
-  local backlog = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+  local backlog = length + redis.call('ZCARD', KEYS[2]) + tonumber(redis.call('GET', KEYS[5]) or '0')
   if backlog >= max then
     return redis.error_reply('BACKLOG ' .. backlog)
   end
 end
+local records = tonumber(ARGV[2])
+for r = 1, records do
+  local have = redis.call('HGET', KEYS[3], ARGV[1 + 2 * r])
+  if have and have ~= ARGV[2 + 2 * r] then
+    return redis.error_reply('COLLISION ' .. ARGV[1 + 2 * r])
+  end
+end
 local ids = {}
-for i = 2, #ARGV do
-  ids[i - 1] = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i])
+local uses = {}
+local extra = 0
+for i = 3 + 2 * records, #ARGV, 3 do
+  local r = tonumber(ARGV[i])
+  extra = extra + tonumber(ARGV[i + 1])
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i + 2])
+  if r > 0 then
+    uses[r] = (uses[r] or 0) + 1
+  end
+end
+for r, n in pairs(uses) do
+  redis.call('HSETNX', KEYS[3], ARGV[1 + 2 * r], ARGV[2 + 2 * r])
+  redis.call('HINCRBY', KEYS[4], ARGV[1 + 2 * r], n)
+end
+if extra > 0 then
+  redis.call('INCRBY', KEYS[5], extra)
 end
 return ids

@@ -1,11 +1,20 @@
 //! Appending a request's postbacks to the stream: one command, all or none.
 //!
-//! The XADDs of one request run inside one Lua script (`enqueue.lua`, sent
-//! with EVALSHA): Redis applies all of them or none, so a request is never
-//! half-enqueued, and the 202 is sent only once the script has returned every
-//! entry id. The same script refuses the request when the backlog (entries
-//! in the stream plus scheduled retries) has reached `POSTBACK_MAX_BACKLOG`,
-//! so a stalled delivery side cannot run Redis out of memory.
+//! The postbacks are packed into version 3 entries (see
+//! `postback_common::batch`): usually one entry for the whole request, with
+//! its endpoint record kept once in `<stream>:endpoints`. The XADDs and the
+//! record bookkeeping of one request run inside one Lua script
+//! (`enqueue.lua`, sent with EVALSHA): Redis applies all of them or none, so
+//! a request is never half-enqueued and an entry is never without its
+//! record, and the 202 is sent only once the script has returned every entry
+//! id. The same script refuses the request when the backlog (postbacks in
+//! the stream plus scheduled retries) has reached `POSTBACK_MAX_BACKLOG`, so
+//! a stalled delivery side cannot run Redis out of memory.
+//!
+//! Records are content-addressed by 64 bits of SHA-256. Should two records
+//! ever share an address, the script writes nothing and says so, and the
+//! request is enqueued again as single postbacks, which carry their endpoint
+//! themselves.
 //!
 //! The command is sent "fail fast" and never re-sent: while the connection is
 //! down it fails at once instead of waiting in the client's queue, because a
@@ -20,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
+use postback_common::batch::{self, Packed};
 use postback_common::keys::Keys;
 use postback_common::script::Script;
 use postback_common::{Postback, wire};
@@ -53,12 +63,12 @@ pub enum EnqueueError {
     /// Redis answered with an error (OOM, read-only replica, timeout...).
     #[error("Redis error: {0}")]
     Redis(#[from] fred::error::Error),
-    /// Redis answered, but not with one id per postback.
-    #[error("the enqueue script returned {got} ids for {want} postbacks")]
+    /// Redis answered, but not with one id per entry.
+    #[error("the enqueue script returned {got} ids for {want} entries")]
     Mismatch {
         /// Ids returned.
         got: usize,
-        /// Postbacks sent.
+        /// Entries sent.
         want: usize,
     },
 }
@@ -82,7 +92,7 @@ impl Enqueuer {
         Self { script: Script::new(include_str!("enqueue.lua")), options, max_backlog, wait_replicas, timeout }
     }
 
-    /// XADDs one entry per postback to the stream; returns the entry ids.
+    /// Appends the postbacks to the stream; returns the entry ids.
     pub async fn enqueue(
         &self,
         client: &Client,
@@ -92,20 +102,22 @@ impl Enqueuer {
         if !client.is_connected() {
             return Err(EnqueueError::NotConnected);
         }
-        let mut args: Vec<Value> = Vec::with_capacity(1 + postbacks.len());
-        args.push((self.max_backlog as i64).into());
-        args.extend(postbacks.iter().map(|p| Value::Bytes(Bytes::from(wire::encode(p)))));
         let client = client.with_options(&self.options);
-        let ids: Vec<String> = match self.script.call(&client, &[&keys.stream, &keys.retry], args).await {
-            Err(e) if e.details().starts_with("BACKLOG") => {
-                let backlog = e.details().split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
-                return Err(EnqueueError::BacklogFull { backlog, max: self.max_backlog });
+        let packed = batch::pack(postbacks);
+        let ids = match self.append(&client, keys, &packed).await {
+            Err(EnqueueError::Redis(e)) if e.details().starts_with("COLLISION") => {
+                tracing::warn!(
+                    error = e.details(),
+                    "two endpoint records share an address; enqueueing the request as single postbacks"
+                );
+                let singles: Vec<Packed> = postbacks
+                    .iter()
+                    .map(|p| Packed { payload: wire::encode(p), endpoint: None, postbacks: 1 })
+                    .collect();
+                self.append(&client, keys, &singles).await?
             }
             other => other?,
         };
-        if ids.len() != postbacks.len() {
-            return Err(EnqueueError::Mismatch { got: ids.len(), want: postbacks.len() });
-        }
         if self.wait_replicas > 0 {
             let wait = CustomCommand::new_static("WAIT", ClusterHash::Random, true);
             let args: Vec<Value> = vec![(self.wait_replicas as i64).into(), (self.timeout.as_millis() as i64).into()];
@@ -113,6 +125,51 @@ impl Enqueuer {
             if got < i64::from(self.wait_replicas) {
                 return Err(EnqueueError::Replicas { got, want: self.wait_replicas });
             }
+        }
+        Ok(ids)
+    }
+
+    /// Runs the script once for `entries`.
+    async fn append(&self, client: &Client, keys: &Keys, entries: &[Packed]) -> Result<Vec<String>, EnqueueError> {
+        let mut records: Vec<(String, &[u8])> = Vec::new();
+        let mut numbers = Vec::with_capacity(entries.len());
+        for entry in entries {
+            numbers.push(match &entry.endpoint {
+                None => 0,
+                Some((reference, record)) => {
+                    let address = reference.to_string();
+                    match records.iter().position(|(a, _)| *a == address) {
+                        Some(i) => i + 1,
+                        None => {
+                            records.push((address, record));
+                            records.len()
+                        }
+                    }
+                }
+            });
+        }
+        let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * records.len() + 3 * entries.len());
+        args.push((self.max_backlog as i64).into());
+        args.push((records.len() as i64).into());
+        for (address, record) in &records {
+            args.push(address.as_str().into());
+            args.push(Value::Bytes(Bytes::copy_from_slice(record)));
+        }
+        for (entry, number) in entries.iter().zip(numbers) {
+            args.push((number as i64).into());
+            args.push((entry.postbacks as i64 - 1).into());
+            args.push(Value::Bytes(Bytes::from(entry.payload.clone())));
+        }
+        let script_keys = [&*keys.stream, &keys.retry, &keys.endpoints, &keys.endpoint_refs, &keys.batched];
+        let ids: Vec<String> = match self.script.call(client, &script_keys, args).await {
+            Err(e) if e.details().starts_with("BACKLOG") => {
+                let backlog = e.details().split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                return Err(EnqueueError::BacklogFull { backlog, max: self.max_backlog });
+            }
+            other => other?,
+        };
+        if ids.len() != entries.len() {
+            return Err(EnqueueError::Mismatch { got: ids.len(), want: entries.len() });
         }
         Ok(ids)
     }

@@ -14,8 +14,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use postback_common::{Data, Method, Postback, Scalar, template};
-use uuid::Uuid;
+use postback_common::{Data, Method, Postback, Scalar, batch, template};
 
 use crate::json::Json;
 
@@ -97,10 +96,23 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Resul
         }
     }
     match endpoint {
-        Some((method, url)) if report.0.is_empty() => Ok(items
-            .into_iter()
-            .map(|data| Postback { id: Uuid::now_v7(), accepted_at_ms, method, url: url.to_owned(), data, trace: None })
-            .collect()),
+        Some((method, url)) if report.0.is_empty() => {
+            // Consecutive ids from one UUIDv7 of the acceptance time, so a
+            // version 3 entry stores neither ids nor times per postback.
+            let first = batch::first_id(accepted_at_ms, items.len());
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| Postback {
+                    id: batch::nth_id(first, i),
+                    accepted_at_ms,
+                    method,
+                    url: url.to_owned(),
+                    data,
+                    trace: None,
+                })
+                .collect())
+        }
         _ => Err(Invalid(report.0)),
     }
 }

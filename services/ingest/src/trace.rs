@@ -1,6 +1,6 @@
 //! Ingest's part of the OpenTelemetry trace: a server span per request
 //! (continuing the caller's `traceparent` when it sent one) and a producer
-//! span per postback, whose context travels inside the postback to deliver.
+//! span for its postbacks, whose context travels inside them to deliver.
 //!
 //! All of it costs nothing when traces are not exported: the spans are
 //! disabled and no postback carries a context.
@@ -49,38 +49,36 @@ pub async fn request_span(path: Option<MatchedPath>, mut request: Request, next:
     response
 }
 
-/// Opens a producer span per postback, as a child of the request span, and
-/// stores each span's context in its postback. Returns the spans, to be
+/// Opens the request's producer span, as a child of the request span, and
+/// stores its context in every postback (one context per request keeps a
+/// request's postbacks in one version 3 entry). Returns the span, to be
 /// dropped (ended) once the postbacks are in Redis; none when not tracing.
-pub fn postback_spans(request: &Span, postbacks: &mut [Postback], stream: &str) -> Vec<Span> {
+pub fn producer_span(request: &Span, postbacks: &mut [Postback], stream: &str) -> Option<Span> {
     if request.is_disabled() {
-        return Vec::new();
+        return None;
     }
     request.record("postback.count", postbacks.len());
-    postbacks
-        .iter_mut()
-        .map(|postback| {
-            let span = tracing::info_span!(
-                target: TARGET,
-                parent: request,
-                "postback",
-                otel.name = format!("send {stream}"),
-                otel.kind = "producer",
-                otel.status_code = field::Empty,
-                messaging.system = "redis",
-                messaging.operation.type = "send",
-                messaging.destination.name = stream,
-                postback.id = %postback.id,
-            );
-            postback.trace = TraceContext::of_span(&span);
-            span
-        })
-        .collect()
+    let span = tracing::info_span!(
+        target: TARGET,
+        parent: request,
+        "postbacks",
+        otel.name = format!("send {stream}"),
+        otel.kind = "producer",
+        otel.status_code = field::Empty,
+        messaging.system = "redis",
+        messaging.operation.type = "send",
+        messaging.destination.name = stream,
+        messaging.batch.message_count = postbacks.len(),
+        postback.id = postbacks.first().map(|p| p.id.to_string()),
+    );
+    let context = TraceContext::of_span(&span);
+    postbacks.iter_mut().for_each(|postback| postback.trace = context);
+    Some(span)
 }
 
-/// Marks the postback spans as failed: nothing was enqueued.
-pub fn failed(spans: &[Span]) {
-    for span in spans {
+/// Marks the producer span as failed: nothing was enqueued.
+pub fn failed(span: Option<&Span>) {
+    if let Some(span) = span {
         span.record("otel.status_code", "ERROR");
     }
 }

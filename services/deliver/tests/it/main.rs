@@ -4,6 +4,7 @@
 
 #![allow(clippy::expect_used, missing_docs)]
 
+mod batch;
 mod binary;
 mod delivery;
 mod faults;

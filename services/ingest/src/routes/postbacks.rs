@@ -44,15 +44,15 @@ pub async fn accept(
     let mut postbacks =
         request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
     Span::current().record("postbacks", postbacks.len());
-    let spans = match &request_span {
-        Some(Extension(RequestSpan(span))) => trace::postback_spans(span, &mut postbacks, &state.keys.stream),
-        None => Vec::new(),
+    let producer = match &request_span {
+        Some(Extension(RequestSpan(span))) => trace::producer_span(span, &mut postbacks, &state.keys.stream),
+        None => None,
     };
     let started = std::time::Instant::now();
     let enqueued = state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await;
     state.metrics.enqueued_in(started.elapsed());
     if let Err(e) = enqueued {
-        trace::failed(&spans);
+        trace::failed(producer.as_ref());
         let error = match e {
             EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),
             other => IngestError::Unavailable(other.to_string()),

@@ -109,10 +109,9 @@ async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
     assert!(!accepted.is_empty(), "the load got some 202s before the signal");
 
     let client = redis.client().await;
-    let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> =
-        fred::prelude::StreamsInterface::xrange(&client, "postbacks", "-", "+", None).await.expect("XRANGE");
+    let queued = postback_common::entries::queued(&client, &postback_common::keys::Keys::default()).await;
     let stored: std::collections::HashSet<String> =
-        entries.iter().map(|(_, f)| postback_common::wire::decode(&f[0].1).expect("decodes").id.to_string()).collect();
+        queued.expect("entries decode").iter().map(|p| p.id.to_string()).collect();
     let missing: Vec<_> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(missing.is_empty(), "{} of {} acknowledged postbacks are not in Redis", missing.len(), accepted.len());
     println!("{} postbacks acknowledged, all in Redis ({} stored)", accepted.len(), stored.len());

@@ -72,19 +72,14 @@ impl TestApp {
             .expect("send")
     }
 
-    /// Every postback in the stream, decoded, in stream order.
+    /// Every postback in the stream, decoded, in stream order; each entry
+    /// has the one field.
     pub async fn queued(&self) -> Vec<Postback> {
         let client = self.redis.client().await;
         let entries: Vec<(String, Vec<(String, Bytes)>)> =
             client.xrange(&self.config.redis.stream, "-", "+", None).await.expect("XRANGE");
-        entries
-            .into_iter()
-            .map(|(_, fields)| {
-                assert_eq!(fields.len(), 1, "one field per entry");
-                assert_eq!(fields[0].0, ENTRY_FIELD);
-                postback_common::wire::decode(&fields[0].1).expect("entry decodes")
-            })
-            .collect()
+        assert!(entries.iter().all(|(_, f)| f.len() == 1 && f[0].0 == ENTRY_FIELD), "one field per entry");
+        postback_common::entries::queued(&client, &self.config.redis.keys()).await.expect("entries decode")
     }
 
     /// Whether the stream key exists at all.
