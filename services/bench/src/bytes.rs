@@ -3,8 +3,8 @@
 //! 100-item request sharing one endpoint.
 //!
 //! For each case it queues requests through the real ingest with no worker
-//! running and reads the stream's memory (`MEMORY USAGE`, exact) and the
-//! bytes ingest sent to Redis; then starts one real worker, lets it deliver
+//! running and reads the memory (`MEMORY USAGE`, exact) of the stream and
+//! of the endpoint records beside it, and the bytes ingest sent to Redis; then starts one real worker, lets it deliver
 //! everything to the sink, and adds the bytes Redis exchanged for that
 //! (reads, acknowledgements, the delivery log). The endpoint keeps the
 //! sample's exact length with the sink's address in place of its host, so
@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
-use postback_common::wire;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -35,9 +34,10 @@ pub struct BytesCase {
     pub postbacks: u64,
     /// The postback as compact JSON: id, accepted_at_ms, method, url, data.
     pub json_bytes: f64,
-    /// The MessagePack value stored in the entry.
+    /// The MessagePack values stored in the entries, per postback.
     pub payload_bytes: f64,
-    /// Stream memory per postback (`MEMORY USAGE`).
+    /// Memory per postback (`MEMORY USAGE`) of the stream, the endpoint
+    /// records and their counts.
     pub stored_bytes: f64,
     /// stored / JSON.
     pub stored_ratio: f64,
@@ -97,20 +97,28 @@ async fn measure(
     let queued = Counters::read(client).await?;
     let postbacks = ids.len() as u64;
     anyhow::ensure!(postbacks == requests * items as u64, "ingest accepted {postbacks} postbacks");
-    let memory: u64 = client
-        .custom(
-            CustomCommand::new_static("MEMORY", ClusterHash::FirstKey, false),
-            vec!["USAGE", "postbacks", "SAMPLES", "0"],
-        )
-        .await?;
-    let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> = client.xrange("postbacks", "-", "+", Some(100)).await?;
+    let keys = postback_common::keys::Keys::default();
+    // The stream and what version 3 entries keep beside it: the endpoint
+    // records, their counts and the batched count.
+    let mut memory = 0u64;
+    for key in [&keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched] {
+        let usage: Option<u64> = client
+            .custom(
+                CustomCommand::new_static("MEMORY", ClusterHash::FirstKey, false),
+                vec!["USAGE", key.as_str(), "SAMPLES", "0"],
+            )
+            .await?;
+        memory += usage.unwrap_or(0);
+    }
+    let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> = client.xrange(&keys.stream, "-", "+", None).await?;
     let payloads: Vec<&bytes::Bytes> =
         entries.iter().flat_map(|(_, f)| f.iter().filter(|(k, _)| k == "p").map(|(_, v)| v)).collect();
     anyhow::ensure!(!payloads.is_empty(), "no postback in the stream");
-    let payload_bytes = payloads.iter().map(|p| p.len()).sum::<usize>() as f64 / payloads.len() as f64;
-    let json_bytes = payloads
+    let payload_bytes = payloads.iter().map(|p| p.len()).sum::<usize>() as f64 / postbacks as f64;
+    let in_stream = postback_common::entries::queued(client, &keys).await?;
+    anyhow::ensure!(in_stream.len() as u64 == postbacks, "{} postbacks in the stream, not {postbacks}", in_stream.len());
+    let json_bytes = in_stream
         .iter()
-        .filter_map(|p| wire::decode(p).ok())
         .map(|p| {
             let json = serde_json::json!({
                 "id": p.id.to_string(),
@@ -122,7 +130,7 @@ async fn measure(
             serde_json::to_vec(&json).map_or(0, |v| v.len())
         })
         .sum::<usize>() as f64
-        / payloads.len() as f64;
+        / postbacks as f64;
 
     let worker = start_worker(Flavour::Ours, redis, 64, 0, logs)?;
     wait_delivered(sink, &ids, Duration::from_secs(60)).await?;
