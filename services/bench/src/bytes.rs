@@ -116,7 +116,11 @@ async fn measure(
     anyhow::ensure!(!payloads.is_empty(), "no postback in the stream");
     let payload_bytes = payloads.iter().map(|p| p.len()).sum::<usize>() as f64 / postbacks as f64;
     let in_stream = postback_common::entries::queued(client, &keys).await?;
-    anyhow::ensure!(in_stream.len() as u64 == postbacks, "{} postbacks in the stream, not {postbacks}", in_stream.len());
+    anyhow::ensure!(
+        in_stream.len() as u64 == postbacks,
+        "{} postbacks in the stream, not {postbacks}",
+        in_stream.len()
+    );
     let json_bytes = in_stream
         .iter()
         .map(|p| {

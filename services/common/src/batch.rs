@@ -381,6 +381,36 @@ mod tests {
         assert_eq!(unpack(&packed), postbacks);
     }
 
+    /// The byte-for-byte example of `schemas/wire-format.md`.
+    #[test]
+    fn matches_the_documented_bytes() {
+        let id = Uuid::from_u128(0x019a_c7c2_7000_7000_8000_0000_0000_0001);
+        assert_eq!(timestamp_ms(id), 1_764_288_000_000);
+        let postbacks: Vec<_> = request(1, 1_764_288_000_000).into_iter().map(|p| Postback { id, ..p }).collect();
+        let packed = pack(&postbacks);
+        let (address, record) = packed[0].endpoint.clone().expect("version 3");
+
+        let mut want_record = vec![0x94, 0x01, 0xa3, b'G', b'E', b'T', 0xd9, 80];
+        want_record.extend_from_slice(URL.as_bytes());
+        want_record.extend_from_slice(b"\x92\xa6mascot\xa8location");
+        assert_eq!(record, want_record);
+        assert_eq!(record.len(), 105);
+
+        let mut want = vec![0x95, 0x03, 0xc4, 0x10];
+        want.extend_from_slice(id.as_bytes());
+        want.extend_from_slice(&[0xc4, 0x08]);
+        want.extend_from_slice(&address.0);
+        want.extend_from_slice(&[0x01, 0x92]);
+        want.extend_from_slice(b"\xa6Gopher");
+        want.extend_from_slice(&[0xd9, 41]);
+        want.extend_from_slice(b"https://blog.golang.org/gopher/gopher.png");
+        assert_eq!(packed[0].payload, want);
+        assert_eq!(want.len(), 82);
+        // The address is part of the contract: a changed record encoding
+        // would strand every entry queued before.
+        assert_eq!(address.to_string(), "3e71e1dd270a7700");
+    }
+
     #[test]
     fn a_uniform_request_is_one_entry_per_max_rows() {
         let postbacks = request(300, 1_764_288_000_123);

@@ -80,6 +80,7 @@ pub async fn handle(
             }
             all
         }
+        None if postbacks.len() == 1 => one(shared, entry, &postbacks[0], Some(slot)).await,
         None => {
             let mut first = Some(slot);
             let turns = postbacks.iter().map(|postback| one(shared, entry, postback, first.take()));

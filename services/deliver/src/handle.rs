@@ -121,13 +121,15 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>, 
     };
     let postback = match decoded {
         Decoded::Single(postback) => postback,
-        Decoded::Batch(batch) => return crate::batch::handle(&shared, &entry, batch, poisoned, slot).await,
+        // Boxed, as is the attempt below: the task's own future stays
+        // small, so spawning it copies little.
+        Decoded::Batch(batch) => return Box::pin(crate::batch::handle(&shared, &entry, batch, poisoned, slot)).await,
     };
     if let Some(reason) = poisoned {
         tracing::error!(reason, "dead-lettering an entry that keeps failing its workers");
         return bury_entry(&shared, &entry, reason, Some(postback.id.to_string())).await;
     }
-    let outcome = deliver(&shared, &postback, &entry).await;
+    let outcome = Box::pin(deliver(&shared, &postback, &entry)).await;
     drop(slot);
     finish(&shared, Scope::Entry(&entry), payload, outcome).await;
 }

@@ -33,11 +33,13 @@ if max > 0 then
   end
 end
 local records = tonumber(ARGV[2])
+local stored = {}
 for r = 1, records do
   local have = redis.call('HGET', KEYS[3], ARGV[1 + 2 * r])
   if have and have ~= ARGV[2 + 2 * r] then
     return redis.error_reply('COLLISION ' .. ARGV[1 + 2 * r])
   end
+  stored[r] = have
 end
 local ids = {}
 local uses = {}
@@ -51,7 +53,9 @@ for i = 3 + 2 * records, #ARGV, 3 do
   end
 end
 for r, n in pairs(uses) do
-  redis.call('HSETNX', KEYS[3], ARGV[1 + 2 * r], ARGV[2 + 2 * r])
+  if not stored[r] then
+    redis.call('HSET', KEYS[3], ARGV[1 + 2 * r], ARGV[2 + 2 * r])
+  end
   redis.call('HINCRBY', KEYS[4], ARGV[1 + 2 * r], n)
 end
 if extra > 0 then

@@ -16,28 +16,35 @@
 -- dropped, and the record kept: unused records cost memory, missing ones
 -- would cost postbacks.
 local ids = {}
+-- Entries of the same record and size are deleted together: XDEL says how
+-- many of them it really deleted, which is all the counts need.
+local groups = {}
+local order = {}
 for i = 2, #ARGV, 3 do
   ids[#ids + 1] = ARGV[i]
+  local group = ARGV[i + 1] .. ' ' .. ARGV[i + 2]
+  if not groups[group] then
+    groups[group] = {}
+    order[#order + 1] = {ARGV[i + 1], tonumber(ARGV[i + 2]), group}
+  end
+  local members = groups[group]
+  members[#members + 1] = ARGV[i]
 end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
 local deleted = 0
-local released = {}
 local extra = 0
-for i = 2, #ARGV, 3 do
-  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
-    deleted = deleted + 1
-    if ARGV[i + 1] ~= '' then
-      released[ARGV[i + 1]] = (released[ARGV[i + 1]] or 0) + 1
-    end
-    extra = extra + tonumber(ARGV[i + 2])
-  end
-end
-for address, n in pairs(released) do
-  local left = redis.call('HINCRBY', KEYS[3], address, -n)
-  if left <= 0 then
-    redis.call('HDEL', KEYS[3], address)
-    if left == 0 then
-      redis.call('HDEL', KEYS[2], address)
+for _, g in ipairs(order) do
+  local address, rows, members = g[1], g[2], groups[g[3]]
+  local n = redis.call('XDEL', KEYS[1], unpack(members))
+  deleted = deleted + n
+  extra = extra + n * rows
+  if n > 0 and address ~= '' then
+    local left = redis.call('HINCRBY', KEYS[3], address, -n)
+    if left <= 0 then
+      redis.call('HDEL', KEYS[3], address)
+      if left == 0 then
+        redis.call('HDEL', KEYS[2], address)
+      end
     end
   end
 end
