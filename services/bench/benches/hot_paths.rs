@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use postback_common::{template, wire};
+use postback_common::{batch, template, wire};
 
 const SEED: &str = include_str!("../../../schemas/examples/seed-request.json");
 
@@ -55,6 +55,26 @@ fn wire_format(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode, seed", |b| b.iter(|| wire::encode(black_box(&postback))));
     group.bench_function("decode, seed", |b| b.iter(|| wire::decode(black_box(&bytes)).expect("decode")));
+    group.finish();
+
+    // Version 3, as ingest writes and deliver reads it: pack a request (the
+    // record's encoding and SHA-256 included), decode the entry, and build
+    // its postbacks from the record.
+    let mut group = c.benchmark_group("wire v3");
+    for (name, body) in [("seed", SEED.to_owned()), ("100 items", hundred_items())] {
+        let postbacks = postbacks(&body);
+        let packed = batch::pack(&postbacks);
+        let (_, record) = packed[0].endpoint.clone().expect("version 3");
+        let endpoint = batch::Endpoint::decode(&record).expect("record");
+        group.throughput(Throughput::Elements(postbacks.len() as u64));
+        group.bench_function(format!("pack, {name}"), |b| b.iter(|| batch::pack(black_box(&postbacks))));
+        group.bench_function(format!("decode and unpack, {name}"), |b| {
+            b.iter(|| match wire::decode_entry(black_box(&packed[0].payload)).expect("decode") {
+                wire::Decoded::Batch(batch) => batch.postbacks(&endpoint).expect("postbacks"),
+                wire::Decoded::Single(_) => unreachable!("a version 3 entry"),
+            })
+        });
+    }
     group.finish();
 }
 

@@ -103,7 +103,9 @@ async fn one(shared: &Shared, entry: &Entry, postback: &Postback, slot: Option<O
     };
     let outcome = match slot {
         Some(slot) => {
-            let outcome = deliver(shared, postback, entry).await;
+            // Boxed: a postback waiting for its slot holds a small future,
+            // not the space of a whole attempt.
+            let outcome = Box::pin(deliver(shared, postback, entry)).await;
             drop(slot);
             outcome
         }

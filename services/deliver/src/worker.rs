@@ -80,16 +80,19 @@ pub struct Worker {
     pub sizes: EntrySizes,
 }
 
-/// A running average of postbacks per entry, in sixteenths. Every postback
-/// in hand takes a slot, so a read asks for as many entries as the free
-/// slots are likely to hold, rather than one per slot: a read of version 3
-/// entries of 100 postbacks each then takes one entry, not one per slot.
+/// Postbacks per entry lately, in sixteenths. Every postback in hand takes
+/// a slot, so a read asks for as many entries as the free slots are likely
+/// to hold, rather than one per slot: a read of version 3 entries of 100
+/// postbacks each then takes one entry, not one per slot. It starts at the
+/// largest entry and follows a larger entry at once, a smaller one slowly,
+/// so a worker never reads far more postbacks than it has slots for (at
+/// start-up, say, with a backlog of large entries waiting).
 #[derive(Debug)]
 pub struct EntrySizes(std::sync::atomic::AtomicUsize);
 
 impl Default for EntrySizes {
     fn default() -> Self {
-        Self(std::sync::atomic::AtomicUsize::new(16))
+        Self(std::sync::atomic::AtomicUsize::new(16 * postback_common::batch::MAX_ROWS))
     }
 }
 
@@ -97,8 +100,8 @@ impl EntrySizes {
     /// Notes an entry just read.
     fn saw(&self, entry: &Entry) {
         let postbacks = entry.payload.as_deref().map_or(1, postback_common::batch::postbacks_in).clamp(1, 1 << 16);
-        let old = self.0.load(Ordering::Relaxed);
-        self.0.store((old * 7 + postbacks * 16).div_ceil(8), Ordering::Relaxed);
+        let (old, new) = (self.0.load(Ordering::Relaxed), postbacks * 16);
+        self.0.store(if new >= old { new } else { (old * 7 + new).div_ceil(8) }, Ordering::Relaxed);
     }
 
     /// Entries to read for `free` slots: at least one.
