@@ -148,6 +148,45 @@ async fn one_trace_holds_the_callers_span_ingest_and_every_attempt() {
 }
 
 #[tokio::test]
+async fn a_requests_postbacks_share_one_producer_span() {
+    let redis = RedisServer::start();
+    let sink = Sink::start().await;
+    let collector = Collector::start().await;
+    let (mut ingest, mut deliver, base) = start(&redis, &collector.endpoint()).await;
+    let data: Vec<_> = (0..3).map(|i| serde_json::json!({"i": i})).collect();
+    let body = serde_json::json!({"endpoint": {"method": "GET", "url": format!("{}/m?i={{i}}", sink.base_url())}, "data": data});
+    let response =
+        reqwest::Client::new().post(format!("{base}/v1/postbacks")).body(body.to_string()).send().await.expect("post");
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("json");
+    let mut ids: Vec<String> =
+        body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect();
+    sink.wait_for(3, WAIT).await;
+
+    let spans = collector
+        .wait_until(WAIT, |spans| {
+            of_kind(spans, "postback-deliver", CLIENT).len() == 3
+                && of_kind(spans, "postback-ingest", PRODUCER).len() == 1
+        })
+        .await;
+    let producer = of_kind(&spans, "postback-ingest", PRODUCER)[0];
+    assert_eq!(producer.attr("messaging.batch.message_count"), "3");
+    assert_eq!(producer.attr("postback.id"), ids[0], "named by the first postback");
+    let attempts = of_kind(&spans, "postback-deliver", CLIENT);
+    assert!(attempts.iter().all(|a| a.parent_span_id == producer.span_id && a.trace_id == producer.trace_id));
+    let mut attempted: Vec<String> = attempts.iter().map(|a| a.attr("postback.id").to_owned()).collect();
+    attempted.sort();
+    ids.sort();
+    assert_eq!(attempted, ids, "one attempt span per postback");
+
+    for service in [&mut ingest, &mut deliver] {
+        service.signal("-TERM");
+        let status = tokio::time::timeout(WAIT, service.child.wait()).await.expect("exits").expect("status");
+        assert!(status.success(), "{status}");
+    }
+}
+
+#[tokio::test]
 async fn without_a_collector_delivery_goes_on_and_shutdown_is_prompt() {
     let redis = RedisServer::start();
     let sink = Sink::start().await;
