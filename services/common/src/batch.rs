@@ -88,9 +88,9 @@ impl Endpoint {
     /// The record's bytes, as stored in the endpoint hash.
     pub fn encode(&self) -> Vec<u8> {
         let record = RecordOut { version: 1, method: self.method.as_str(), url: &self.url, keys: &self.keys };
-        // Writing into a Vec cannot fail, and every field has a MessagePack form.
-        #[allow(clippy::expect_used)]
-        rmp_serde::to_vec(&record).expect("encoding an endpoint record into memory cannot fail")
+        let mut out = Vec::with_capacity(16 + self.url.len() + 16 * self.keys.len());
+        wire::write_msgpack(&mut out, &record);
+        out
     }
 
     /// Reads a record back.
@@ -283,9 +283,8 @@ fn encode_group(group: &[Postback]) -> Packed {
         values: group.iter().flat_map(|p| p.data.0.iter().map(|(_, v)| v)).collect(),
         trace: trace.as_ref().map(|t| serde_bytes::Bytes::new(t)),
     };
-    // Writing into a Vec cannot fail, and every field has a MessagePack form.
-    #[allow(clippy::expect_used)]
-    let payload = rmp_serde::to_vec(&out).expect("encoding a batch into memory cannot fail");
+    let mut payload = Vec::with_capacity(40 + 32 * out.values.len());
+    wire::write_msgpack(&mut payload, &out);
     Packed { payload, endpoint: Some((reference, record)), postbacks: group.len() }
 }
 

@@ -122,9 +122,15 @@ pub fn encode_into(postback: &Postback, out: &mut Vec<u8>) {
         data: &postback.data,
         trace: trace.as_ref().map(|t| serde_bytes::Bytes::new(t)),
     };
-    // Writing into a Vec cannot fail, and every field has a MessagePack form.
+    write_msgpack(out, &fields);
+}
+
+/// Appends `value` as MessagePack (arrays, not maps) to `out`. Writing into
+/// a Vec cannot fail, and every type of the wire format has a MessagePack
+/// form, so this cannot fail either.
+pub(crate) fn write_msgpack(out: &mut Vec<u8>, value: &impl Serialize) {
     #[allow(clippy::expect_used)]
-    rmp_serde::encode::write(out, &fields).expect("encoding a postback into memory cannot fail");
+    rmp_serde::encode::write(out, value).expect("encoding into memory cannot fail");
 }
 
 /// Encodes a postback in the current wire format.
