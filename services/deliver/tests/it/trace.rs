@@ -71,6 +71,17 @@ fn of_kind<'a>(spans: &'a [ExportedSpan], service: &str, kind: i32) -> Vec<&'a E
     spans.iter().filter(|s| s.service == service && s.kind == kind).collect()
 }
 
+/// SIGTERM to both services, then each must exit 0 within `within`.
+async fn stop_cleanly(services: [&mut Running; 2], within: Duration, what: &str) {
+    for service in &services {
+        service.signal("-TERM");
+    }
+    for service in services {
+        let status = tokio::time::timeout(within, service.child.wait()).await.expect(what).expect("status");
+        assert!(status.success(), "{status}");
+    }
+}
+
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const PRODUCER: i32 = 4;
@@ -139,12 +150,7 @@ async fn one_trace_holds_the_callers_span_ingest_and_every_attempt() {
     assert_eq!(attempts[1].attr("http.response.status_code"), "200");
     assert_ne!(attempts[1].status, 2);
 
-    ingest.signal("-TERM");
-    deliver.signal("-TERM");
-    for service in [&mut ingest, &mut deliver] {
-        let status = tokio::time::timeout(WAIT, service.child.wait()).await.expect("exits").expect("status");
-        assert!(status.success(), "{status}");
-    }
+    stop_cleanly([&mut ingest, &mut deliver], WAIT, "exits").await;
 }
 
 #[tokio::test]
@@ -179,11 +185,7 @@ async fn a_requests_postbacks_share_one_producer_span() {
     ids.sort();
     assert_eq!(attempted, ids, "one attempt span per postback");
 
-    for service in [&mut ingest, &mut deliver] {
-        service.signal("-TERM");
-        let status = tokio::time::timeout(WAIT, service.child.wait()).await.expect("exits").expect("status");
-        assert!(status.success(), "{status}");
-    }
+    stop_cleanly([&mut ingest, &mut deliver], WAIT, "exits").await;
 }
 
 #[tokio::test]
@@ -199,15 +201,8 @@ async fn without_a_collector_delivery_goes_on_and_shutdown_is_prompt() {
         assert_eq!(response.status(), 202);
     }
     assert_eq!(sink.wait_for(20, WAIT).await.len(), 20, "every postback delivered");
-    ingest.signal("-TERM");
-    deliver.signal("-TERM");
-    for service in [&mut ingest, &mut deliver] {
-        let status = tokio::time::timeout(Duration::from_secs(10), service.child.wait())
-            .await
-            .expect("exits although its last spans cannot be sent")
-            .expect("status");
-        assert!(status.success(), "{status}");
-    }
+    stop_cleanly([&mut ingest, &mut deliver], Duration::from_secs(10), "exits although its last spans cannot be sent")
+        .await;
 }
 
 #[tokio::test]
