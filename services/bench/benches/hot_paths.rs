@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use postback_common::{batch, template, wire};
+use postback_common::{request_entry, template, wire};
 
 const SEED: &str = include_str!("../../../schemas/examples/seed-request.json");
 
@@ -63,14 +63,14 @@ fn wire_format(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire v3");
     for (name, body) in [("seed", SEED.to_owned()), ("100 items", hundred_items())] {
         let postbacks = postbacks(&body);
-        let packed = batch::pack(&postbacks);
+        let packed = request_entry::pack(&postbacks);
         let (_, record) = packed[0].endpoint.clone().expect("version 3");
-        let endpoint = batch::Endpoint::decode(&record).expect("record");
+        let endpoint = request_entry::Endpoint::decode(&record).expect("record");
         group.throughput(Throughput::Elements(postbacks.len() as u64));
-        group.bench_function(format!("pack, {name}"), |b| b.iter(|| batch::pack(black_box(&postbacks))));
+        group.bench_function(format!("pack, {name}"), |b| b.iter(|| request_entry::pack(black_box(&postbacks))));
         group.bench_function(format!("decode and unpack, {name}"), |b| {
             b.iter(|| match wire::decode_entry(black_box(&packed[0].payload)).expect("decode") {
-                wire::Decoded::Batch(batch) => batch.postbacks(&endpoint).expect("postbacks"),
+                wire::Decoded::Request(entry) => entry.postbacks(&endpoint).expect("postbacks"),
                 wire::Decoded::Single(_) => unreachable!("a version 3 entry"),
             })
         });

@@ -6,25 +6,25 @@ use bytes::Bytes;
 use fred::prelude::*;
 
 use crate::Postback;
-use crate::batch::Endpoint;
 use crate::keys::{ENTRY_FIELD, Keys};
+use crate::request_entry::Endpoint;
 use crate::wire::{self, Decoded};
 
 /// The postbacks an entry's `p` value holds, or why they cannot be read.
 pub async fn resolve(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Result<Vec<Postback>, String>, Error> {
-    let batch = match wire::decode_entry(payload) {
+    let entry = match wire::decode_entry(payload) {
         Ok(Decoded::Single(postback)) => return Ok(Ok(vec![postback])),
-        Ok(Decoded::Batch(batch)) => batch,
+        Ok(Decoded::Request(entry)) => entry,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let record: Option<Bytes> = redis.hget(&keys.endpoints, batch.endpoint.to_string()).await?;
+    let record: Option<Bytes> = redis.hget(&keys.endpoints, entry.endpoint.to_string()).await?;
     let Some(record) = record else {
-        return Ok(Err(format!("endpoint record {} is not in {}", batch.endpoint, keys.endpoints)));
+        return Ok(Err(format!("endpoint record {} is not in {}", entry.endpoint, keys.endpoints)));
     };
-    if Endpoint::reference(&record) != batch.endpoint {
-        return Ok(Err(format!("the record under {} in {} has another address", batch.endpoint, keys.endpoints)));
+    if Endpoint::reference(&record) != entry.endpoint {
+        return Ok(Err(format!("the record under {} in {} has another address", entry.endpoint, keys.endpoints)));
     }
-    Ok(Endpoint::decode(&record).and_then(|endpoint| batch.postbacks(&endpoint)).map_err(|e| e.to_string()))
+    Ok(Endpoint::decode(&record).and_then(|endpoint| entry.postbacks(&endpoint)).map_err(|e| e.to_string()))
 }
 
 /// Entries of the stream from `start` (an id, or `-`), at most `count`:

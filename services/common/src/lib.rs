@@ -4,7 +4,7 @@
 //! - [`keys`]: Redis key names and the stream entry layout (a contract).
 //! - [`method`], [`scalar`], [`data`]: the parts of one postback.
 //! - [`wire`]: the versioned MessagePack encoding of a postback.
-//! - [`batch`]: wire version 3, a request's postbacks in one entry.
+//! - [`request_entry`]: wire version 3, a request's postbacks in one entry.
 //! - [`entries`]: stream entries read back as postbacks, records resolved.
 //! - [`template`]: `{key}` URL templates and their percent-encoding.
 //! - [`config`]: settings both services share, and config error reporting.
@@ -18,7 +18,6 @@
 //! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
 //! - [`time`]: wall-clock helpers.
 
-pub mod batch;
 pub mod config;
 pub mod data;
 pub mod entries;
@@ -27,6 +26,7 @@ pub mod method;
 pub mod metrics;
 pub mod queue_status;
 pub mod redis;
+pub mod request_entry;
 pub mod runtime;
 pub mod scalar;
 pub mod script;

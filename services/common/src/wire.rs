@@ -1,11 +1,11 @@
 //! The MessagePack wire format of a postback, as stored in the stream.
 //!
-//! One stream entry holds one postback in its single field
-//! [`ENTRY_FIELD`](crate::keys::ENTRY_FIELD). The value is a MessagePack array
-//! whose first element is the format version, so a reader can tell versions
-//! apart before decoding the rest. Arrays rather than maps keep field names
-//! out of every entry. `schemas/wire-format.md` documents each version byte by
-//! byte; this module is the one implementation of it.
+//! A stream entry's field [`ENTRY_FIELD`](crate::keys::ENTRY_FIELD) holds a
+//! MessagePack array whose first element is the format version, so a reader
+//! can tell versions apart before decoding the rest. Arrays rather than maps
+//! keep field names out of every entry. `schemas/wire-format.md` documents
+//! each version byte by byte; this module implements versions 1 and 2 and
+//! tells all three apart.
 //!
 //! Version 1: `[1, id: bin 16, accepted_at_ms: uint, method: str, url: str,
 //! data: map str → (nil | bool | int | float | str)]`.
@@ -15,27 +15,23 @@
 //! [`TraceContext`]) or nil.
 //!
 //! Version 3: several postbacks of one request in one entry, their shared
-//! endpoint stored once elsewhere; see [`crate::batch`].
+//! endpoint stored once elsewhere; see [`crate::request_entry`].
 //!
 //! [`encode`] writes version 1 when the postback has no trace context (no
 //! exporter configured) and version 2 when it has one; [`decode`] reads
 //! both, and [`decode_entry`] reads all three. Ingest writes version 3 (see
-//! [`crate::batch::pack`]); the retry schedule and the dead-letter stream
-//! hold single postbacks (versions 1 and 2), which need nothing else to be
+//! [`crate::request_entry::pack`]); the retry schedule and the dead-letter
+//! stream hold single postbacks (versions 1 and 2), which need nothing else to be
 //! read. Rolling upgrades: deploy deliver (the reader) before ingest (the
 //! writer) whenever a new version is introduced.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::batch::{self, Batch};
 use crate::data::Data;
 use crate::method::Method;
+use crate::request_entry::{self, RequestEntry};
 use crate::trace_context::TraceContext;
-
-/// The newest version [`encode`] writes (it writes version 1 for a postback
-/// without a trace context).
-pub const CURRENT_VERSION: u8 = 2;
 
 /// One postback: a single delivery to make, produced by ingest from one item
 /// of a request's `data` array.
@@ -133,7 +129,8 @@ pub(crate) fn write_msgpack(out: &mut Vec<u8>, value: &impl Serialize) {
     rmp_serde::encode::write(out, value).expect("encoding into memory cannot fail");
 }
 
-/// Encodes a postback in the current wire format.
+/// Encodes a single postback: version 1, or 2 when it carries a trace
+/// context.
 pub fn encode(postback: &Postback) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + postback.url.len() + 32 * postback.data.len());
     encode_into(postback, &mut out);
@@ -146,7 +143,7 @@ pub enum Decoded {
     /// One postback (versions 1 and 2).
     Single(Postback),
     /// Several, whose endpoint record is still to be looked up (version 3).
-    Batch(Batch),
+    Request(RequestEntry),
 }
 
 /// Decodes a stream entry's value, whatever version wrote it.
@@ -158,7 +155,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, WireError> {
             version: version as u8,
             reason: format!("{len} elements, not {}", if version == 1 { 6 } else { 7 }),
         }),
-        (3, _) => batch::decode(bytes, len).map(Decoded::Batch),
+        (3, _) => request_entry::decode(bytes, len).map(Decoded::Request),
         (other, _) => Err(WireError::UnknownVersion(other)),
     }
 }
@@ -168,7 +165,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, WireError> {
 pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
     match decode_entry(bytes)? {
         Decoded::Single(postback) => Ok(postback),
-        Decoded::Batch(_) => Err(WireError::NotSingle),
+        Decoded::Request(_) => Err(WireError::NotSingle),
     }
 }
 
@@ -186,7 +183,7 @@ fn header(bytes: &[u8]) -> Result<(u64, u32), WireError> {
 }
 
 /// Decodes arbitrary bytes and checks that whatever decodes re-encodes to
-/// the same thing (a batch with the record it would need). Used by the fuzz
+/// the same thing (a version 3 entry with the record it would need). Used by the fuzz
 /// target and the regression corpus test.
 pub fn check_fuzz_input(bytes: &[u8]) {
     match decode_entry(bytes) {
@@ -194,13 +191,13 @@ pub fn check_fuzz_input(bytes: &[u8]) {
             let again = decode(&encode(&postback)).expect("a decoded postback re-encodes");
             assert_eq!(again, postback);
         }
-        Ok(Decoded::Batch(batch)) => {
-            let width = batch.values.len().checked_div(batch.count).unwrap_or(0);
+        Ok(Decoded::Request(entry)) => {
+            let width = entry.values.len().checked_div(entry.count).unwrap_or(0);
             let keys = (0..width).map(|i| format!("k{i}")).collect();
-            let endpoint = crate::batch::Endpoint { method: crate::Method::Get, url: "http://h/".into(), keys };
-            if let Ok(postbacks) = batch.postbacks(&endpoint) {
-                for packed in batch::pack(&postbacks) {
-                    assert!(decode_entry(&packed.payload).is_ok(), "a decoded batch re-encodes");
+            let endpoint = crate::request_entry::Endpoint { method: crate::Method::Get, url: "http://h/".into(), keys };
+            if let Ok(postbacks) = entry.postbacks(&endpoint) {
+                for packed in request_entry::pack(&postbacks) {
+                    assert!(decode_entry(&packed.payload).is_ok(), "a decoded version 3 entry re-encodes");
                 }
             }
         }

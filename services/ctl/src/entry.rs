@@ -27,7 +27,7 @@ pub fn postback_json(p: &Postback) -> Json {
 pub async fn payload_json(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Map<String, Json>, Error> {
     let mut out = Map::new();
     match entries::resolve(redis, keys, payload).await? {
-        Ok(postbacks) if postbacks.len() == 1 && postback_common::batch::postbacks_in(payload) == 1 => {
+        Ok(postbacks) if postbacks.len() == 1 && postback_common::request_entry::postbacks_in(payload) == 1 => {
             out.insert("postback".into(), postback_json(&postbacks[0]));
         }
         Ok(postbacks) => {

@@ -161,19 +161,19 @@ async fn attempts_come_from_the_delivery_log() {
 
 /// A version 3 entry as ingest writes it: the entry, and its endpoint
 /// record in the hash, counted.
-async fn queue_batch(client: &Client, items: i64) -> (String, Vec<String>) {
-    let first = postback_common::batch::first_id(postback_common::time::now_ms(), items as usize);
+async fn queue_request_entry(client: &Client, items: i64) -> (String, Vec<String>) {
+    let first = postback_common::request_entry::first_id(postback_common::time::now_ms(), items as usize);
     let postbacks: Vec<Postback> = (0..items)
         .map(|n| Postback {
-            id: postback_common::batch::nth_id(first, n as usize),
-            accepted_at_ms: postback_common::batch::timestamp_ms(first),
+            id: postback_common::request_entry::nth_id(first, n as usize),
+            accepted_at_ms: postback_common::request_entry::timestamp_ms(first),
             method: Method::Post,
             url: "http://h.example/{n}".into(),
             data: Data(vec![("n".into(), Scalar::Int(n))]),
             trace: None,
         })
         .collect();
-    let packed = postback_common::batch::pack(&postbacks);
+    let packed = postback_common::request_entry::pack(&postbacks);
     assert_eq!(packed.len(), 1);
     let (address, record) = packed[0].endpoint.clone().expect("a version 3 entry");
     let _: i64 = client.hset("postbacks:endpoints", (address.to_string(), record)).await.expect("HSET");
@@ -188,11 +188,11 @@ async fn queue_batch(client: &Client, items: i64) -> (String, Vec<String>) {
 async fn entries_are_shown_with_their_postbacks_and_counted_in_postbacks() {
     let redis = RedisServer::start();
     let client = redis.client().await;
-    let (batch, ids) = queue_batch(&client, 3).await;
+    let (entry_id, ids) = queue_request_entry(&client, 3).await;
     let single: String =
         client.xadd("postbacks", false, None, "*", ("p", bytes::Bytes::from(postback(7)))).await.expect("XADD");
 
-    let shown = json(&ctl(&redis, &["entry", &batch]));
+    let shown = json(&ctl(&redis, &["entry", &entry_id]));
     let postbacks = shown["postbacks"].as_array().expect("a request's postbacks");
     let shown_ids: Vec<_> = postbacks.iter().map(|p| p["id"].as_str().expect("id").to_owned()).collect();
     assert_eq!(shown_ids, ids);
@@ -205,7 +205,7 @@ async fn entries_are_shown_with_their_postbacks_and_counted_in_postbacks() {
     assert_eq!((status["length"].as_u64(), status["postbacks"].as_u64()), (Some(2), Some(4)));
 
     let _: i64 = client.del("postbacks:endpoints").await.expect("DEL");
-    let unresolved = json(&ctl(&redis, &["entry", &batch]));
+    let unresolved = json(&ctl(&redis, &["entry", &entry_id]));
     let why = unresolved["undecodable"].as_str().expect("says why");
     assert!(why.contains("is not in postbacks:endpoints"), "{why}");
     let missing = ctl(&redis, &["entry", "1-1"]);

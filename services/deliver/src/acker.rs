@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use postback_common::batch::EndpointRef;
 use postback_common::keys::Keys;
+use postback_common::request_entry::EndpointRef;
 use postback_common::script::Script;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

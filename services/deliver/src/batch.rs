@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use postback_common::batch::Batch;
+use postback_common::request_entry::RequestEntry;
 use postback_common::{Postback, wire};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -31,7 +31,7 @@ use crate::metrics::RescheduleReason;
 pub async fn handle(
     shared: &Arc<Shared>,
     entry: &Entry,
-    batch: Batch,
+    batch: RequestEntry,
     poisoned: Option<String>,
     slot: OwnedSemaphorePermit,
 ) {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::batch::{Endpoint, EndpointRef};
+use postback_common::request_entry::{Endpoint, EndpointRef};
 
 /// Records kept in memory.
 pub const CAPACITY: usize = 10_000;

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use crate::acker::{Ack, AckSender};
 use crate::entry::Entry;
 use crate::metrics::{DeliverMetrics, RescheduleReason};
-use postback_common::batch::EndpointRef;
+use postback_common::request_entry::EndpointRef;
 
 /// How long a reschedule or a dead-lettering keeps trying to reach Redis.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);

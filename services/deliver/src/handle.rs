@@ -123,7 +123,7 @@ pub async fn handle(shared: Arc<Shared>, entry: Entry, deliveries: Option<u64>, 
         Decoded::Single(postback) => postback,
         // Boxed, as is the attempt below: the task's own future stays
         // small, so spawning it copies little.
-        Decoded::Batch(batch) => return Box::pin(crate::batch::handle(&shared, &entry, batch, poisoned, slot)).await,
+        Decoded::Request(batch) => return Box::pin(crate::batch::handle(&shared, &entry, batch, poisoned, slot)).await,
     };
     if let Some(reason) = poisoned {
         tracing::error!(reason, "dead-lettering an entry that keeps failing its workers");

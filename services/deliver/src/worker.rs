@@ -92,14 +92,15 @@ pub struct EntrySizes(std::sync::atomic::AtomicUsize);
 
 impl Default for EntrySizes {
     fn default() -> Self {
-        Self(std::sync::atomic::AtomicUsize::new(16 * postback_common::batch::MAX_ROWS))
+        Self(std::sync::atomic::AtomicUsize::new(16 * postback_common::request_entry::MAX_POSTBACKS))
     }
 }
 
 impl EntrySizes {
     /// Notes an entry just read.
     fn saw(&self, entry: &Entry) {
-        let postbacks = entry.payload.as_deref().map_or(1, postback_common::batch::postbacks_in).clamp(1, 1 << 16);
+        let postbacks =
+            entry.payload.as_deref().map_or(1, postback_common::request_entry::postbacks_in).clamp(1, 1 << 16);
         let (old, new) = (self.0.load(Ordering::Relaxed), postbacks * 16);
         self.0.store(if new >= old { new } else { (old * 7 + new).div_ceil(8) }, Ordering::Relaxed);
     }

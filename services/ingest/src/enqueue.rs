@@ -1,7 +1,7 @@
 //! Appending a request's postbacks to the stream: one command, all or none.
 //!
 //! The postbacks are packed into version 3 entries (see
-//! `postback_common::batch`): usually one entry for the whole request, with
+//! `postback_common::request_entry`): usually one entry for the whole request, with
 //! its endpoint record kept once in `<stream>:endpoints`. The XADDs and the
 //! record bookkeeping of one request run inside one Lua script
 //! (`enqueue.lua`, sent with EVALSHA): Redis applies all of them or none, so
@@ -29,8 +29,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
-use postback_common::batch::{self, Packed};
 use postback_common::keys::Keys;
+use postback_common::request_entry::{self, Packed};
 use postback_common::script::Script;
 use postback_common::{Postback, wire};
 
@@ -103,7 +103,7 @@ impl Enqueuer {
             return Err(EnqueueError::NotConnected);
         }
         let client = client.with_options(&self.options);
-        let packed = batch::pack(postbacks);
+        let packed = request_entry::pack(postbacks);
         let ids = match self.append(&client, keys, &packed).await {
             Err(EnqueueError::Redis(e)) if e.details().starts_with("COLLISION") => {
                 tracing::warn!(

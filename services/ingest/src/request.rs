@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use postback_common::{Data, Method, Postback, Scalar, batch, template};
+use postback_common::{Data, Method, Postback, Scalar, request_entry, template};
 
 use crate::json::Json;
 
@@ -99,12 +99,12 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Resul
         Some((method, url)) if report.0.is_empty() => {
             // Consecutive ids from one UUIDv7 of the acceptance time, so a
             // version 3 entry stores neither ids nor times per postback.
-            let first = batch::first_id(accepted_at_ms, items.len());
+            let first = request_entry::first_id(accepted_at_ms, items.len());
             Ok(items
                 .into_iter()
                 .enumerate()
                 .map(|(i, data)| Postback {
-                    id: batch::nth_id(first, i),
+                    id: request_entry::nth_id(first, i),
                     accepted_at_ms,
                     method,
                     url: url.to_owned(),

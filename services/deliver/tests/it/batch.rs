@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::batch;
+use postback_common::request_entry;
 use postback_common::wire;
 use postback_testkit::{RedisServer, Reply, Sink, expect_metric};
 use serde_json::json;
@@ -84,7 +84,7 @@ async fn an_entry_whose_endpoint_record_is_gone_is_dead_lettered_whole() {
     assert!(dead[0]["reason"].ends_with(" is not in postbacks:endpoints"), "{:?}", dead[0]);
     assert_eq!(dead[0]["postback_id"], ids[0], "named by its first postback");
     let payloads = dead_payloads(&p.redis).await;
-    assert_eq!(batch::postbacks_in(&payloads[0]), 3, "the entry's bytes, as they were");
+    assert_eq!(request_entry::postbacks_in(&payloads[0]), 3, "the entry's bytes, as they were");
     p.redis.wait_nothing_to_deliver(WAIT).await;
     assert!(p.sink.received().is_empty(), "nothing can be delivered without its endpoint");
     p.stop().await;

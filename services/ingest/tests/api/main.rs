@@ -6,10 +6,10 @@
 
 mod accept;
 mod backpressure;
-mod batch;
 mod binary;
 mod guard;
 mod helpers;
 mod metrics;
 mod redis_outage;
 mod reject;
+mod request_entry;

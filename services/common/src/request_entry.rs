@@ -17,7 +17,7 @@
 //!
 //! [`pack`] groups a request's postbacks into entries: consecutive ones with
 //! the same method, template, keys and trace context, and consecutive ids,
-//! up to [`MAX_ROWS`] at a time. A postback that fits no group (its id is
+//! up to [`MAX_POSTBACKS`] at a time. A postback that fits no group (its id is
 //! not a UUIDv7 of its acceptance time) is written alone as version 1 or 2,
 //! which needs no record. `schemas/wire-format.md` has the byte layout.
 
@@ -33,7 +33,7 @@ use crate::wire::{self, Postback, WireError};
 
 /// Most postbacks in one version 3 entry: a worker holds an entry until all
 /// of them are finished, so this bounds that unit of work.
-pub const MAX_ROWS: usize = 128;
+pub const MAX_POSTBACKS: usize = 128;
 
 /// What a version 3 entry's postbacks share: stored once per distinct
 /// value in the endpoint hash.
@@ -116,7 +116,7 @@ impl Endpoint {
 
 /// A decoded version 3 entry, before its endpoint is looked up.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
+pub struct RequestEntry {
     /// The first postback's id; the others follow it by one.
     pub first_id: Uuid,
     /// Where the shared part is stored.
@@ -129,7 +129,7 @@ pub struct Batch {
     pub trace: Option<TraceContext>,
 }
 
-impl Batch {
+impl RequestEntry {
     /// The postbacks, given the record the entry refers to.
     pub fn postbacks(&self, endpoint: &Endpoint) -> Result<Vec<Postback>, WireError> {
         let malformed = |reason: String| WireError::Malformed { version: 3, reason };
@@ -165,7 +165,7 @@ pub fn timestamp_ms(id: Uuid) -> u64 {
     (id.as_u128() >> 80) as u64
 }
 
-/// The id of postback `i` of a batch.
+/// The id of postback `i` of a version 3 entry.
 pub fn nth_id(first: Uuid, i: usize) -> Uuid {
     Uuid::from_u128(first.as_u128().wrapping_add(i as u128))
 }
@@ -236,7 +236,7 @@ fn run_length(postbacks: &[Postback]) -> usize {
     };
     postbacks
         .iter()
-        .take(MAX_ROWS)
+        .take(MAX_POSTBACKS)
         .enumerate()
         .take_while(|(i, p)| p.id == nth_id(first.id, *i) && fits(first.id, i + 1) && same_shape(p))
         .count()
@@ -245,7 +245,7 @@ fn run_length(postbacks: &[Postback]) -> usize {
 /// The version 3 entry as written: the elements in order; `trace` is left
 /// out (not nil) when there is none.
 #[derive(Serialize)]
-struct BatchOut<'a> {
+struct EntryOut<'a> {
     version: u8,
     #[serde(with = "serde_bytes")]
     first_id: &'a [u8; 16],
@@ -258,7 +258,7 @@ struct BatchOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct BatchIn {
+struct EntryIn {
     _version: u8,
     #[serde(with = "serde_bytes")]
     first_id: [u8; 16],
@@ -275,7 +275,7 @@ fn encode_group(group: &[Postback]) -> Packed {
     let record = Endpoint::of(first).encode();
     let reference = Endpoint::reference(&record);
     let trace = first.trace.map(|t| t.to_bytes());
-    let out = BatchOut {
+    let out = EntryOut {
         version: 3,
         first_id: first.id.as_bytes(),
         endpoint: &reference.0,
@@ -310,21 +310,27 @@ pub fn postbacks_in(bytes: &[u8]) -> usize {
 }
 
 /// Decodes a version 3 entry whose array length `len` was read already.
-pub(crate) fn decode(bytes: &[u8], len: u32) -> Result<Batch, WireError> {
+pub(crate) fn decode(bytes: &[u8], len: u32) -> Result<RequestEntry, WireError> {
     let malformed = |reason: String| WireError::Malformed { version: 3, reason };
     if !(5..=6).contains(&len) {
         return Err(malformed(format!("{len} elements, not 5 or 6")));
     }
-    let stored: BatchIn = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let stored: EntryIn = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     let first_id = Uuid::from_bytes(stored.first_id);
-    if stored.count == 0 || stored.count > MAX_ROWS {
-        return Err(malformed(format!("{} postbacks, not 1 to {MAX_ROWS}", stored.count)));
+    if stored.count == 0 || stored.count > MAX_POSTBACKS {
+        return Err(malformed(format!("{} postbacks, not 1 to {MAX_POSTBACKS}", stored.count)));
     }
     if !fits(first_id, stored.count) {
         return Err(malformed(format!("first id {first_id} is not a UUIDv7 with room for {} ids", stored.count)));
     }
     let trace = wire::trace_from(stored.trace.as_ref().map(|b| b.as_slice())).map_err(malformed)?;
-    Ok(Batch { first_id, endpoint: EndpointRef(stored.endpoint), count: stored.count, values: stored.values, trace })
+    Ok(RequestEntry {
+        first_id,
+        endpoint: EndpointRef(stored.endpoint),
+        count: stored.count,
+        values: stored.values,
+        trace,
+    })
 }
 
 #[cfg(test)]
@@ -356,13 +362,13 @@ mod tests {
     fn unpack(packed: &[Packed]) -> Vec<Postback> {
         packed
             .iter()
-            .flat_map(|entry| match decode_entry(&entry.payload).expect("decodes") {
+            .flat_map(|packed| match decode_entry(&packed.payload).expect("decodes") {
                 Decoded::Single(p) => vec![p],
-                Decoded::Batch(batch) => {
-                    let (reference, record) = entry.endpoint.as_ref().expect("a batch has a record");
-                    assert_eq!(*reference, batch.endpoint);
-                    assert_eq!(Endpoint::reference(record), batch.endpoint);
-                    batch.postbacks(&Endpoint::decode(record).expect("record")).expect("postbacks")
+                Decoded::Request(entry) => {
+                    let (reference, record) = packed.endpoint.as_ref().expect("a version 3 entry has a record");
+                    assert_eq!(*reference, entry.endpoint);
+                    assert_eq!(Endpoint::reference(record), entry.endpoint);
+                    entry.postbacks(&Endpoint::decode(record).expect("record")).expect("postbacks")
                 }
             })
             .collect()
@@ -415,11 +421,11 @@ mod tests {
         let postbacks = request(300, 1_764_288_000_123);
         let packed = pack(&postbacks);
         let sizes: Vec<_> = packed.iter().map(|p| p.postbacks).collect();
-        assert_eq!(sizes, [MAX_ROWS, MAX_ROWS, 300 - 2 * MAX_ROWS]);
+        assert_eq!(sizes, [MAX_POSTBACKS, MAX_POSTBACKS, 300 - 2 * MAX_POSTBACKS]);
         assert!(packed.iter().all(|p| p.endpoint.as_ref().map(|e| e.0) == packed[0].endpoint.as_ref().map(|e| e.0)));
         assert_eq!(unpack(&packed), postbacks);
-        assert_eq!(postbacks_in(&packed[0].payload), MAX_ROWS);
-        assert_eq!(postbacks_in(&packed[2].payload), 300 - 2 * MAX_ROWS);
+        assert_eq!(postbacks_in(&packed[0].payload), MAX_POSTBACKS);
+        assert_eq!(postbacks_in(&packed[2].payload), 300 - 2 * MAX_POSTBACKS);
         assert_eq!(postbacks_in(&wire::encode(&postbacks[0])), 1);
         assert_eq!(postbacks_in(b"junk"), 1);
         let ids: std::collections::HashSet<_> = postbacks.iter().map(|p| p.id).collect();
@@ -461,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_data_items_batch_too() {
+    fn empty_data_items_share_an_entry_too() {
         let postbacks: Vec<_> =
             request(5, 1_764_288_000_000).into_iter().map(|p| Postback { data: Data::default(), ..p }).collect();
         let packed = pack(&postbacks);
@@ -470,11 +476,11 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_batch_that_does_not_match_its_record() {
+    fn refuses_an_entry_that_does_not_match_its_record() {
         let packed = pack(&request(2, 1_764_288_000_000));
-        let Decoded::Batch(batch) = decode_entry(&packed[0].payload).expect("decodes") else { panic!("a batch") };
+        let Decoded::Request(entry) = decode_entry(&packed[0].payload).expect("decodes") else { panic!("version 3") };
         let narrower = Endpoint { method: Method::Get, url: URL.into(), keys: vec!["mascot".into()] };
-        assert!(matches!(batch.postbacks(&narrower), Err(WireError::Malformed { version: 3, .. })));
+        assert!(matches!(entry.postbacks(&narrower), Err(WireError::Malformed { version: 3, .. })));
         let mut zero = packed[0].payload.clone();
         zero[30] = 0;
         assert!(matches!(decode_entry(&zero), Err(WireError::Malformed { version: 3, .. })));

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::batch::{self, Endpoint};
 use postback_common::keys::Keys;
+use postback_common::request_entry::{self, Endpoint};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, problem};
@@ -34,7 +34,7 @@ async fn a_request_is_one_entry_and_its_endpoint_is_stored_once() {
     let entries: Vec<(String, Vec<(String, Bytes)>)> =
         client.xrange(&keys.stream, "-", "+", None).await.expect("XRANGE");
     assert_eq!(entries.len(), 2, "one entry per request");
-    assert_eq!(entries.iter().map(|(_, f)| batch::postbacks_in(&f[0].1)).collect::<Vec<_>>(), [3, 2]);
+    assert_eq!(entries.iter().map(|(_, f)| request_entry::postbacks_in(&f[0].1)).collect::<Vec<_>>(), [3, 2]);
     let records: Vec<(String, Bytes)> = client.hgetall(&keys.endpoints).await.expect("HGETALL");
     assert_eq!(records.len(), 1, "both requests share one record");
     let (address, record) = &records[0];
@@ -54,7 +54,7 @@ async fn a_request_is_one_entry_and_its_endpoint_is_stored_once() {
     assert_eq!(queued_ids, [first, second].concat(), "the 202's ids, in order");
     for p in &queued {
         assert_eq!(p.id.get_version_num(), 7);
-        assert_eq!(batch::timestamp_ms(p.id), p.accepted_at_ms, "the id holds the acceptance time");
+        assert_eq!(request_entry::timestamp_ms(p.id), p.accepted_at_ms, "the id holds the acceptance time");
     }
     app.stop().await;
 }
