@@ -45,9 +45,14 @@ pub struct Keys {
     /// Hash counting, per endpoint record, the version 3 entries that refer
     /// to it (`<stream>:endpoints:refs`); a record goes when its count does.
     pub endpoint_refs: String,
-    /// Postbacks in the stream beyond one per entry (`<stream>:batched`):
-    /// the stream's length plus this is the postbacks waiting.
+    /// Postbacks waiting in the stream beyond one per entry
+    /// (`<stream>:batched`): the stream's length plus this is the number of
+    /// postbacks waiting for an attempt there.
     pub batched: String,
+    /// Hash of the postbacks already finished in entries that hold several
+    /// (`<stream>:finished`): entry id → bitmap of positions (see
+    /// `schemas/wire-format.md`). A field goes with its entry.
+    pub finished: String,
 }
 
 impl Keys {
@@ -62,6 +67,7 @@ impl Keys {
             endpoints: format!("{stream}:endpoints"),
             endpoint_refs: format!("{stream}:endpoints:refs"),
             batched: format!("{stream}:batched"),
+            finished: format!("{stream}:finished"),
             group: group.into(),
             stream,
         }
@@ -93,6 +99,7 @@ mod tests {
         assert_eq!(keys.endpoints, "postbacks:endpoints");
         assert_eq!(keys.endpoint_refs, "postbacks:endpoints:refs");
         assert_eq!(keys.batched, "postbacks:batched");
+        assert_eq!(keys.finished, "postbacks:finished");
         assert_eq!(keys.with_dead("graveyard").dead, "graveyard");
     }
 }

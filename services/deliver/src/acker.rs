@@ -1,74 +1,74 @@
-//! Acknowledging finished entries, in batches.
+//! Delivered postbacks, recorded in batches.
 //!
-//! Each finished entry is XACKed (it leaves the group's pending list) and
-//! XDELed (it leaves the stream, which therefore holds only what is not yet
-//! delivered and never needs a length cap). A version 3 entry also lets go
-//! of its endpoint record (see `lua/ack.lua`). Delivery tasks send finished
-//! entries down a channel; this task finishes whatever has gathered in one
-//! script call, so a busy worker pays one round trip per batch, not per
-//! postback.
+//! A delivered postback is recorded in its entry by the finish script (see
+//! [`crate::ledger`]); an entry whose last postback that was is
+//! acknowledged and deleted in the same call. Delivery tasks send delivered
+//! postbacks down a channel and this task records whatever has gathered in
+//! one call, so a busy worker pays one round trip per batch, not per
+//! postback, and a postback waits at most about one round trip between its
+//! 2xx and its record: the window in which a crash makes it delivered again
+//! (see the README's guarantees).
 //!
-//! When Redis is down the batch is kept and retried with backoff. If the
-//! worker dies before an ack lands, the entry stays pending and is delivered
-//! again later: delivery is at-least-once, never at-most-once.
+//! When Redis is down the batch is kept and retried with backoff; at
+//! shutdown for at most `give_up_after`. Whatever is not recorded stays
+//! pending and is delivered again later: at-least-once, never at-most-once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::*;
-use postback_common::keys::Keys;
-use postback_common::request_entry::EndpointRef;
-use postback_common::script::Script;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Largest number of entries acknowledged in one round trip.
-pub const MAX_BATCH: usize = 1_024;
+use crate::backoff::Backoff;
+use crate::ledger::{Held, Ledger, Position, Step};
+use crate::metrics::DeliverMetrics;
 
-/// One finished entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ack {
-    /// Its stream entry id.
-    pub entry_id: String,
-    /// For a version 3 entry: the record it refers to, and its postbacks.
-    pub batch: Option<(EndpointRef, usize)>,
+/// Most delivered postbacks recorded in one round trip.
+const MAX_BATCH: usize = 1_024;
+
+/// One delivered postback.
+#[derive(Debug, Clone)]
+struct Delivered {
+    entry: Arc<Held>,
+    position: Position,
 }
 
-/// Handle for delivery tasks to report finished entries.
+/// Handle for delivery tasks to report delivered postbacks.
 #[derive(Clone)]
-pub struct AckSender(mpsc::UnboundedSender<Ack>);
+pub(crate) struct AckSender(mpsc::UnboundedSender<Delivered>);
 
 impl AckSender {
-    /// Queues an entry for XACK + XDEL.
-    pub fn ack(&self, ack: Ack) {
+    /// Queues the postback at `position` of `entry` as delivered.
+    pub(crate) fn delivered(&self, entry: Arc<Held>, position: Position) {
         // The acker outlives every sender, so this only fails after it has
         // stopped, when the entry simply stays pending.
-        let _ = self.0.send(ack);
+        let _ = self.0.send(Delivered { entry, position });
     }
 }
 
 /// Starts the acker task. It ends once every [`AckSender`] is dropped, or
-/// `stop` is cancelled (entries finished after that stay pending), and
-/// everything sent before has been acknowledged (or Redis stayed away for
+/// `stop` is cancelled (postbacks delivered after that stay pending), and
+/// everything sent before has been recorded (or Redis stayed away for
 /// `give_up_after` at the end).
-pub fn spawn(
-    client: Client,
-    keys: Keys,
+pub(crate) fn spawn(
+    ledger: Arc<Ledger>,
+    metrics: Arc<DeliverMetrics>,
     give_up_after: Duration,
     stop: CancellationToken,
 ) -> (AckSender, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(client, keys, rx, give_up_after, stop));
+    let task = tokio::spawn(run(ledger, metrics, rx, give_up_after, stop));
     (AckSender(tx), task)
 }
 
 async fn run(
-    client: Client,
-    keys: Keys,
-    mut rx: mpsc::UnboundedReceiver<Ack>,
+    ledger: Arc<Ledger>,
+    metrics: Arc<DeliverMetrics>,
+    mut rx: mpsc::UnboundedReceiver<Delivered>,
     give_up_after: Duration,
     stop: CancellationToken,
 ) {
-    let script = Script::new(include_str!("lua/ack.lua"));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
@@ -82,27 +82,34 @@ async fn run(
         if received == 0 {
             break;
         }
-        let mut delay = Duration::from_millis(50);
+        let by_entry = group(&batch);
+        let mut backoff = Backoff::default();
         let mut closing_since = None;
         loop {
-            match ack(&client, &keys, &script, &batch).await {
-                Ok(()) => break,
+            let steps = by_entry.iter().map(|(entry, positions)| {
+                (&**entry, positions.iter().map(|p| (*p, Step::Delivered)).collect::<Vec<_>>())
+            });
+            match ledger.record(steps).await {
+                Ok(recorded) => {
+                    metrics.stale_finishes(&recorded);
+                    break;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, entries = batch.len(), "acknowledge failed; retrying");
+                    tracing::warn!(error = %e, postbacks = batch.len(), "cannot record delivered postbacks yet; retrying");
                     // Once the channel is closed the worker is shutting down:
                     // don't hold it up for ever, the entries stay pending.
                     if rx.is_closed() {
                         let since = *closing_since.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() >= give_up_after {
                             tracing::error!(
-                                entries = batch.len(),
-                                "giving up acknowledging at shutdown; entries stay pending and will be delivered again"
+                                postbacks = batch.len(),
+                                "giving up recording delivered postbacks at shutdown; their entries stay pending and \
+                                 they will be delivered again"
                             );
                             break;
                         }
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -110,23 +117,18 @@ async fn run(
     }
 }
 
-async fn ack(client: &Client, keys: &Keys, script: &Script, acks: &[Ack]) -> Result<(), Error> {
-    let mut args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
-    args.push(keys.group.as_str().into());
-    for ack in acks {
-        args.push(ack.entry_id.as_str().into());
-        match ack.batch {
-            Some((endpoint, postbacks)) => {
-                args.push(endpoint.to_string().into());
-                args.push((postbacks.saturating_sub(1) as i64).into());
-            }
+/// The batch's postbacks by entry, entries in the order first seen.
+fn group(batch: &[Delivered]) -> Vec<(Arc<Held>, Vec<Position>)> {
+    let mut out: Vec<(Arc<Held>, Vec<Position>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    for delivered in batch {
+        match index.get(delivered.entry.id.as_str()) {
+            Some(&i) => out[i].1.push(delivered.position),
             None => {
-                args.push("".into());
-                args.push(0.into());
+                index.insert(&delivered.entry.id, out.len());
+                out.push((delivered.entry.clone(), vec![delivered.position]));
             }
         }
     }
-    let script_keys = [&*keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched];
-    let _: i64 = script.call(client, &script_keys, args).await?;
-    Ok(())
+    out
 }

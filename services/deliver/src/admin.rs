@@ -23,19 +23,19 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the admin routes look at.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The command client (not the blocking reader).
-    pub redis: Client,
+    pub(crate) redis: Client,
     /// Set once the consumer group exists.
-    pub group_ready: Arc<AtomicBool>,
+    pub(crate) group_ready: Arc<AtomicBool>,
     /// Stream and group names, for the queue sample.
-    pub keys: Keys,
+    pub(crate) keys: Keys,
     /// What `/metrics` renders.
-    pub metrics: Arc<DeliverMetrics>,
+    pub(crate) metrics: Arc<DeliverMetrics>,
 }
 
 /// The admin router.
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -9,7 +9,7 @@
 //! ingest's span for the postback, carried in the postback itself: every
 //! attempt, retried or claimed by another worker, joins the same trace.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use postback_common::Postback;
 use postback_common::trace_context::TARGET;
@@ -17,80 +17,101 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tracing::{Level, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::retry::{Decision, Verdict, parse_retry_after};
+use crate::outcome::Outcome;
+use crate::retry::parse_retry_after;
 
 /// The header that carries the postback id.
-pub const POSTBACK_ID_HEADER: &str = "x-postback-id";
+pub(crate) const POSTBACK_ID_HEADER: &str = "x-postback-id";
 
-/// What one attempt did.
+/// What one attempt did: the facts, before anything is decided.
 #[derive(Debug, Clone)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// When the request was sent.
-    pub delivered_at: SystemTime,
+    pub(crate) at: SystemTime,
     /// The HTTP status, if a response arrived.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
+    /// The target's `Retry-After`, if it sent one.
+    pub(crate) retry_after: Option<Duration>,
     /// From sending the request to the end of the (capped) body.
-    pub response_time_ms: u64,
+    pub(crate) response_time_ms: u64,
     /// The start of the response body, lossily decoded as UTF-8.
-    pub response_body: String,
+    pub(crate) response_body: String,
     /// Whether the body was longer than what was kept.
-    pub body_truncated: bool,
-    /// How it went.
-    pub verdict: Verdict,
+    pub(crate) body_truncated: bool,
+    /// Why no response came, when none did.
+    pub(crate) failure: Option<Failure>,
+}
+
+/// Why an attempt got no response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The connection failed or timed out: another attempt may succeed.
+    Transport(String),
+    /// The request could not be built, or its redirects not followed.
+    Unsendable(String),
+    /// The SSRF guard refused a redirect hop (or the target itself).
+    Refused(String),
 }
 
 impl Attempt {
+    /// An attempt that got no response.
+    pub(crate) fn failed(at: SystemTime, failure: Failure) -> Self {
+        Self {
+            at,
+            status: None,
+            retry_after: None,
+            response_time_ms: 0,
+            response_body: String::new(),
+            body_truncated: false,
+            failure: Some(failure),
+        }
+    }
+
     /// When the request was sent, in ms since the epoch.
-    pub fn delivered_at_ms(&self) -> u64 {
-        self.delivered_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    pub(crate) fn at_ms(&self) -> u64 {
+        self.at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// What went wrong, if anything: the failure, or a status other than
+    /// 2xx (`HTTP 503`).
+    pub(crate) fn error(&self) -> Option<String> {
+        match (&self.failure, self.status) {
+            (Some(Failure::Transport(why) | Failure::Unsendable(why) | Failure::Refused(why)), _) => Some(why.clone()),
+            (None, Some(200..=299)) => None,
+            (None, Some(status)) => Some(format!("HTTP {status}")),
+            (None, None) => None,
+        }
     }
 }
 
-/// What an attempt needs besides the postback.
-pub struct AttemptContext<'a> {
-    /// The shared HTTP client.
-    pub http: &'a reqwest::Client,
-    /// Body bytes kept for the log.
-    pub log_body_bytes: usize,
-}
-
-/// Sends `postback` once to `url` (its expanded template).
-pub async fn send(ctx: &AttemptContext<'_>, postback: &Postback, url: &str) -> Attempt {
-    let delivered_at = SystemTime::now();
-    let failed = |verdict: Verdict| Attempt {
-        delivered_at,
-        status: None,
-        response_time_ms: 0,
-        response_body: String::new(),
-        body_truncated: false,
-        verdict,
-    };
+/// Sends `postback` once to `url` (its expanded template) with `http`,
+/// keeping at most `log_body_bytes` of the response body.
+pub(crate) async fn send(http: &reqwest::Client, log_body_bytes: usize, postback: &Postback, url: &str) -> Attempt {
+    let at = SystemTime::now();
     let method = reqwest::Method::from_bytes(postback.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-    let mut request = ctx.http.request(method, url);
+    let mut request = http.request(method, url);
     match HeaderValue::from_str(&postback.id.to_string()) {
         Ok(id) => request = request.header(POSTBACK_ID_HEADER, id),
-        Err(e) => return failed(Verdict::Final { reason: format!("postback id header: {e}") }),
+        Err(e) => return Attempt::failed(at, Failure::Unsendable(format!("postback id header: {e}"))),
     }
     if postback.method.has_body() {
         match serde_json::to_vec(&postback.data) {
             Ok(body) => request = request.header(CONTENT_TYPE, "application/json").body(body),
-            Err(e) => return failed(Verdict::Final { reason: format!("JSON body: {e}") }),
+            Err(e) => return Attempt::failed(at, Failure::Unsendable(format!("JSON body: {e}"))),
         }
     }
     let started = Instant::now();
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
-            let verdict = if let Some(refused) = crate::guard::refused_in(&e) {
-                Verdict::Refused { reason: refused.to_string() }
+            let failure = if let Some(refused) = crate::guard::refused_in(&e) {
+                Failure::Refused(refused.to_string())
             } else if e.is_builder() || e.is_redirect() {
-                Verdict::Final { reason: transport_reason(&e) }
+                Failure::Unsendable(transport_reason(&e))
             } else {
-                Verdict::Retryable { reason: transport_reason(&e), retry_after: None }
+                Failure::Transport(transport_reason(&e))
             };
-            let mut attempt = failed(verdict);
-            attempt.response_time_ms = started.elapsed().as_millis() as u64;
-            return attempt;
+            return Attempt { response_time_ms: started.elapsed().as_millis() as u64, ..Attempt::failed(at, failure) };
         }
     };
     let status = response.status().as_u16();
@@ -99,20 +120,21 @@ pub async fn send(ctx: &AttemptContext<'_>, postback: &Postback, url: &str) -> A
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let (body, body_truncated) = crate::http::read_capped(response, ctx.log_body_bytes).await;
+    let (body, body_truncated) = crate::http::read_capped(response, log_body_bytes).await;
     Attempt {
-        delivered_at,
+        at,
         status: Some(status),
+        retry_after,
         response_time_ms: started.elapsed().as_millis() as u64,
         response_body: String::from_utf8_lossy(&body).into_owned(),
         body_truncated,
-        verdict: Verdict::of_status(status, retry_after),
+        failure: None,
     }
 }
 
 /// The client span of attempt number `number` of `postback` to `url`
 /// (disabled, and free, when traces are not exported).
-pub fn span(postback: &Postback, number: u32, url: &url::Url) -> Span {
+pub(crate) fn span(postback: &Postback, number: u32, url: &url::Url) -> Span {
     if !tracing::enabled!(target: TARGET, Level::INFO) {
         return Span::none();
     }
@@ -139,18 +161,19 @@ pub fn span(postback: &Postback, number: u32, url: &url::Url) -> Span {
 }
 
 /// Records how the attempt went on its span.
-pub fn record(span: &Span, attempt: &Attempt) {
+pub(crate) fn record(span: &Span, attempt: &Attempt) {
     if span.is_disabled() {
         return;
     }
     if let Some(status) = attempt.status {
         span.record("http.response.status_code", status);
     }
-    let error_type = match (&attempt.verdict, attempt.status) {
-        (Verdict::Delivered, _) => None,
-        (_, Some(status)) => Some(status.to_string()),
-        (Verdict::Refused { .. }, None) => Some("refused".to_owned()),
-        (verdict, None) => verdict.reason().and_then(|r| r.split(':').next()).map(str::to_owned),
+    let error_type = match (&attempt.failure, attempt.status) {
+        (None, Some(200..=299)) => None,
+        (None, Some(status)) => Some(status.to_string()),
+        (Some(Failure::Refused(_)), _) => Some("refused".to_owned()),
+        (Some(Failure::Transport(why) | Failure::Unsendable(why)), _) => why.split(':').next().map(str::to_owned),
+        (None, None) => None,
     };
     if let Some(error_type) = error_type {
         span.record("error.type", error_type);
@@ -182,20 +205,21 @@ fn transport_reason(error: &reqwest::Error) -> String {
 
 /// Logs an attempt as one JSON line: INFO when delivered, WARN when it will
 /// be retried, ERROR when the postback is given up.
-pub fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt: &Attempt, decision: &Decision) {
-    let delivered_at = postback_common::time::rfc3339_ms(attempt.delivered_at);
+pub(crate) fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt: &Attempt, outcome: &Outcome) {
+    let delivered_at = postback_common::time::rfc3339_ms(attempt.at);
     let queued_ms = attempt
-        .delivered_at
+        .at
         .duration_since(postback_common::time::from_ms(postback.accepted_at_ms))
         .map_or(0, |d| d.as_millis() as u64);
-    let next_attempt_in_ms = match decision {
-        Decision::Retry { after } => Some(after.as_millis() as u64),
+    let next_attempt_in_ms = match outcome {
+        Outcome::Retry { after, .. } => Some(after.as_millis() as u64),
         _ => None,
     };
-    let error = match decision {
-        Decision::Dead { reason } => Some(reason.as_str()),
-        _ => attempt.verdict.reason(),
+    let error = match outcome {
+        Outcome::Dead(reason) => Some(reason.to_string()),
+        _ => attempt.error(),
     };
+    let error = error.as_deref();
     let trace_id = postback.trace.as_ref().map(|t| t.trace_id_hex());
     let trace_id = trace_id.as_deref();
     macro_rules! attempt_event {
@@ -214,7 +238,7 @@ pub fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt:
                 response_body = attempt.response_body.as_str(),
                 response_body_truncated = attempt.body_truncated,
                 queued_ms,
-                outcome = decision.as_str(),
+                outcome = outcome.as_str(),
                 next_attempt_in_ms,
                 error,
                 trace_id,
@@ -222,9 +246,9 @@ pub fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt:
             )
         };
     }
-    match decision {
-        Decision::Delivered => attempt_event!(Level::INFO),
-        Decision::Retry { .. } => attempt_event!(Level::WARN),
-        Decision::Dead { .. } => attempt_event!(Level::ERROR),
+    match outcome {
+        Outcome::Delivered => attempt_event!(Level::INFO),
+        Outcome::Retry { .. } => attempt_event!(Level::WARN),
+        Outcome::Dead(_) => attempt_event!(Level::ERROR),
     }
 }

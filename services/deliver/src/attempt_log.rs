@@ -19,43 +19,43 @@ const BATCH: usize = 512;
 
 /// One attempt, as written to the log.
 #[derive(Debug, Clone)]
-pub struct LoggedAttempt {
+pub(crate) struct LoggedAttempt {
     /// The postback's id.
-    pub postback_id: String,
+    pub(crate) postback_id: String,
     /// Attempt number.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// RFC 3339 time of the attempt.
-    pub at: String,
+    pub(crate) at: String,
     /// HTTP status, if any.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// delivered, retry or dead.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// Milliseconds to the response.
-    pub response_time_ms: u64,
+    pub(crate) response_time_ms: u64,
     /// The URL sent to.
-    pub url: String,
+    pub(crate) url: String,
     /// Why it failed, if it did.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Handle for attempts to be logged; cheap to clone.
 #[derive(Clone)]
-pub struct AttemptLog(Option<mpsc::Sender<LoggedAttempt>>);
+pub(crate) struct AttemptLog(Option<mpsc::Sender<LoggedAttempt>>);
 
 impl AttemptLog {
     /// A log that writes nothing (`POSTBACK_ATTEMPT_LOG_MAXLEN=0`).
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self(None)
     }
 
     /// Starts the writer task for stream `key`, capped at `maxlen` entries.
-    pub fn spawn(redis: Client, key: String, maxlen: u64) -> (Self, tokio::task::JoinHandle<()>) {
+    pub(crate) fn spawn(redis: Client, key: String, maxlen: u64) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8 * BATCH);
         (Self(Some(tx)), tokio::spawn(write(redis, key, maxlen, rx)))
     }
 
     /// Queues an attempt; dropped if the writer is too far behind.
-    pub fn record(&self, attempt: LoggedAttempt) {
+    pub(crate) fn record(&self, attempt: LoggedAttempt) {
         if let Some(tx) = &self.0 {
             let _ = tx.try_send(attempt);
         }

@@ -14,11 +14,11 @@ use fred::prelude::*;
 use postback_common::request_entry::{Endpoint, EndpointRef};
 
 /// Records kept in memory.
-pub const CAPACITY: usize = 10_000;
+pub(crate) const CAPACITY: usize = 10_000;
 
 /// What an address resolved to.
 #[derive(Debug, Clone)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// The record.
     Found(Arc<Endpoint>),
     /// Not in the hash: the entry cannot be delivered (poison).
@@ -29,13 +29,13 @@ pub enum Lookup {
 
 /// The records this worker has read.
 #[derive(Default)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     known: Mutex<HashMap<EndpointRef, Arc<Endpoint>>>,
 }
 
 impl Endpoints {
     /// The record at `address`, from memory or from the hash `key`.
-    pub async fn resolve(&self, redis: &Client, key: &str, address: EndpointRef) -> Result<Lookup, Error> {
+    pub(crate) async fn resolve(&self, redis: &Client, key: &str, address: EndpointRef) -> Result<Lookup, Error> {
         if let Some(found) = self.lock().get(&address) {
             return Ok(Lookup::Found(found.clone()));
         }

@@ -1,225 +1,195 @@
-//! Finishing an entry, whichever way its attempt went: acknowledge it
-//! (delivered), schedule it again (retry), or move it to the dead-letter
-//! stream (given up). Each is one atomic step in Redis (see `lua/`), so an
-//! entry is never lost and never in two places.
+//! The end of a postback's turn: its [`Outcome`] becomes one step in Redis.
 //!
-//! A version 3 entry holds several postbacks. Each one that is not
-//! delivered is scheduled or dead-lettered on its own, as a single postback
-//! that carries its endpoint (version 1 or 2), while the entry stays
-//! pending; the entry is acknowledged once all of them are finished. A
-//! worker that dies in between leaves the entry pending, and whoever takes
-//! it over handles all of its postbacks again (at-least-once).
+//! * Delivered: recorded by the acker, in a batch ([`crate::acker`]).
+//! * Retry: into the retry schedule, keeping its tally of attempts.
+//! * Dead: into the dead-letter stream, with its reason and tally.
 //!
-//! When Redis does not answer, a step is retried with backoff for a while;
-//! if it still fails the entry stays pending and is attempted again later,
-//! by this worker after a restart or by another after POSTBACK_CLAIM_IDLE_MS
-//! (at-least-once).
+//! Each is a call of the finish script ([`crate::ledger`]), which records
+//! the postback as finished in its entry and removes the entry with its
+//! last postback, only while this worker still holds the entry. One that
+//! another worker took over meanwhile is left to that worker: the step
+//! changes nothing in Redis and is counted
+//! (`postback_stale_finishes_total`).
+//!
+//! When Redis does not answer, a step is retried with backoff until it
+//! lands, the entry is found taken over, or the worker shuts down; then the
+//! entry stays pending and is handled again later (at-least-once).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::keys::Keys;
-use postback_common::script::Script;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::acker::{Ack, AckSender};
-use crate::entry::Entry;
-use crate::metrics::{DeliverMetrics, RescheduleReason};
-use postback_common::request_entry::EndpointRef;
+use crate::acker::AckSender;
+use crate::backoff::Backoff;
+use crate::ledger::{Held, Ledger, Position, Step};
+use crate::metrics::DeliverMetrics;
+use crate::outcome::{DeadReason, Ending, Outcome, Tally};
 
-/// How long a reschedule or a dead-lettering keeps trying to reach Redis.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// How long a step keeps trying once the worker is shutting down.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 
-/// What the dead-letter entry records besides the original payload.
-#[derive(Debug, Clone, Default)]
-pub struct DeadLetter {
-    /// Why the postback will not be delivered.
-    pub reason: String,
-    /// Its id, when it could be decoded.
-    pub postback_id: Option<String>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// When the first and the last attempt were made (ms since the epoch).
-    pub first_attempt_ms: Option<u64>,
-    /// When the last attempt was made.
-    pub last_attempt_ms: Option<u64>,
-    /// The last HTTP status, if any.
-    pub last_status: Option<u16>,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-}
-
-/// Finishes entries.
-pub struct Finisher {
-    redis: Client,
-    keys: Keys,
+/// Finishes postbacks.
+pub(crate) struct Finisher {
+    ledger: Arc<Ledger>,
     acks: AckSender,
-    reschedule: Script,
-    bury: Script,
     metrics: Arc<DeliverMetrics>,
+    stop: CancellationToken,
     /// Woken when a retry is scheduled, so the scheduler can move it back in
     /// time even when it is due sooner than the scheduler's next look.
-    pub scheduled: Arc<Notify>,
+    pub(crate) scheduled: Arc<Notify>,
+}
+
+/// One postback to finish: where it is, what a retry or a dead letter
+/// keeps of it (the postback alone, or the entry's own bytes), and how its
+/// turn ended.
+pub(crate) struct Finishing {
+    /// Its place in the entry.
+    pub(crate) position: Position,
+    /// Its id, when it could be decoded.
+    pub(crate) postback_id: Option<String>,
+    /// What a retry or a dead letter keeps (unused when delivered).
+    pub(crate) payload: Bytes,
+    /// How its turn ended.
+    pub(crate) ending: Ending,
 }
 
 impl Finisher {
-    /// A finisher on the command client.
-    pub fn new(redis: Client, keys: Keys, acks: AckSender, metrics: Arc<DeliverMetrics>) -> Self {
-        Self {
-            redis,
-            keys,
-            acks,
-            reschedule: Script::new(include_str!("lua/reschedule.lua")),
-            bury: Script::new(include_str!("lua/bury.lua")),
-            metrics,
-            scheduled: Arc::new(Notify::new()),
+    /// A finisher writing through `ledger`; steps stop retrying soon after
+    /// `stop` is cancelled.
+    pub(crate) fn new(
+        ledger: Arc<Ledger>,
+        acks: AckSender,
+        metrics: Arc<DeliverMetrics>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self { ledger, acks, metrics, stop, scheduled: Arc::new(Notify::new()) }
+    }
+
+    /// Finishes one postback of `entry`.
+    pub(crate) async fn finish(&self, entry: &Arc<Held>, finishing: Finishing) {
+        let Finishing { position, postback_id, payload, ending: Ending { outcome, tally } } = finishing;
+        match outcome {
+            Outcome::Delivered => self.acks.delivered(entry.clone(), position),
+            Outcome::Retry { after, reason } => {
+                let mut member = format!("{}:{}:", tally.attempts, tally.first_ms.unwrap_or(0)).into_bytes();
+                member.extend_from_slice(&payload);
+                if self.persist(entry, vec![(position, Step::Retry { delay: after, member: member.into() })]).await {
+                    self.metrics.rescheduled(reason);
+                    self.scheduled.notify_one();
+                }
+            }
+            Outcome::Dead(reason) => {
+                let letter = dead_letter(&reason, postback_id.as_deref(), &tally, &entry.id, &payload);
+                if self.persist(entry, vec![(position, Step::Dead(letter))]).await {
+                    self.metrics.dead_lettered(reason.category(), 1);
+                }
+            }
         }
     }
 
-    /// Delivered: XACK + XDEL, batched by the acker.
-    pub fn ack(&self, entry: &Entry) {
-        self.acks.ack(Ack { entry_id: entry.id.clone(), batch: None });
-    }
-
-    /// Every postback of a version 3 entry is finished: XACK + XDEL, and
-    /// let go of its endpoint record.
-    pub fn ack_batch(&self, entry: &Entry, endpoint: EndpointRef, postbacks: usize) {
-        self.acks.ack(Ack { entry_id: entry.id.clone(), batch: Some((endpoint, postbacks)) });
-    }
-
-    /// Schedules a postback (`payload`, a single postback) again after
-    /// `delay`, recording `attempts` made so far and when the first was
-    /// made. Whether it landed: when it did not, the entry must stay pending.
-    pub async fn reschedule(
+    /// Dead-letters several postbacks of `entry` in one step, for `reason`
+    /// (an entry that keeps killing its workers), each with its id and
+    /// bytes, all with `tally`.
+    pub(crate) async fn bury(
         &self,
-        scope: Scope<'_>,
-        payload: &Bytes,
-        (attempts, first_attempt_ms): (u32, u64),
-        delay: Duration,
-        reason: RescheduleReason,
-    ) -> bool {
-        let entry = scope.entry();
-        let mut member = format!("{attempts}:{first_attempt_ms}:").into_bytes();
-        member.extend_from_slice(payload);
-        let member = Bytes::from(member);
-        let keys = [self.keys.stream.as_str(), self.keys.retry.as_str()];
-        let done = persist("schedule a retry", &entry.id, || async {
-            let args: Vec<Value> = vec![
-                self.keys.group.as_str().into(),
-                scope.finished_entry_id().into(),
-                (delay.as_millis() as i64).into(),
-                Value::Bytes(member.clone()),
-            ];
-            self.reschedule.call::<_, i64>(&self.redis, &keys, args).await.map(drop)
-        })
-        .await;
-        if done {
-            self.metrics.rescheduled(reason);
-            self.scheduled.notify_one();
-        }
-        done
-    }
-
-    /// Moves a postback to the dead-letter stream with `letter`; `payload`
-    /// is kept in the letter (the entry's own bytes, or a single postback
-    /// of a version 3 entry). Whether it landed.
-    pub async fn bury(&self, scope: Scope<'_>, letter: &DeadLetter, payload: Option<&Bytes>) -> bool {
-        let keys = [self.keys.stream.as_str(), self.keys.dead.as_str()];
-        let done = persist("dead-letter", &scope.entry().id, || async {
-            let args = dead_letter_args(&self.keys.group, scope, letter, payload);
-            self.bury.call::<_, String>(&self.redis, &keys, args).await.map(drop)
-        })
-        .await;
-        if done {
-            self.metrics.dead_lettered(&letter.reason);
-        }
-        done
-    }
-}
-
-/// What a finishing step finishes besides the postback itself.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope<'a> {
-    /// The whole entry, acknowledged and deleted in the same step.
-    Entry(&'a Entry),
-    /// One postback of a version 3 entry, which stays pending.
-    PostbackOf(&'a Entry),
-}
-
-impl<'a> Scope<'a> {
-    /// The stream entry concerned.
-    pub fn entry(self) -> &'a Entry {
-        match self {
-            Scope::Entry(entry) | Scope::PostbackOf(entry) => entry,
+        entry: &Arc<Held>,
+        reason: &DeadReason,
+        tally: &Tally,
+        letters: Vec<(Position, String, Bytes)>,
+    ) {
+        let n = letters.len() as u64;
+        let steps = letters
+            .into_iter()
+            .map(|(position, id, payload)| {
+                (position, Step::Dead(dead_letter(reason, Some(&id), tally, &entry.id, &payload)))
+            })
+            .collect();
+        if self.persist(entry, steps).await {
+            self.metrics.dead_lettered(reason.category(), n);
         }
     }
 
-    /// The id the script acknowledges, or `""` for none.
-    fn finished_entry_id(self) -> &'a str {
-        match self {
-            Scope::Entry(entry) => &entry.id,
-            Scope::PostbackOf(_) => "",
+    /// Runs the steps until they land; whether they did (false: the entry
+    /// was taken over or is gone, or Redis stayed away until shutdown).
+    async fn persist(&self, entry: &Held, steps: Vec<(Position, Step)>) -> bool {
+        let mut backoff = Backoff::default();
+        let mut tries = 0u32;
+        let mut stopping_since = None;
+        loop {
+            tries += 1;
+            match self.ledger.record([(entry, steps.clone())]).await {
+                Ok(recorded) => {
+                    self.metrics.stale_finishes(&recorded);
+                    if tries > 1 {
+                        tracing::info!(entry_id = %entry.id, tries, "finished after Redis came back");
+                    }
+                    if !recorded.taken.is_empty() {
+                        tracing::warn!(
+                            entry_id = %entry.id,
+                            "another worker took this entry over while it was being delivered; leaving it to that worker \
+                             (is POSTBACK_CLAIM_IDLE_MS too short?)"
+                        );
+                    }
+                    return recorded.taken.is_empty() && recorded.gone.is_empty();
+                }
+                Err(e) => {
+                    if tries == 1 {
+                        tracing::warn!(entry_id = %entry.id, error = %e, "cannot finish a postback yet; retrying");
+                    }
+                    if self.stop.is_cancelled() {
+                        let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= SHUTDOWN_PATIENCE {
+                            tracing::error!(
+                                entry_id = %entry.id,
+                                error = %e,
+                                "cannot finish a postback before shutdown; its entry stays pending and it will be \
+                                 attempted again"
+                            );
+                            return false;
+                        }
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
         }
     }
 }
 
-/// The bury script's arguments: group, the entry id to finish (or `""`),
-/// then the dead-letter entry's fields. Times are RFC 3339 text, so
-/// `redis-cli XRANGE` reads well.
-fn dead_letter_args(group: &str, scope: Scope<'_>, letter: &DeadLetter, payload: Option<&Bytes>) -> Vec<Value> {
+/// The dead-letter entry's fields (`schemas/wire-format.md`): reason, the
+/// postback's id, its tally, the entry it came from, and its bytes. Times
+/// are RFC 3339 text, so `redis-cli XRANGE` reads well.
+fn dead_letter(
+    reason: &DeadReason,
+    postback_id: Option<&str>,
+    tally: &Tally,
+    entry_id: &str,
+    payload: &Bytes,
+) -> Vec<(&'static str, Value)> {
     let time = |ms: Option<u64>| ms.map(|ms| postback_common::time::rfc3339_ms(postback_common::time::from_ms(ms)));
-    let entry = scope.entry();
-    let mut args: Vec<Value> = vec![group.into(), scope.finished_entry_id().into()];
-    let mut field = |name: &'static str, value: Value| {
-        args.push(name.into());
-        args.push(value);
-    };
-    field("reason", letter.reason.as_str().into());
-    if let Some(id) = &letter.postback_id {
-        field("postback_id", id.as_str().into());
+    let mut fields: Vec<(&'static str, Value)> = vec![("reason", reason.to_string().into())];
+    if let Some(id) = postback_id {
+        fields.push(("postback_id", id.into()));
     }
-    field("attempts", i64::from(letter.attempts).into());
-    if let Some(at) = time(letter.first_attempt_ms) {
-        field("first_attempt_at", at.into());
+    fields.push(("attempts", i64::from(tally.attempts).into()));
+    if let Some(at) = time(tally.first_ms) {
+        fields.push(("first_attempt_at", at.into()));
     }
-    if let Some(at) = time(letter.last_attempt_ms) {
-        field("last_attempt_at", at.into());
+    if let Some(at) = time(tally.last_ms) {
+        fields.push(("last_attempt_at", at.into()));
     }
-    if let Some(status) = letter.last_status {
-        field("last_status", i64::from(status).into());
+    if let Some(status) = tally.last_status {
+        fields.push(("last_status", i64::from(status).into()));
     }
-    if let Some(error) = &letter.last_error {
-        field("last_error", error.as_str().into());
+    if let Some(error) = &tally.last_error {
+        fields.push(("last_error", error.as_str().into()));
     }
-    field("entry_id", entry.id.as_str().into());
-    if let Some(payload) = payload {
-        field("p", Value::Bytes(payload.clone()));
+    fields.push(("entry_id", entry_id.into()));
+    if !payload.is_empty() {
+        fields.push(("p", Value::Bytes(payload.clone())));
     }
-    args
-}
-
-/// Runs `step` until it succeeds, backing off, for up to [`GIVE_UP_AFTER`].
-async fn persist<F, Fut>(what: &str, entry_id: &str, step: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<(), Error>>,
-{
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match step().await {
-            Ok(()) => return true,
-            Err(e) if started.elapsed() < GIVE_UP_AFTER => {
-                tracing::warn!(entry_id, error = %e, "cannot {what} yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => {
-                tracing::error!(entry_id, error = %e, "cannot {what}; the entry stays pending and will be attempted again");
-                return false;
-            }
-        }
-    }
+    fields
 }

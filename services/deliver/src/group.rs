@@ -10,7 +10,7 @@ use postback_common::keys::Keys;
 
 /// Creates the group if it does not exist; an existing group is left as it
 /// is (`BUSYGROUP` is success).
-pub async fn ensure(client: &Client, keys: &Keys) -> Result<(), Error> {
+pub(crate) async fn ensure(client: &Client, keys: &Keys) -> Result<(), Error> {
     match client.xgroup_create::<(), _, _, _>(&keys.stream, &keys.group, "0", true).await {
         Ok(()) => {
             tracing::info!(stream = %keys.stream, group = %keys.group, "created consumer group");

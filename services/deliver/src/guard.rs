@@ -27,7 +27,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Why an address is not a place deliver sends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
+pub(crate) enum Range {
     /// 0.0.0.0/8, ::/128.
     Unspecified,
     /// 127.0.0.0/8, ::1.
@@ -66,7 +66,7 @@ impl fmt::Display for Range {
 }
 
 /// The non-global range `ip` falls in, or `None` for a global address.
-pub fn classify(ip: IpAddr) -> Option<Range> {
+pub(crate) fn classify(ip: IpAddr) -> Option<Range> {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4),
         IpAddr::V6(v6) => classify_v6(v6),
@@ -131,13 +131,13 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Range> {
 /// A refused target; the error reqwest reports when the guard says no.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{host} is {ip}, a {range} address (SSRF guard)")]
-pub struct Refused {
+pub(crate) struct Refused {
     /// The host as written in the URL.
-    pub host: String,
+    pub(crate) host: String,
     /// The offending address.
-    pub ip: IpAddr,
+    pub(crate) ip: IpAddr,
     /// Its range.
-    pub range: Range,
+    pub(crate) range: Range,
 }
 
 /// Operators' exceptions: host names and networks deliver may reach even
@@ -177,14 +177,14 @@ impl AllowList {
 
 /// The guard's settings.
 #[derive(Debug, Clone, Default)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// Exceptions.
-    pub allow: AllowList,
+    pub(crate) allow: AllowList,
 }
 
 impl Guard {
     /// Checks one address of `host`.
-    pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), Refused> {
+    pub(crate) fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), Refused> {
         if self.allow.allows_host(host) || self.allow.allows_ip(ip) {
             return Ok(());
         }
@@ -196,7 +196,7 @@ impl Guard {
 
     /// Checks a URL whose host is an IP literal (names are checked when
     /// they are resolved). Other URLs pass.
-    pub fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
+    pub(crate) fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
         let ip = match url.host() {
             Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
             Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
@@ -208,13 +208,13 @@ impl Guard {
 
 /// A resolver that refuses names with any non-global address, and hands
 /// the connection exactly the addresses it checked.
-pub struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     guard: Arc<Guard>,
 }
 
 impl GuardedResolver {
     /// A resolver enforcing `guard`.
-    pub fn new(guard: Arc<Guard>) -> Self {
+    pub(crate) fn new(guard: Arc<Guard>) -> Self {
         Self { guard }
     }
 }
@@ -234,7 +234,7 @@ impl Resolve for GuardedResolver {
 }
 
 /// The `Refused` somewhere in an error's chain of causes, if any.
-pub fn refused_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+pub(crate) fn refused_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(refused) = e.downcast_ref::<Refused>() {

@@ -16,21 +16,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const PRUNE_ABOVE: usize = 4_096;
 
 /// The in-flight counters of every host seen lately.
-pub struct HostLimits {
+pub(crate) struct HostLimits {
     per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl HostLimits {
     /// Limits of `per_host` attempts per host.
-    pub fn new(per_host: usize) -> Self {
+    pub(crate) fn new(per_host: usize) -> Self {
         Self { per_host, hosts: Mutex::default() }
     }
 
     /// A slot for one attempt to `host`, waiting at most `patience` for one
     /// to free up: a busy but healthy host frees slots within milliseconds,
     /// a hanging one does not, and its postbacks should not wait here.
-    pub async fn acquire_within(&self, host: &str, patience: std::time::Duration) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn acquire_within(
+        &self,
+        host: &str,
+        patience: std::time::Duration,
+    ) -> Option<OwnedSemaphorePermit> {
         let semaphore = self.semaphore(host);
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Some(permit);
@@ -39,7 +43,8 @@ impl HostLimits {
     }
 
     /// A slot for one attempt to `host`, or `None` when it is at its limit.
-    pub fn try_acquire(&self, host: &str) -> Option<OwnedSemaphorePermit> {
+    #[cfg(test)]
+    fn try_acquire(&self, host: &str) -> Option<OwnedSemaphorePermit> {
         self.semaphore(host).try_acquire_owned().ok()
     }
 
@@ -53,7 +58,7 @@ impl HostLimits {
 }
 
 /// The host:port a URL's attempt counts against.
-pub fn host_key(url: &url::Url) -> String {
+pub(crate) fn host_key(url: &url::Url) -> String {
     format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0))
 }
 

@@ -10,25 +10,25 @@ use reqwest::redirect::Policy;
 use crate::guard::{Guard, GuardedResolver};
 
 /// The `User-Agent` of every delivery.
-pub const USER_AGENT: &str = concat!("postback-deliver/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("postback-deliver/", env!("CARGO_PKG_VERSION"));
 
 /// How the client behaves.
-pub struct ClientSettings {
+pub(crate) struct ClientSettings {
     /// Per-attempt timeout, connection to last body byte.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Idle connections kept per host.
-    pub max_idle_per_host: usize,
+    pub(crate) max_idle_per_host: usize,
     /// Redirects followed per attempt.
-    pub max_redirects: usize,
+    pub(crate) max_redirects: usize,
     /// The SSRF guard, or `None` when private targets are allowed.
-    pub guard: Option<Arc<Guard>>,
+    pub(crate) guard: Option<Arc<Guard>>,
 }
 
 /// One client for the whole worker: its connection pool is what keeps
 /// connections to a busy target alive between postbacks. With a guard,
 /// names resolve through [`GuardedResolver`] and every redirect hop is
 /// checked too.
-pub fn client(settings: ClientSettings) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn client(settings: ClientSettings) -> reqwest::Result<reqwest::Client> {
     let ClientSettings { timeout, max_idle_per_host, max_redirects, guard } = settings;
     let hop_guard = guard.clone();
     let redirects = Policy::custom(move |attempt| {
@@ -63,7 +63,7 @@ pub fn client(settings: ClientSettings) -> reqwest::Result<reqwest::Client> {
 /// The first `limit` bytes of a response body, and whether there was more.
 /// Reading stops at the limit: a huge or endless body costs at most `limit`
 /// bytes of memory (the connection is then dropped rather than drained).
-pub async fn read_capped(mut response: reqwest::Response, limit: usize) -> (Bytes, bool) {
+pub(crate) async fn read_capped(mut response: reqwest::Response, limit: usize) -> (Bytes, bool) {
     let mut kept = BytesMut::with_capacity(limit.min(response.content_length().unwrap_or(0) as usize));
     loop {
         match response.chunk().await {

@@ -2,47 +2,61 @@
 //! and delivers each to its third-party endpoint.
 //!
 //! # Layout
-//! - [`config`]: settings (`POSTBACK_*`).
-//! - [`startup`]: building, running, graceful shutdown.
-//! - [`worker`]: the read loop and the queue design (start here).
-//! - [`handle`]: one entry from read to finish.
-//! - [`batch`]: a version 3 entry's postbacks, side by side.
-//! - [`endpoints`]: endpoint records of version 3 entries, cached.
-//! - [`attempt`]: one HTTP delivery attempt and its log line.
-//! - [`attempt_log`]: the capped delivery-log stream in Redis.
-//! - [`retry`]: what is retried, when, and when it is given up.
-//! - [`finish`]: acknowledge, reschedule or dead-letter, atomically (`lua/`).
+//! A postback's path, top down (each module calls only those below it):
+//! - [`startup`]: building, running, graceful shutdown; starts the tasks.
+//! - [`worker`]: the loop, and the queue design (start here).
+//! - [`intake`]: reading, re-reading and claiming entries, with their
+//!   delivery counts ([`reply`] parses what Redis answers).
+//! - [`entry`]: one entry: decode, skip what is finished, poison, fan out.
+//! - [`turn`]: one postback's turn: URL, guard, host slot, attempt, decide.
+//! - [`attempt`]: one HTTP attempt, its span and its log line.
+//! - [`retry`]: what is retried, when, and when given up.
+//! - [`outcome`]: how a turn ends: delivered, retry or dead, and why.
+//! - [`finish`]: an outcome made one step in Redis.
+//! - [`acker`]: delivered postbacks recorded in batches.
+//! - [`ledger`]: the finish script: ownership, outcomes recorded once.
+//!
+//! Beside it:
 //! - [`scheduler`]: moving due retries back into the stream.
-//! - [`claim`]: taking over entries from dead workers; poison; gone consumers.
+//! - [`janitor`]: removing consumers that are gone.
+//! - [`group`]: creating the consumer group.
+//! - [`endpoints`]: endpoint records of version 3 entries, cached.
 //! - [`hosts`]: per-host in-flight limits.
 //! - [`guard`]: the SSRF guard (address ranges, resolver, redirects).
-//! - [`group`]: creating the consumer group.
-//! - [`entry`]: stream entries out of XREADGROUP and XAUTOCLAIM replies.
 //! - [`http`]: the outbound HTTP client and capped body reads.
-//! - [`acker`]: batched XACK + XDEL (and endpoint records let go of).
+//! - [`attempt_log`]: the capped delivery-log stream in Redis.
+//! - [`backoff`]: the one backoff between failed Redis calls.
+//! - [`shared`]: what every entry's handling shares.
+//! - [`config`]: settings (`POSTBACK_*`).
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: Prometheus counters, histograms and sampled queue gauges.
 
-pub mod acker;
-pub mod admin;
-pub mod attempt;
-pub mod attempt_log;
-pub mod batch;
-pub mod claim;
-pub mod config;
-pub mod endpoints;
-pub mod entry;
-pub mod finish;
-pub mod group;
-pub mod guard;
-pub mod handle;
-pub mod hosts;
-pub mod http;
-pub mod metrics;
-pub mod retry;
-pub mod scheduler;
-pub mod startup;
-pub mod worker;
+mod acker;
+mod admin;
+mod attempt;
+mod attempt_log;
+mod backoff;
+mod config;
+mod endpoints;
+mod entry;
+mod finish;
+mod group;
+mod guard;
+mod hosts;
+mod http;
+mod intake;
+mod janitor;
+mod ledger;
+mod metrics;
+mod outcome;
+mod reply;
+mod retry;
+mod scheduler;
+mod shared;
+mod startup;
+mod turn;
+mod worker;
 
 pub use config::Config;
+pub use guard::AllowList;
 pub use startup::Deliverer;

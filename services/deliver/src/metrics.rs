@@ -6,14 +6,19 @@
 //!   by what was decided (`delivered`, `retry`, `dead`) and the response's
 //!   status class (`2xx` … `5xx`, `none` when no response came).
 //! - `postback_retries_scheduled_total{reason}`: postbacks put in the retry
-//!   schedule, after a failed attempt (`failed_attempt`) or because their
-//!   host was at its concurrency limit (`host_busy`, no attempt made).
+//!   schedule, after a failed attempt (`failed_attempt`), or without an
+//!   attempt because their host was at its concurrency limit (`host_busy`)
+//!   or the worker had no slot for them in time (`worker_busy`).
 //! - `postback_dead_lettered_total{reason}`: postbacks moved to the
 //!   dead-letter stream: `rejected` (a final status, or a URL that cannot be
 //!   built), `refused` (the SSRF guard refused the target), `exhausted`
 //!   (`POSTBACK_MAX_ATTEMPTS` reached), `poison` (undecodable, or it kept
 //!   failing its workers).
 //! - `postback_claimed_total`: entries taken over from another worker.
+//! - `postback_stale_finishes_total{reason}`: finishing steps that changed
+//!   nothing because the entry was no longer this worker's: `taken_over`
+//!   (another worker claimed it while its attempt ran) or `gone` (no longer
+//!   pending at all: finished already, or deleted).
 //! - `postback_consumers_removed_total`: consumers removed as gone.
 //! - `postback_delivery_response_seconds`: third-party response time (to
 //!   the end of the capped body), for attempts that got a response.
@@ -43,6 +48,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::ledger::Recorded;
+use crate::outcome::RetryReason;
+
 /// How long a scrape waits for its Redis sample.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -55,28 +63,6 @@ struct AttemptLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
-}
-
-/// Why a postback went back to the retry schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RescheduleReason {
-    /// Its attempt failed and another is due.
-    FailedAttempt,
-    /// Its host was at its limit; no attempt was made.
-    HostBusy,
-    /// The worker had no free slot for it in time (a postback of a
-    /// version 3 entry); no attempt was made.
-    WorkerBusy,
-}
-
-impl RescheduleReason {
-    fn label(self) -> &'static str {
-        match self {
-            RescheduleReason::FailedAttempt => "failed_attempt",
-            RescheduleReason::HostBusy => "host_busy",
-            RescheduleReason::WorkerBusy => "worker_busy",
-        }
-    }
 }
 
 /// The gauges sampled from Redis.
@@ -94,12 +80,13 @@ struct QueueGauges {
 }
 
 /// Every metric deliver keeps, and the registry that renders them.
-pub struct DeliverMetrics {
+pub(crate) struct DeliverMetrics {
     registry: Registry,
     attempts: Family<AttemptLabels, Counter>,
     retries: Family<ReasonLabels, Counter>,
     dead: Family<ReasonLabels, Counter>,
     claimed: Counter,
+    stale: Family<ReasonLabels, Counter>,
     consumers_removed: Counter,
     response: Histogram,
     end_to_end: Histogram,
@@ -115,7 +102,7 @@ impl Default for DeliverMetrics {
 
 impl DeliverMetrics {
     /// Registers every metric at zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut r = Registry::with_prefix("postback");
         let attempts = Family::<AttemptLabels, Counter>::default();
         r.register("delivery_attempts", "Delivery attempts, by outcome and status class", attempts.clone());
@@ -125,6 +112,12 @@ impl DeliverMetrics {
         r.register("dead_lettered", "Postbacks moved to the dead-letter stream, by reason", dead.clone());
         let claimed = Counter::default();
         r.register("claimed", "Entries taken over from another worker", claimed.clone());
+        let stale = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "stale_finishes",
+            "Finishing steps that changed nothing: the entry was taken over or is gone",
+            stale.clone(),
+        );
         let consumers_removed = Counter::default();
         r.register("consumers_removed", "Consumers removed from the group as gone", consumers_removed.clone());
         let response = latency_histogram();
@@ -153,6 +146,7 @@ impl DeliverMetrics {
             retries,
             dead,
             claimed,
+            stale,
             consumers_removed,
             response,
             end_to_end,
@@ -163,7 +157,7 @@ impl DeliverMetrics {
 
     /// Counts one finished attempt. `response_time` only when a response
     /// arrived; `end_to_end` only when delivered.
-    pub fn attempted(
+    pub(crate) fn attempted(
         &self,
         outcome: &'static str,
         status: Option<u16>,
@@ -180,7 +174,7 @@ impl DeliverMetrics {
     }
 
     /// An attempt starts (`true`) or ends (`false`).
-    pub fn in_flight(&self, started: bool) {
+    pub(crate) fn in_flight(&self, started: bool) {
         if started {
             self.in_flight.inc()
         } else {
@@ -189,27 +183,36 @@ impl DeliverMetrics {
     }
 
     /// Counts a postback put in the retry schedule.
-    pub fn rescheduled(&self, reason: RescheduleReason) {
+    pub(crate) fn rescheduled(&self, reason: RetryReason) {
         self.retries.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
     }
 
-    /// Counts a dead-lettered postback; `reason` is the dead letter's.
-    pub fn dead_lettered(&self, reason: &str) {
-        self.dead.get_or_create(&ReasonLabels { reason: dead_category(reason) }).inc();
+    /// Counts `n` dead-lettered postbacks of a reason's `category`.
+    pub(crate) fn dead_lettered(&self, category: &'static str, n: u64) {
+        self.dead.get_or_create(&ReasonLabels { reason: category }).inc_by(n);
+    }
+
+    /// Counts the entries a finishing step found no longer this worker's.
+    pub(crate) fn stale_finishes(&self, recorded: &Recorded) {
+        for (reason, n) in [("taken_over", recorded.taken.len()), ("gone", recorded.gone.len())] {
+            if n > 0 {
+                self.stale.get_or_create(&ReasonLabels { reason }).inc_by(n as u64);
+            }
+        }
     }
 
     /// Counts entries taken over from other workers.
-    pub fn claimed(&self, n: usize) {
+    pub(crate) fn claimed(&self, n: usize) {
         self.claimed.inc_by(n as u64);
     }
 
     /// Counts consumers removed as gone.
-    pub fn consumers_removed(&self, n: usize) {
+    pub(crate) fn consumers_removed(&self, n: usize) {
         self.consumers_removed.inc_by(n as u64);
     }
 
     /// Samples the queue from Redis, then renders every metric.
-    pub async fn scrape(&self, redis: &Client, keys: &Keys) -> String {
+    pub(crate) async fn scrape(&self, redis: &Client, keys: &Keys) -> String {
         let sample = tokio::time::timeout(SAMPLE_TIMEOUT, postback_common::queue_status::status(redis, keys)).await;
         let q = &self.queue;
         match sample {
@@ -235,30 +238,5 @@ impl DeliverMetrics {
             }
         }
         render(&self.registry)
-    }
-}
-
-/// The `reason` label of a dead letter, from its reason text.
-fn dead_category(reason: &str) -> &'static str {
-    match reason.split(':').next().unwrap_or("") {
-        "rejected" => "rejected",
-        "refused" => "refused",
-        "poison" => "poison",
-        _ if reason.starts_with("gave up") => "exhausted",
-        _ => "other",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_reasons_fall_into_categories() {
-        assert_eq!(dead_category("rejected: HTTP 404"), "rejected");
-        assert_eq!(dead_category("refused: 10.0.0.1 is private"), "refused");
-        assert_eq!(dead_category("poison: undecodable: bad"), "poison");
-        assert_eq!(dead_category("gave up after 3 attempts; last: HTTP 503"), "exhausted");
-        assert_eq!(dead_category("something new"), "other");
     }
 }

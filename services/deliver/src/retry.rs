@@ -16,107 +16,52 @@ use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-/// How an attempt went, as far as retrying is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The target answered 2xx.
-    Delivered,
-    /// Failed, but another attempt may succeed.
-    Retryable {
-        /// What went wrong, for the log and the dead letter.
-        reason: String,
-        /// The target's `Retry-After`, if it sent one.
-        retry_after: Option<Duration>,
-    },
-    /// Failed for good.
-    Final {
-        /// What went wrong.
-        reason: String,
-    },
-    /// Not sent: the SSRF guard refused the target (or a redirect hop).
-    Refused {
-        /// Which address, and why.
-        reason: String,
-    },
-}
+use crate::attempt::{Attempt, Failure};
+use crate::outcome::{DeadReason, Outcome, RetryReason};
 
-impl Verdict {
-    /// The verdict for an HTTP status with its `Retry-After` header.
-    pub fn of_status(status: u16, retry_after: Option<Duration>) -> Self {
-        match status {
-            200..=299 => Verdict::Delivered,
-            408 | 425 | 429 | 500..=599 => Verdict::Retryable { reason: format!("HTTP {status}"), retry_after },
-            _ => Verdict::Final { reason: format!("HTTP {status}") },
-        }
-    }
-
-    /// Why the attempt failed, if it did.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Verdict::Delivered => None,
-            Verdict::Retryable { reason, .. } | Verdict::Final { reason } | Verdict::Refused { reason } => Some(reason),
-        }
-    }
-}
-
-/// What to do with the entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Acknowledge it.
-    Delivered,
-    /// Schedule attempt number `attempts + 1` after this delay.
-    Retry {
-        /// How long from now.
-        after: Duration,
-    },
-    /// Move it to the dead-letter stream.
-    Dead {
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Decision {
-    /// The `outcome` field of the attempt's log line.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Decision::Delivered => "delivered",
-            Decision::Retry { .. } => "retry",
-            Decision::Dead { .. } => "dead",
-        }
-    }
+/// Whether a response with this status is worth another attempt.
+fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429 | 500..=599)
 }
 
 /// The retry settings.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Attempts in all, the first included.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Delay before the first retry (before jitter).
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// Longest delay.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 impl RetryPolicy {
-    /// The decision after attempt number `attempt` (1 for the first) ended
-    /// with `verdict`.
-    pub fn decide(&self, verdict: &Verdict, attempt: u32) -> Decision {
-        match verdict {
-            Verdict::Delivered => Decision::Delivered,
-            Verdict::Final { reason } => Decision::Dead { reason: format!("rejected: {reason}") },
-            Verdict::Refused { reason } => Decision::Dead { reason: format!("refused: {reason}") },
-            Verdict::Retryable { reason, .. } if attempt >= self.max_attempts => {
-                Decision::Dead { reason: format!("gave up after {attempt} attempts; last: {reason}") }
+    /// The outcome of attempt number `number` (1 for the first).
+    pub(crate) fn decide(&self, attempt: &Attempt, number: u32) -> Outcome {
+        let again = |reason: String, retry_after: Option<Duration>| {
+            if number >= self.max_attempts {
+                return Outcome::Dead(DeadReason::Exhausted { attempts: number, last: reason });
             }
-            Verdict::Retryable { retry_after: Some(wait), .. } => Decision::Retry { after: (*wait).min(self.max) },
-            Verdict::Retryable { .. } => Decision::Retry { after: self.jittered(attempt) },
+            let after = match retry_after {
+                Some(wait) => wait.min(self.max),
+                None => self.jittered(number),
+            };
+            Outcome::Retry { after, reason: RetryReason::FailedAttempt }
+        };
+        match (&attempt.failure, attempt.status) {
+            (Some(Failure::Refused(why)), _) => Outcome::Dead(DeadReason::Refused(why.clone())),
+            (Some(Failure::Unsendable(why)), _) => Outcome::Dead(DeadReason::Rejected(why.clone())),
+            (Some(Failure::Transport(why)), _) => again(why.clone(), None),
+            (None, Some(200..=299)) => Outcome::Delivered,
+            (None, Some(status)) if retryable_status(status) => again(format!("HTTP {status}"), attempt.retry_after),
+            (None, Some(status)) => Outcome::Dead(DeadReason::Rejected(format!("HTTP {status}"))),
+            (None, None) => again("transport: no response".into(), None),
         }
     }
 
     /// The capped exponential delay after `failed` failed attempts, before
     /// jitter: base, 2·base, 4·base, … up to max.
-    pub fn ceiling(&self, failed: u32) -> Duration {
+    pub(crate) fn ceiling(&self, failed: u32) -> Duration {
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.base)
             .with_max_delay(self.max)
@@ -128,14 +73,14 @@ impl RetryPolicy {
 
     /// Full jitter: uniformly random between zero and the ceiling, so that
     /// postbacks that failed together do not come back together.
-    pub fn jittered(&self, failed: u32) -> Duration {
+    pub(crate) fn jittered(&self, failed: u32) -> Duration {
         let ceiling = self.ceiling(failed).as_millis() as u64;
         Duration::from_millis(fastrand::u64(0..=ceiling))
     }
 }
 
 /// Reads a `Retry-After` header: delay-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -151,28 +96,38 @@ mod tests {
     const POLICY: RetryPolicy =
         RetryPolicy { max_attempts: 4, base: Duration::from_millis(100), max: Duration::from_millis(1_000) };
 
+    fn answered(status: u16, retry_after: Option<Duration>) -> Attempt {
+        let unanswered = Attempt::failed(SystemTime::now(), Failure::Transport(String::new()));
+        Attempt { status: Some(status), retry_after, failure: None, ..unanswered }
+    }
+
     #[test]
     fn classifies_statuses() {
-        assert_eq!(Verdict::of_status(200, None), Verdict::Delivered);
-        assert_eq!(Verdict::of_status(204, None), Verdict::Delivered);
+        for delivered in [200, 201, 204, 299] {
+            assert_eq!(POLICY.decide(&answered(delivered, None), 1), Outcome::Delivered, "{delivered}");
+        }
         for retryable in [408, 425, 429, 500, 502, 503, 504, 599] {
-            assert!(matches!(Verdict::of_status(retryable, None), Verdict::Retryable { .. }), "{retryable}");
+            assert!(matches!(POLICY.decide(&answered(retryable, None), 1), Outcome::Retry { .. }), "{retryable}");
         }
         for last in [301, 304, 400, 401, 403, 404, 409, 410, 422] {
-            assert!(matches!(Verdict::of_status(last, None), Verdict::Final { .. }), "{last}");
+            let outcome = POLICY.decide(&answered(last, None), 1);
+            assert_eq!(outcome, Outcome::Dead(DeadReason::Rejected(format!("HTTP {last}"))));
         }
     }
 
     #[test]
     fn retries_until_the_last_attempt() {
-        let fail = Verdict::Retryable { reason: "HTTP 500".into(), retry_after: None };
-        for attempt in 1..4 {
-            assert!(matches!(POLICY.decide(&fail, attempt), Decision::Retry { .. }), "{attempt}");
+        let fail = answered(500, None);
+        for number in 1..4 {
+            let outcome = POLICY.decide(&fail, number);
+            assert!(matches!(outcome, Outcome::Retry { reason: RetryReason::FailedAttempt, .. }), "{number}");
         }
-        let Decision::Dead { reason } = POLICY.decide(&fail, 4) else { panic!("4th attempt is the last") };
-        assert_eq!(reason, "gave up after 4 attempts; last: HTTP 500");
-        let Decision::Dead { reason } = POLICY.decide(&Verdict::of_status(404, None), 1) else { panic!("final") };
-        assert_eq!(reason, "rejected: HTTP 404");
+        let Outcome::Dead(reason) = POLICY.decide(&fail, 4) else { panic!("4th attempt is the last") };
+        assert_eq!(reason.to_string(), "gave up after 4 attempts; last: HTTP 500");
+        let timeout = Attempt::failed(SystemTime::now(), Failure::Transport("timeout: slow".into()));
+        assert!(matches!(POLICY.decide(&timeout, 1), Outcome::Retry { .. }));
+        let refused = Attempt::failed(SystemTime::now(), Failure::Refused("10.0.0.1 is private".into()));
+        assert_eq!(POLICY.decide(&refused, 1).as_str(), "dead");
     }
 
     #[test]
@@ -190,10 +145,14 @@ mod tests {
 
     #[test]
     fn retry_after_is_honoured_up_to_the_max() {
-        let slow = Verdict::Retryable { reason: "HTTP 429".into(), retry_after: Some(Duration::from_millis(700)) };
-        assert_eq!(POLICY.decide(&slow, 1), Decision::Retry { after: Duration::from_millis(700) });
-        let slower = Verdict::Retryable { reason: "HTTP 429".into(), retry_after: Some(Duration::from_secs(60)) };
-        assert_eq!(POLICY.decide(&slower, 1), Decision::Retry { after: POLICY.max });
+        let slow = answered(429, Some(Duration::from_millis(700)));
+        let after = |outcome| match outcome {
+            Outcome::Retry { after, .. } => after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after(POLICY.decide(&slow, 1)), Duration::from_millis(700));
+        let slower = answered(429, Some(Duration::from_secs(60)));
+        assert_eq!(after(POLICY.decide(&slower, 1)), POLICY.max);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use postback_common::script::Script;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// Most retries moved per script call.
 const BATCH: i64 = 500;
 
@@ -24,14 +26,14 @@ const BATCH: i64 = 500;
 const MAX_PAUSE: Duration = Duration::from_secs(3);
 
 /// Moves due retries until `shutdown`.
-pub async fn run(redis: Client, keys: Keys, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub(crate) async fn run(redis: Client, keys: Keys, wake: Arc<Notify>, shutdown: CancellationToken) {
     let promote = Script::new(include_str!("lua/promote.lua"));
-    let mut failures = 0u32;
+    let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         let keys_list = [keys.retry.as_str(), keys.stream.as_str(), keys.dead.as_str()];
         let pause = match promote.call::<_, (i64, i64)>(&redis, &keys_list, vec![BATCH.into()]).await {
             Ok((moved, wait_ms)) => {
-                failures = 0;
+                backoff.reset();
                 if moved > 0 {
                     tracing::debug!(moved, "moved due retries back into the stream");
                 }
@@ -44,9 +46,8 @@ pub async fn run(redis: Client, keys: Keys, wake: Arc<Notify>, shutdown: Cancell
                 }
             }
             Err(e) => {
-                failures += 1;
                 tracing::warn!(error = %e, "cannot move due retries; trying again");
-                Duration::from_millis(100 * 2u64.pow(failures.min(4))).min(Duration::from_secs(2))
+                backoff.next_delay()
             }
         };
         tokio::select! {

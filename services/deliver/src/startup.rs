@@ -18,16 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::attempt_log::AttemptLog;
-use crate::claim::Claimer;
 use crate::config::Config;
 use crate::endpoints::Endpoints;
 use crate::finish::Finisher;
 use crate::guard::Guard;
-use crate::handle::Shared;
 use crate::hosts::HostLimits;
 use crate::http::ClientSettings;
+use crate::intake::Intake;
+use crate::ledger::Ledger;
 use crate::metrics::DeliverMetrics;
 use crate::retry::RetryPolicy;
+use crate::shared::Shared;
 use crate::worker::{EntrySizes, Worker};
 
 /// Longest wait for a Redis reply to any non-blocking command.
@@ -100,16 +101,26 @@ impl Deliverer {
             );
         }
 
+        let config = &self.config;
+        let consumer = config.consumer_name();
+        let ledger = Arc::new(Ledger::new(self.redis.clone(), keys.clone(), consumer.clone()));
         let ack_stop = CancellationToken::new();
-        let (acks, acker) = crate::acker::spawn(self.redis.clone(), keys.clone(), ACK_GRACE, ack_stop.clone());
-        let finisher = Finisher::new(self.redis.clone(), keys.clone(), acks, metrics.clone());
+        let (acks, acker) = crate::acker::spawn(ledger.clone(), metrics.clone(), ACK_GRACE, ack_stop.clone());
+        let finisher = Finisher::new(ledger, acks, metrics.clone(), shutdown.clone());
         let scheduler = tokio::spawn(crate::scheduler::run(
             self.redis.clone(),
             keys.clone(),
             finisher.scheduled.clone(),
             shutdown.clone(),
         ));
-        let config = &self.config;
+        let janitor = tokio::spawn(crate::janitor::run(
+            self.redis.clone(),
+            keys.clone(),
+            consumer.clone(),
+            Duration::from_millis(config.consumer_gone_ms),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let (attempt_log, log_writer) = if config.attempt_log_maxlen > 0 {
             let (log, task) = AttemptLog::spawn(self.redis.clone(), keys.log.clone(), config.attempt_log_maxlen);
             (log, Some(task))
@@ -117,26 +128,29 @@ impl Deliverer {
             (AttemptLog::disabled(), None)
         };
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
-        let endpoints_key = keys.endpoints.clone();
-        // A version 3 entry stays pending while its postbacks wait for
+        // An entry of several postbacks stays pending while they wait for
         // slots; it must be finished well before POSTBACK_CLAIM_IDLE_MS, or
-        // another worker would take it over and deliver it again.
+        // another worker would take it over and deliver the unfinished
+        // ones again.
         let slot_patience =
-            (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::handle::HOST_PATIENCE);
+            (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::turn::HOST_PATIENCE);
+        let intake = Intake::new(
+            (self.reader.clone(), self.redis.clone()),
+            keys.clone(),
+            consumer.clone(),
+            config.read_block(),
+            config.claim_idle(),
+            metrics.clone(),
+        );
         let worker = Worker {
-            reader: self.reader.clone(),
+            intake,
             redis: self.redis.clone(),
-            keys,
-            consumer: config.consumer_name(),
+            keys: keys.clone(),
+            consumer,
             read_count: config.read_count as usize,
             read_block: config.read_block(),
             slots: slots.clone(),
             group_ready,
-            claimer: Claimer::new(
-                config.claim_idle(),
-                config.max_deliveries,
-                Duration::from_millis(config.consumer_gone_ms),
-            ),
             shutdown_grace: config.shutdown_grace(),
             shared: Arc::new(Shared {
                 http: self.http,
@@ -155,7 +169,7 @@ impl Deliverer {
                 metrics,
                 finisher,
                 redis: self.redis.clone(),
-                endpoints_key,
+                keys,
                 endpoints: Endpoints::default(),
                 slots,
                 slot_patience,
@@ -167,6 +181,7 @@ impl Deliverer {
         ack_stop.cancel();
         let _ = acker.await;
         let _ = scheduler.await;
+        let _ = janitor.await;
         if let Some(task) = log_writer {
             // Ends once the worker's handles are gone; abandoned attempts may
             // keep one alive, so do not wait long.

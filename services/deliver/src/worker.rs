@@ -1,134 +1,124 @@
-//! The worker loop: read entries from the consumer group, hand each to its
-//! own task, and keep the group healthy.
+//! The worker loop: wait for free slots, take entries into them, hand each
+//! to its own task; and the queue design, which everything else follows.
 //!
 //! # Queue design
-//! Ingest XADDs postbacks to one stream. All delivery workers share one
-//! consumer group and each reads with `XREADGROUP … >`, so every entry goes
-//! to one worker and stays in the group's pending list (PEL) until that
-//! worker finishes it: acknowledged and deleted when delivered, moved to the
-//! retry schedule (`<stream>:retry`, a sorted set by due time) when it is to
-//! be tried again, or to the dead-letter stream when given up. Each of those
-//! moves is one Lua script, so an entry is never lost between two keys.
-//! Every worker's scheduler moves due retries back into the stream.
+//! Ingest XADDs postbacks to one stream (a request's postbacks share one
+//! entry; `schemas/wire-format.md`). All delivery workers share one
+//! consumer group: every entry goes to one worker ([`crate::intake`]) and
+//! stays in the group's pending list (PEL) until all of its postbacks are
+//! finished. Each postback is finished on its own, exactly once, by the
+//! finish script ([`crate::ledger`]): delivered (recorded in batches by the
+//! acker), moved to the retry schedule (`<stream>:retry`, a sorted set by
+//! due time), or moved to the dead-letter stream. The entry is acknowledged
+//! and deleted with its last postback. Every worker's scheduler moves due
+//! retries back into the stream ([`crate::scheduler`]).
 //!
-//! A worker that dies leaves its entries pending: a restarted worker of the
-//! same name re-reads its own pending entries first (from id `0`), and every
-//! worker takes over entries idle longer than `POSTBACK_CLAIM_IDLE_MS`
-//! (XAUTOCLAIM). Delivery is therefore at-least-once.
+//! A worker that dies leaves its entries pending. A restarted worker of the
+//! same name re-reads them first, and every worker takes over entries idle
+//! longer than `POSTBACK_CLAIM_IDLE_MS`; either way the postbacks already
+//! finished are skipped and the delivery count decides whether the entry is
+//! poison ([`crate::entry`]). A worker that is not dead but only slow loses
+//! its entries the same way, and its own finishing steps then change
+//! nothing. Delivery is therefore at-least-once, repeats limited to the
+//! attempts in flight at a crash and the delivered postbacks not yet
+//! recorded (the README's guarantees).
 //!
 //! Reads use their own Redis connection: XREADGROUP BLOCK holds a connection
 //! until it returns, and other commands must not queue up behind it. An idle
 //! worker costs Redis one read per `POSTBACK_READ_BLOCK_MS`, one scheduler
-//! look a second and one XAUTOCLAIM per claim interval.
+//! look every few seconds and one XAUTOCLAIM per claim interval.
 //!
 //! At most `POSTBACK_DELIVER_CONCURRENCY` postbacks are in hand at once:
-//! each takes a slot, and the loop reads (or claims) only as many entries as
-//! its free slots are likely to hold. A version 3 entry holds several
-//! postbacks (see [`crate::batch`]); its first uses the entry's slot and the
-//! others wait for slots of their own.
+//! each takes a slot, and the loop takes only as many entries as its free
+//! slots are likely to hold ([`EntrySizes`]).
 //!
 //! If the group disappears (Redis restarted without its data, or the stream
 //! was deleted), the next command answers NOGROUP and the group is created
-//! again at id `0`, so nothing queued since is skipped.
+//! again at id `0` ([`crate::group`]), so nothing queued since is skipped.
 //!
-//! Shutdown: the loop stops reading (the read in flight, at most one BLOCK
-//! long, is finished and its entries handled, so none are stranded as
+//! Shutdown: the loop stops taking entries (the read in flight, at most one
+//! BLOCK long, is finished and its entries handled, so none are stranded as
 //! pending), then waits up to `POSTBACK_SHUTDOWN_GRACE_MS` for the entries
 //! in flight; whatever is still running then is abandoned and stays pending
 //! for another worker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
 use postback_common::keys::Keys;
+use postback_common::request_entry::{self, MAX_POSTBACKS};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::claim::Claimer;
-use crate::entry::{self, Entry};
-use crate::handle::{Shared, handle};
+use crate::backoff::Backoff;
+use crate::intake::{Intake, Taken};
+use crate::shared::Shared;
 
 /// One delivery worker (one consumer of the group).
-pub struct Worker {
-    /// Used only for XREADGROUP.
-    pub reader: Client,
-    /// Used for everything else.
-    pub redis: Client,
-    /// Stream, group, schedule and dead-letter names.
-    pub keys: Keys,
+pub(crate) struct Worker {
+    /// Takes entries into the worker's hands.
+    pub(crate) intake: Intake,
+    /// The command client, for setting up the group.
+    pub(crate) redis: Client,
+    /// Stream and group names.
+    pub(crate) keys: Keys,
     /// This worker's consumer name.
-    pub consumer: String,
+    pub(crate) consumer: String,
     /// Entries per read, at most.
-    pub read_count: usize,
+    pub(crate) read_count: usize,
     /// How long an idle read blocks.
-    pub read_block: Duration,
-    /// Bounds entries held at once.
-    pub slots: Arc<Semaphore>,
+    pub(crate) read_block: Duration,
+    /// Bounds the postbacks held at once.
+    pub(crate) slots: Arc<Semaphore>,
     /// Set while the consumer group is known to exist.
-    pub group_ready: Arc<AtomicBool>,
-    /// Takes over entries from dead workers.
-    pub claimer: Claimer,
+    pub(crate) group_ready: Arc<AtomicBool>,
     /// How long shutdown waits for entries in flight.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Shared with each entry's task.
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// Postbacks per entry lately, to size reads.
-    pub sizes: EntrySizes,
+    pub(crate) sizes: EntrySizes,
 }
 
 /// Postbacks per entry lately, in sixteenths. Every postback in hand takes
 /// a slot, so a read asks for as many entries as the free slots are likely
-/// to hold, rather than one per slot: a read of version 3 entries of 100
-/// postbacks each then takes one entry, not one per slot. It starts at the
-/// largest entry and follows a larger entry at once, a smaller one slowly,
-/// so a worker never reads far more postbacks than it has slots for (at
+/// to hold, rather than one per slot: a read of entries of 100 postbacks
+/// each then takes one entry, not one per slot. It starts at the largest
+/// entry and follows a larger entry at once, a smaller one slowly, so a
+/// worker never reads far more postbacks than it has slots for (at
 /// start-up, say, with a backlog of large entries waiting).
 #[derive(Debug)]
-pub struct EntrySizes(std::sync::atomic::AtomicUsize);
+pub(crate) struct EntrySizes(AtomicUsize);
 
 impl Default for EntrySizes {
     fn default() -> Self {
-        Self(std::sync::atomic::AtomicUsize::new(16 * postback_common::request_entry::MAX_POSTBACKS))
+        Self(AtomicUsize::new(16 * MAX_POSTBACKS))
     }
 }
 
 impl EntrySizes {
-    /// Notes an entry just read.
-    fn saw(&self, entry: &Entry) {
-        let postbacks =
-            entry.payload.as_deref().map_or(1, postback_common::request_entry::postbacks_in).clamp(1, 1 << 16);
+    /// Notes an entry just taken.
+    fn saw(&self, taken: &Taken) {
+        let postbacks = taken.entry.payload.as_deref().map_or(1, request_entry::postbacks_in).clamp(1, 1 << 16);
         let (old, new) = (self.0.load(Ordering::Relaxed), postbacks * 16);
         self.0.store(if new >= old { new } else { (old * 7 + new).div_ceil(8) }, Ordering::Relaxed);
     }
 
-    /// Entries to read for `free` slots: at least one.
+    /// Entries to take for `free` slots: at least one.
     fn entries_for(&self, free: usize) -> usize {
         (free * 16).div_ceil(self.0.load(Ordering::Relaxed).max(16)).max(1)
     }
 }
 
-/// Where a read starts.
-enum Cursor {
-    /// This consumer's own pending entries with ids after this one.
-    Pending(String),
-    /// New entries (`>`).
-    New,
-}
-
 impl Worker {
     /// Runs until `shutdown` is cancelled, then waits (within the grace
     /// period) for the entries in flight.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        let mut cursor = Cursor::Pending("0".into());
         let mut backoff = Backoff::default();
-        let mut next_claim = Instant::now();
-        let cleanup_every = (self.claimer.gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let mut next_cleanup = Instant::now() + cleanup_every;
         tracing::info!(consumer = %self.consumer, stream = %self.keys.stream, group = %self.keys.group, "worker started");
         while !shutdown.is_cancelled() {
             if !self.group_ready.load(Ordering::Acquire) {
@@ -142,66 +132,37 @@ impl Worker {
                 }
             }
             let Some(mut permits) = self.free_slots(&shutdown).await else { break };
-            // Slots not needed for the entries read this time go back.
+            // Slots not needed for the entries taken this time go back.
             permits.truncate(self.sizes.entries_for(permits.len()));
 
-            // Claimed entries join this consumer's pending list, so claiming
-            // waits until its own pending entries have been re-read:
-            // otherwise that re-read would hand them out a second time.
-            if matches!(cursor, Cursor::New) && Instant::now() >= next_claim {
-                next_claim = Instant::now() + self.claimer.interval();
-                match self.claimer.claim(&self.redis, &self.keys, &self.consumer, permits.len()).await {
-                    Ok(claimed) => {
-                        if !claimed.is_empty() {
-                            tracing::info!(count = claimed.len(), "took over entries left by another worker");
-                            self.shared.metrics.claimed(claimed.len());
-                        }
-                        for claimed in claimed {
-                            let Some(permit) = permits.pop() else { break };
-                            self.spawn(&tracker, claimed.entry, Some(claimed.deliveries), permit);
-                        }
-                    }
-                    Err(e) => self.on_error(&e, "XAUTOCLAIM", &mut backoff, &shutdown).await,
-                }
-                if permits.is_empty() {
-                    continue;
-                }
-            }
-            if Instant::now() >= next_cleanup {
-                next_cleanup = Instant::now() + cleanup_every;
-                match self.claimer.remove_gone_consumers(&self.redis, &self.keys, &self.consumer).await {
-                    Ok(removed) => self.shared.metrics.consumers_removed(removed),
-                    Err(e) => tracing::warn!(error = %e, "cannot look for consumers that are gone"),
-                }
-            }
-
-            // The read in flight is finished even after shutdown, so that
-            // entries Redis hands over are handled rather than stranded as
-            // pending; but a Redis that went away gets only one BLOCK more.
-            let read = self.read(&cursor, permits.len());
+            // What is taken is handled even after shutdown, so that entries
+            // Redis hands over are not stranded as pending; but a Redis
+            // that went away gets only one BLOCK more.
+            let take = self.intake.take(permits.len());
             let stranded = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(self.read_block + Duration::from_secs(1)).await;
             };
-            let entries = match tokio::select! { r = read => r, _ = stranded => break } {
-                Ok(entries) => entries,
+            let taken = match tokio::select! { r = take => r, _ = stranded => break } {
+                Ok(taken) => taken,
                 Err(e) => {
-                    self.on_error(&e, "XREADGROUP", &mut backoff, &shutdown).await;
+                    if postback_common::redis::is_nogroup(&e) {
+                        tracing::warn!(
+                            "consumer group is gone (Redis restarted empty or the stream was deleted); re-creating it"
+                        );
+                        self.group_ready.store(false, Ordering::Release);
+                    } else {
+                        tracing::warn!(error = %e, "cannot take entries from the stream; retrying");
+                        backoff.wait(&shutdown).await;
+                    }
                     continue;
                 }
             };
             backoff.reset();
-            if let Cursor::Pending(after) = &mut cursor {
-                match entries.last() {
-                    Some(last) => *after = last.id.clone(),
-                    None => {
-                        tracing::debug!("own pending entries done; reading new entries");
-                        cursor = Cursor::New;
-                    }
-                }
-            }
-            for (entry, permit) in entries.into_iter().zip(permits) {
-                self.spawn(&tracker, entry, None, permit);
+            debug_assert!(taken.len() <= permits.len(), "every entry taken has a slot");
+            for (taken, permit) in taken.into_iter().zip(permits) {
+                self.sizes.saw(&taken);
+                tracker.spawn(crate::entry::handle(self.shared.clone(), taken, permit));
             }
         }
         tracker.close();
@@ -237,58 +198,5 @@ impl Worker {
             }
         }
         Some(permits)
-    }
-
-    fn spawn(&self, tracker: &TaskTracker, entry: Entry, deliveries: Option<u64>, permit: OwnedSemaphorePermit) {
-        let shared = self.shared.clone();
-        self.sizes.saw(&entry);
-        tracker.spawn(handle(shared, entry, deliveries, permit));
-    }
-
-    async fn on_error(&self, error: &Error, command: &str, backoff: &mut Backoff, shutdown: &CancellationToken) {
-        if postback_common::redis::is_nogroup(error) {
-            tracing::warn!("consumer group is gone (Redis restarted empty or the stream was deleted); re-creating it");
-            self.group_ready.store(false, Ordering::Release);
-        } else {
-            tracing::warn!(error = %error, "{command} failed; retrying");
-            backoff.wait(shutdown).await;
-        }
-    }
-
-    async fn read(&self, cursor: &Cursor, count: usize) -> Result<Vec<Entry>, Error> {
-        let (id, block) = match cursor {
-            // History reads never block.
-            Cursor::Pending(after) => (after.as_str(), None),
-            Cursor::New => (">", Some(self.read_block.as_millis() as u64)),
-        };
-        let reply: Value = self
-            .reader
-            .xreadgroup(&self.keys.group, &self.consumer, Some(count as u64), block, false, &self.keys.stream, id)
-            .await?;
-        Ok(entry::from_reply(reply))
-    }
-}
-
-/// Exponential backoff between failed Redis calls: 100 ms doubling to 2 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(100))
-    }
-}
-
-impl Backoff {
-    async fn wait(&mut self, shutdown: &CancellationToken) {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(self.0) => {}
-        }
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
-    }
-
-    fn reset(&mut self) {
-        *self = Self::default();
     }
 }

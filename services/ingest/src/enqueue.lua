@@ -5,6 +5,7 @@
 -- KEYS[3]  the endpoint records (hash: address -> record)
 -- KEYS[4]  the endpoint reference counts (hash: address -> entries)
 -- KEYS[5]  postbacks in the stream beyond one per entry (string)
+-- KEYS[6]  finished positions of entries (hash: entry id -> bitmap)
 -- ARGV[1]  the largest backlog accepted, in postbacks (0: no limit)
 -- ARGV[2]  R, the number of endpoint records
 -- then R pairs: address, record
@@ -19,9 +20,9 @@
 -- noeviction an out-of-memory Redis refuses the script before it writes.
 local length = redis.call('XLEN', KEYS[1])
 if length == 0 then
-  -- Nothing waits, so nothing is batched: heals a count left behind by an
-  -- entry someone deleted by hand.
-  redis.call('DEL', KEYS[5])
+  -- Nothing waits, so nothing is counted or partly finished: heals what an
+  -- entry someone deleted by hand left behind.
+  redis.call('DEL', KEYS[5], KEYS[6])
 end
 local max = tonumber(ARGV[1])
 if max > 0 then

@@ -160,7 +160,8 @@ impl Enqueuer {
             args.push((entry.postbacks as i64 - 1).into());
             args.push(Value::Bytes(Bytes::from(entry.payload.clone())));
         }
-        let script_keys = [&*keys.stream, &keys.retry, &keys.endpoints, &keys.endpoint_refs, &keys.batched];
+        let script_keys =
+            [&*keys.stream, &keys.retry, &keys.endpoints, &keys.endpoint_refs, &keys.batched, &keys.finished];
         let ids: Vec<String> = match self.script.call(client, &script_keys, args).await {
             Err(e) if e.details().starts_with("BACKLOG") => {
                 let backlog = e.details().split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fred::prelude::*;
 use tempfile::TempDir;
 
@@ -106,32 +107,98 @@ impl RedisServer {
         client
     }
 
-    /// Waits until the default stream (`postbacks`) and its retry schedule
-    /// are both empty: nothing is left to deliver. Panics after `timeout`,
-    /// saying what is left.
+    /// Waits until the default stream (`postbacks`), its group's pending
+    /// list and its retry schedule are all empty: nothing is left to
+    /// deliver, and nothing is held. Panics after `timeout`, saying what is
+    /// left.
     pub async fn wait_nothing_to_deliver(&self, timeout: Duration) {
         let client = self.client().await;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let len: u64 = client.xlen("postbacks").await.expect("XLEN");
             let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
-            if len == 0 && scheduled == 0 {
+            let pending = pending_count(&client).await;
+            if len == 0 && scheduled == 0 && pending == 0 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{len} entries and {scheduled} retries left");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{len} entries ({pending} pending) and {scheduled} retries left"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Asserts that no endpoint record, reference count or batched count is
-    /// left: every version 3 entry that left the stream let go of its
-    /// record exactly once.
+    /// Asserts that no endpoint record, reference count, batched count or
+    /// finished positions are left: every version 3 entry that left the
+    /// stream let go of its record exactly once, and of its record of
+    /// finished postbacks.
     pub async fn assert_no_records_left(&self) {
         let client = self.client().await;
-        for key in ["postbacks:endpoints", "postbacks:endpoints:refs", "postbacks:batched"] {
+        for key in ["postbacks:endpoints", "postbacks:endpoints:refs", "postbacks:batched", "postbacks:finished"] {
             let exists: u32 = client.exists(key).await.expect("EXISTS");
             assert_eq!(exists, 0, "{key} is left behind");
         }
+    }
+
+    /// Recounts what the default stream holds and asserts that the counts
+    /// kept beside it agree exactly: `XLEN + postbacks:batched` is the
+    /// postbacks of its entries not yet finished; `postbacks:finished` has
+    /// fields only for entries in the stream; every endpoint reference
+    /// count is the entries in the stream and whole entries in the
+    /// dead-letter stream that refer to the record, which is there.
+    /// Returns the postbacks waiting.
+    pub async fn assert_counts_exact(&self) -> u64 {
+        use postback_common::wire::{Decoded, decode_entry};
+        use std::collections::HashMap;
+        let client = self.client().await;
+        let entries: Vec<(String, HashMap<String, Bytes>)> =
+            client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+        let finished: HashMap<String, Bytes> = client.hgetall("postbacks:finished").await.expect("HGETALL");
+        let mut refs: HashMap<String, i64> = HashMap::new();
+        let mut waiting = 0u64;
+        for (id, fields) in &entries {
+            let Some(payload) = fields.get("p") else {
+                waiting += 1;
+                continue;
+            };
+            let (count, address) = match decode_entry(payload) {
+                Ok(Decoded::Request(entry)) => (entry.count, Some(entry.endpoint.to_string())),
+                _ => (1, None),
+            };
+            let bits = finished.get(id).map_or(0, |b| {
+                (0..count).filter(|p| b.get(p / 8).is_some_and(|byte| byte & (0x80 >> (p % 8)) != 0)).count()
+            });
+            assert!(bits < count, "entry {id} is still in the stream with all {count} postbacks finished");
+            waiting += (count - bits) as u64;
+            if let Some(address) = address {
+                *refs.entry(address).or_default() += 1;
+            }
+        }
+        for id in finished.keys() {
+            assert!(entries.iter().any(|(e, _)| e == id), "finished positions of {id} outlived their entry");
+        }
+        let dead: Vec<(String, HashMap<String, Bytes>)> =
+            client.xrange("postbacks:dead", "-", "+", None).await.expect("XRANGE dead");
+        for (_, fields) in &dead {
+            if let Some(Ok(Decoded::Request(entry))) = fields.get("p").map(|p| decode_entry(p)) {
+                *refs.entry(entry.endpoint.to_string()).or_default() += 1;
+            }
+        }
+        let len: u64 = client.xlen("postbacks").await.expect("XLEN");
+        let batched: Option<i64> = client.get("postbacks:batched").await.expect("GET");
+        assert_eq!(
+            len as i64 + batched.unwrap_or(0),
+            waiting as i64,
+            "XLEN {len} + postbacks:batched {batched:?} is not the {waiting} postbacks waiting"
+        );
+        let stored: HashMap<String, i64> = client.hgetall("postbacks:endpoints:refs").await.expect("HGETALL refs");
+        assert_eq!(stored, refs, "endpoint reference counts");
+        let records: HashMap<String, Bytes> = client.hgetall("postbacks:endpoints").await.expect("HGETALL");
+        for address in refs.keys() {
+            assert!(records.contains_key(address), "record {address} is referred to but gone");
+        }
+        waiting
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -160,6 +227,15 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Entries pending in the default group, 0 when there is no such group.
+async fn pending_count(client: &Client) -> u64 {
+    let summary: Result<Value, _> = client.xpending("postbacks", "deliver", ()).await;
+    match summary {
+        Ok(Value::Array(parts)) => parts.first().and_then(|v| v.as_u64()).unwrap_or(0),
+        _ => 0,
     }
 }
 

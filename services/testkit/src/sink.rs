@@ -77,6 +77,8 @@ type Responder = dyn Fn(&Received, usize) -> Reply + Send + Sync;
 
 struct Shared {
     received: Mutex<Vec<Received>>,
+    /// When each request (by its index in `received`) was answered.
+    answered: Mutex<Vec<Option<Instant>>>,
     notify: Notify,
     responder: Box<Responder>,
 }
@@ -102,8 +104,12 @@ impl Sink {
 
     /// The same on another loopback address (127.0.0.2, ...).
     pub async fn start_on(ip: &str, responder: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static) -> Self {
-        let shared =
-            Arc::new(Shared { received: Mutex::default(), notify: Notify::new(), responder: Box::new(responder) });
+        let shared = Arc::new(Shared {
+            received: Mutex::default(),
+            answered: Mutex::default(),
+            notify: Notify::new(),
+            responder: Box::new(responder),
+        });
         let app = Router::new().fallback(record).with_state(shared.clone());
         let (addr, task) = crate::serve(ip, app).await;
         Self { addr, shared, task }
@@ -121,6 +127,14 @@ impl Sink {
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().expect("sink lock").clone()
+    }
+
+    /// The requests (by their index in [`received`](Self::received)) not
+    /// answered yet: still waiting, or dropped by their client first.
+    pub fn unanswered(&self) -> Vec<usize> {
+        let received = self.shared.received.lock().expect("sink lock").len();
+        let answered = self.shared.answered.lock().expect("sink lock");
+        (0..received).filter(|i| answered.get(*i).copied().flatten().is_none()).collect()
     }
 
     /// Waits until at least `n` requests have arrived, then returns all of
@@ -156,15 +170,22 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
         body,
         at: Instant::now(),
     };
-    let reply = {
+    let (reply, index) = {
         let mut all = shared.received.lock().expect("sink lock");
         let reply = (shared.responder)(&received, all.len());
         all.push(received);
-        reply
+        (reply, all.len() - 1)
     };
     shared.notify.notify_waiters();
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    {
+        let mut answered = shared.answered.lock().expect("sink lock");
+        if answered.len() <= index {
+            answered.resize(index + 1, None);
+        }
+        answered[index] = Some(Instant::now());
     }
     let mut response = if reply.endless {
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);

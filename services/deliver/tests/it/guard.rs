@@ -38,7 +38,7 @@ async fn a_redirect_from_an_allowed_target_to_a_refused_one_is_not_followed() {
         move |_, _| Reply::status(302).header("location", location.clone()),
         |c| {
             c.allow_private_targets = false;
-            c.target_allow = postback_deliver::guard::AllowList::parse("127.0.0.1").expect("allow list");
+            c.target_allow = postback_deliver::AllowList::parse("127.0.0.1").expect("allow list");
         },
     )
     .await;

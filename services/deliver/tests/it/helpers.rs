@@ -113,19 +113,13 @@ impl Pipeline {
         body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
     }
 
-    /// Waits until the stream is empty and nothing is pending: every entry
-    /// was delivered and acknowledged (XACK + XDEL).
+    /// Waits until nothing is left to deliver (the stream, its pending list
+    /// and the retry schedule are empty), then checks that the counts kept
+    /// beside the stream agree with it.
     pub async fn wait_drained(&self) {
-        let client = self.redis.client().await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let len: u64 = fred::prelude::StreamsInterface::xlen(&client, &self.stream).await.expect("XLEN");
-            if len == 0 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stream still holds {len} entries");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert_eq!(self.stream, "postbacks", "the checks read the default stream");
+        self.redis.wait_nothing_to_deliver(WAIT).await;
+        self.redis.assert_counts_exact().await;
     }
 
     /// Posts a request to ingest; returns the ids on 202, `None` otherwise

@@ -4,7 +4,6 @@
 
 #![allow(clippy::expect_used, missing_docs)]
 
-mod batch;
 mod binary;
 mod delivery;
 mod faults;
@@ -12,5 +11,6 @@ mod guard;
 mod helpers;
 mod metrics;
 mod queue;
+mod request_entries;
 mod retries;
 mod trace;

@@ -63,7 +63,9 @@ async fn a_queue_that_waits_shows_in_the_gauges() {
     for _ in 0..3 {
         p.ingest(&seed_request(&p.target("/slow"))).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The first is at the sink, holding the only slot for 1.5 s: until
+    // then nothing else is read.
+    p.sink.wait_for(1, crate::helpers::WAIT).await;
     let text = p.deliver_metrics().await;
     assert_eq!(expect_metric(&text, "postback_stream_length", &[]), 3.0);
     assert_eq!(expect_metric(&text, "postback_stream_postbacks", &[]), 3.0);

@@ -1,10 +1,12 @@
 //! The queue side: acknowledgement, bad entries, pending recovery, a group
-//! that disappears.
+//! that disappears, consumers that are gone.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::ENTRY_FIELD;
+use postback_common::{Data, Method, Postback, wire};
 use postback_deliver::Deliverer;
 use postback_testkit::{RedisServer, Sink};
 use serde_json::json;
@@ -52,21 +54,28 @@ async fn a_restarted_worker_delivers_its_own_pending_entries() {
     let sink = Sink::start().await;
     let client = redis.client().await;
     // Queue two postbacks, then let consumer "w1" take them without
-    // delivering, as a worker that crashed mid-batch would.
+    // delivering, as a worker that crashed mid-entry would.
     enqueue(&redis, json!({"endpoint": {"method": "GET", "url": format!("{}/p?i={{i}}", sink.base_url())}, "data": [{"i": 1}, {"i": 2}]})).await;
     let _: () = client.xgroup_create("postbacks", "deliver", "0", true).await.expect("group");
     let taken: Value = client.xreadgroup("deliver", "w1", Some(10), None, false, "postbacks", ">").await.expect("read");
     assert!(!matches!(taken, Value::Null));
 
+    // A claim would take a minute: only the re-read of its own pending
+    // entries can deliver them within the wait below.
     let mut config = deliver_config(&redis);
     config.consumer = Some("w1".into());
+    config.claim_idle_ms = 60_000;
     let deliverer = Deliverer::build(config).await.expect("build");
+    let admin = format!("http://{}/metrics", deliverer.admin_addr());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(deliverer.run(shutdown.clone()));
     let got = sink.wait_for(2, WAIT).await;
     let mut targets: Vec<_> = got.iter().map(|r| r.target.clone()).collect();
     targets.sort();
     assert_eq!(targets, ["/p?i=1", "/p?i=2"]);
+    redis.wait_nothing_to_deliver(WAIT).await;
+    let text = reqwest::get(&admin).await.expect("scrape").text().await.expect("text");
+    assert_eq!(postback_testkit::expect_metric(&text, "postback_claimed_total", &[]), 0.0, "nothing was claimed");
     shutdown.cancel();
     task.await.expect("join").expect("run");
 }
@@ -77,51 +86,29 @@ async fn a_lost_group_is_recreated_and_delivery_goes_on() {
     p.ingest(&seed_request(&p.target("/before"))).await;
     p.sink.wait_for(1, WAIT).await;
     let client = p.redis.client().await;
-    let _: () = client.flushall(false).await.expect("FLUSHALL");
-    // The worker's next read gets NOGROUP; it re-creates the group from 0,
-    // so a postback queued right now is not skipped.
-    p.ingest(&seed_request(&p.target("/after"))).await;
+    // Redis loses everything, and a postback arrives before any worker can
+    // create the group again: one transaction, so no worker runs between.
+    // A group created at `$` would skip it.
+    let postback = Postback {
+        id: uuid::Uuid::now_v7(),
+        accepted_at_ms: postback_common::time::now_ms(),
+        method: Method::Get,
+        url: p.target("/after"),
+        data: Data::default(),
+        trace: None,
+    };
+    let trx = client.multi();
+    let _: () = trx.flushall(false).await.expect("queue FLUSHALL");
+    let _: () = trx
+        .xadd("postbacks", false, None, "*", (ENTRY_FIELD, Bytes::from(wire::encode(&postback))))
+        .await
+        .expect("queue XADD");
+    let _: Value = trx.exec(true).await.expect("EXEC");
     let got = p.sink.wait_for(2, WAIT).await;
     assert_eq!(got[1].target, "/after");
+    assert_eq!(got[1].postback_id(), Some(postback.id.to_string().as_str()));
+    p.wait_drained().await;
     p.stop().await;
-}
-
-#[tokio::test]
-async fn an_entry_that_keeps_killing_workers_is_dead_lettered_as_poison() {
-    let redis = RedisServer::start();
-    let sink = Sink::start().await;
-    let client = redis.client().await;
-    let ids =
-        enqueue(&redis, json!({"endpoint": {"method": "GET", "url": format!("{}/x", sink.base_url())}, "data": [{}]}))
-            .await;
-    let _: () = client.xgroup_create("postbacks", "deliver", "0", true).await.expect("group");
-    let taken: Value =
-        client.xreadgroup("deliver", "crashy", Some(1), None, false, "postbacks", ">").await.expect("read");
-    let entries = postback_deliver::entry::from_reply(taken);
-    // As if ten workers had taken it and died: idle for long, delivered 10 times.
-    let xclaim = fred::types::CustomCommand::new_static("XCLAIM", fred::types::ClusterHash::FirstKey, false);
-    let args: Vec<Value> = vec![
-        "postbacks".into(),
-        "deliver".into(),
-        "crashy".into(),
-        0.into(),
-        entries[0].id.as_str().into(),
-        "IDLE".into(),
-        100_000.into(),
-        "RETRYCOUNT".into(),
-        10.into(),
-    ];
-    let _: Value = client.custom(xclaim, args).await.expect("XCLAIM");
-
-    let deliverer = Deliverer::build(deliver_config(&redis)).await.expect("build");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(deliverer.run(shutdown.clone()));
-    let dead = wait_dead(&redis, 1).await;
-    assert_eq!(dead[0]["postback_id"], ids[0]);
-    assert!(dead[0]["reason"].starts_with("poison: handed to workers 11 times"), "{:?}", dead[0]);
-    assert!(sink.received().is_empty(), "poison is not attempted again: {:#?}", sink.received());
-    shutdown.cancel();
-    task.await.expect("join").expect("run");
 }
 
 #[tokio::test]
@@ -130,9 +117,13 @@ async fn consumers_that_are_gone_and_hold_nothing_are_removed() {
     let client = redis.client().await;
     let _: () = client.xgroup_create("postbacks", "deliver", "0", true).await.expect("group");
     let _: i64 = client.xgroup_createconsumer("postbacks", "deliver", "ghost").await.expect("consumer");
+    // "holder" is just as idle, but holds an entry: it must stay.
+    let _: String = client.xadd("postbacks", false, None, "*", (ENTRY_FIELD, "x")).await.expect("XADD");
+    let _: Value = client.xreadgroup("deliver", "holder", Some(1), None, false, "postbacks", ">").await.expect("read");
     let mut config = deliver_config(&redis);
     config.consumer = Some("alive".into());
     config.consumer_gone_ms = 1;
+    config.claim_idle_ms = 60_000;
     let deliverer = Deliverer::build(config).await.expect("build");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(deliverer.run(shutdown.clone()));
@@ -142,6 +133,7 @@ async fn consumers_that_are_gone_and_hold_nothing_are_removed() {
         let text = format!("{info:?}");
         if !text.contains("ghost") {
             assert!(text.contains("alive"), "the worker itself stays: {text}");
+            assert!(text.contains("holder"), "a consumer holding an entry stays: {text}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "ghost consumer never removed: {text}");

@@ -87,7 +87,20 @@ async fn an_entry_whose_endpoint_record_is_gone_is_dead_lettered_whole() {
     assert_eq!(request_entry::postbacks_in(&payloads[0]), 3, "the entry's bytes, as they were");
     p.redis.wait_nothing_to_deliver(WAIT).await;
     assert!(p.sink.received().is_empty(), "nothing can be delivered without its endpoint");
+    let client = p.redis.client().await;
+    let batched: Option<i64> = client.get("postbacks:batched").await.expect("GET");
+    assert_eq!(batched, None, "the entry's two extra postbacks are no longer counted as waiting");
+    let refs: Option<i64> = client.hget("postbacks:endpoints:refs", entry_address(&payloads[0])).await.expect("HGET");
+    assert_eq!(refs, Some(1), "the letter still refers to the record, for a redrive");
     p.stop().await;
+}
+
+/// The endpoint record address a version 3 entry's bytes refer to.
+fn entry_address(payload: &[u8]) -> String {
+    match wire::decode_entry(payload).expect("decodes") {
+        wire::Decoded::Request(entry) => entry.endpoint.to_string(),
+        wire::Decoded::Single(_) => panic!("not version 3"),
+    }
 }
 
 #[tokio::test]

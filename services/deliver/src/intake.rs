@@ -1,0 +1,218 @@
+//! Taking entries into the worker's hands, each with how many times Redis
+//! has handed it to a worker (its delivery count, which XPENDING shows):
+//!
+//! 1. At start, this consumer's own pending entries (`XREADGROUP … 0`):
+//!    what it held when it last stopped, under the same name (the systemd
+//!    units use stable names). Reading them again counts as a delivery.
+//! 2. Then, every claim interval, entries idle longer than
+//!    `POSTBACK_CLAIM_IDLE_MS` with any consumer (XAUTOCLAIM): workers that
+//!    died. That idle time must be longer than any live attempt (the HTTP
+//!    timeout; checked at start-up), or entries still being delivered would
+//!    be taken over and sent twice. Each claim counts as a delivery.
+//! 3. Otherwise new entries (`XREADGROUP … >`), blocking while there are
+//!    none; those have been handed out once.
+//!
+//! Claiming waits until the own pending entries are re-read: claimed
+//! entries join this consumer's pending list, and the re-read would hand
+//! them out a second time. Whatever way an entry came, the same delivery
+//! count decides whether it is poison ([`crate::entry`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use postback_common::keys::Keys;
+use tokio::time::Instant;
+
+use crate::metrics::DeliverMetrics;
+use crate::reply::{self, Entry};
+
+/// An entry taken into the worker's hands.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The entry.
+    pub(crate) entry: Entry,
+    /// How many times Redis has handed it to a worker, this time included.
+    pub(crate) deliveries: u64,
+}
+
+/// Where the next read starts.
+enum Cursor {
+    /// This consumer's own pending entries with ids after this one.
+    Pending(String),
+    /// New entries (`>`).
+    New,
+}
+
+/// Reads, re-reads and claims for one consumer.
+pub(crate) struct Intake {
+    /// Used only for XREADGROUP, which blocks its connection.
+    reader: Client,
+    /// Used for XAUTOCLAIM and XPENDING.
+    redis: Client,
+    keys: Keys,
+    consumer: String,
+    read_block: Duration,
+    cursor: Cursor,
+    claim_cursor: String,
+    claim_idle: Duration,
+    next_claim: Instant,
+    metrics: Arc<DeliverMetrics>,
+}
+
+impl Intake {
+    /// Intake for `consumer`, starting with its own pending entries.
+    pub(crate) fn new(
+        (reader, redis): (Client, Client),
+        keys: Keys,
+        consumer: String,
+        read_block: Duration,
+        claim_idle: Duration,
+        metrics: Arc<DeliverMetrics>,
+    ) -> Self {
+        Self {
+            reader,
+            redis,
+            keys,
+            consumer,
+            read_block,
+            cursor: Cursor::Pending("0".into()),
+            claim_cursor: "0-0".into(),
+            claim_idle,
+            next_claim: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// How often to look for entries to claim.
+    fn claim_interval(&self) -> Duration {
+        (self.claim_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    /// Takes up to `count` entries: own pending ones first, then claimed
+    /// ones when a claim is due, else new ones (waiting up to the read
+    /// block for some to arrive).
+    pub(crate) async fn take(&mut self, count: usize) -> Result<Vec<Taken>, Error> {
+        if let Cursor::Pending(after) = &self.cursor {
+            let entries = self.read(after.clone(), count).await?;
+            match entries.last() {
+                Some(last) => {
+                    self.cursor = Cursor::Pending(last.id.clone());
+                    tracing::info!(count = entries.len(), "re-reading entries this worker held before it restarted");
+                    return self.counted(entries).await;
+                }
+                None => {
+                    tracing::debug!("own pending entries done; reading new entries");
+                    self.cursor = Cursor::New;
+                }
+            }
+        }
+        if Instant::now() >= self.next_claim {
+            self.next_claim = Instant::now() + self.claim_interval();
+            let claimed = self.claim(count).await?;
+            if !claimed.is_empty() {
+                tracing::info!(count = claimed.len(), "took over entries left by another worker");
+                self.metrics.claimed(claimed.len());
+                return self.counted(claimed).await;
+            }
+        }
+        let entries = self.read(">".into(), count).await?;
+        Ok(entries.into_iter().map(|entry| Taken { entry, deliveries: 1 }).collect())
+    }
+
+    /// XREADGROUP from `id`: `>` blocks for new entries, an id reads this
+    /// consumer's own pending entries after it, without blocking.
+    async fn read(&self, id: String, count: usize) -> Result<Vec<Entry>, Error> {
+        let block = (id == ">").then_some(self.read_block.as_millis() as u64);
+        let reply: Value = self
+            .reader
+            .xreadgroup(&self.keys.group, &self.consumer, Some(count as u64), block, false, &self.keys.stream, id)
+            .await?;
+        Ok(reply::from_reply(reply))
+    }
+
+    /// Takes over up to `count` entries idle longer than the claim idle time.
+    async fn claim(&mut self, count: usize) -> Result<Vec<Entry>, Error> {
+        let args: Vec<Value> = vec![
+            self.keys.stream.as_str().into(),
+            self.keys.group.as_str().into(),
+            self.consumer.as_str().into(),
+            (self.claim_idle.as_millis() as i64).into(),
+            self.claim_cursor.as_str().into(),
+            "COUNT".into(),
+            (count as i64).into(),
+        ];
+        let reply: Value =
+            self.redis.custom(CustomCommand::new_static("XAUTOCLAIM", ClusterHash::FirstKey, false), args).await?;
+        let (cursor, entries) = reply::from_autoclaim(reply);
+        self.claim_cursor = cursor;
+        Ok(entries)
+    }
+
+    /// The entries with their delivery counts, read from this consumer's
+    /// pending list (page by page: it may hold other entries between them).
+    async fn counted(&self, entries: Vec<Entry>) -> Result<Vec<Taken>, Error> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
+        let (mut low, mut high) = (first.id.clone(), last.id.clone());
+        for entry in &entries {
+            if id_less(&entry.id, &low) {
+                low = entry.id.clone();
+            }
+            if id_less(&high, &entry.id) {
+                high = entry.id.clone();
+            }
+        }
+        let page = 2 * entries.len() as u64 + 64;
+        let mut counts = std::collections::HashMap::with_capacity(entries.len());
+        let mut start = low;
+        loop {
+            let rows = postback_common::redis::pending_rows(
+                &self.redis,
+                &self.keys,
+                (&start, &high),
+                page,
+                Some(&self.consumer),
+            )
+            .await?;
+            let full = rows.len() as u64 == page;
+            let next = rows.last().map(|row| format!("({}", row.id));
+            counts.extend(rows.into_iter().map(|row| (row.id, row.deliveries)));
+            match next {
+                Some(next) if full => start = next,
+                _ => break,
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                // Not pending with this consumer any more (acknowledged by a
+                // slow worker meanwhile): its finish will find it gone.
+                let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+                Taken { entry, deliveries }
+            })
+            .collect())
+    }
+}
+
+/// Whether stream id `a` comes before `b`.
+fn id_less(a: &str, b: &str) -> bool {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
+    };
+    parse(a) < parse(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_stream_ids_numerically() {
+        assert!(id_less("9-0", "10-0"));
+        assert!(id_less("10-2", "10-10"));
+        assert!(!id_less("10-0", "10-0"));
+        assert!(!id_less("1764288000001-0", "1764288000000-5"));
+    }
+}

@@ -1,0 +1,302 @@
+//! The finish script (`lua/finish.lua`), the only way anything held by a
+//! worker leaves its hands: postbacks delivered, scheduled again or
+//! dead-lettered, each recorded in its entry so that it happens once, and
+//! entries removed with their last postback. The script's header states the
+//! rules; `schemas/wire-format.md` the keys it keeps.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use postback_common::keys::Keys;
+use postback_common::request_entry::EndpointRef;
+use postback_common::script::Script;
+
+/// A stream entry this worker holds, as the script needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// Its stream entry id.
+    pub(crate) id: String,
+    /// Postbacks in it (1 for a single postback, or for an entry that is
+    /// not one).
+    pub(crate) postbacks: usize,
+    /// The endpoint record it refers to (version 3).
+    pub(crate) endpoint: Option<EndpointRef>,
+}
+
+/// Which postbacks of an entry a step finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// The postback at this index (from 0).
+    At(usize),
+    /// All of them: the entry as a whole.
+    Whole,
+}
+
+/// What happens to the postbacks at a position.
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
+    /// Delivered: nothing to keep.
+    Delivered,
+    /// Scheduled again after `delay`, as `member` of the retry schedule.
+    Retry {
+        /// From now.
+        delay: Duration,
+        /// `<attempts>:<first attempt ms>:<postback bytes>`.
+        member: Bytes,
+    },
+    /// Appended to the dead-letter stream with these fields.
+    Dead(Vec<(&'static str, Value)>),
+}
+
+/// What a call did besides its steps.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// Entries removed from the stream (their last postback finished).
+    pub(crate) deleted: u64,
+    /// Entries left alone: another worker took them over meanwhile.
+    pub(crate) taken: Vec<String>,
+    /// Entries left alone: no longer pending at all (finished already, or
+    /// deleted).
+    pub(crate) gone: Vec<String>,
+}
+
+/// Runs the finish script for one consumer.
+pub(crate) struct Ledger {
+    redis: Client,
+    keys: Keys,
+    consumer: String,
+    script: Script,
+}
+
+impl Ledger {
+    /// The ledger of `consumer` on the command client.
+    pub(crate) fn new(redis: Client, keys: Keys, consumer: String) -> Self {
+        Self { redis, keys, consumer, script: Script::new(include_str!("lua/finish.lua")) }
+    }
+
+    /// Records `steps` for the entries they belong to, in one call.
+    pub(crate) async fn record<'a, I>(&self, steps: I) -> Result<Recorded, Error>
+    where
+        I: IntoIterator<Item = (&'a Held, Vec<(Position, Step)>)>,
+    {
+        let mut args: Vec<Value> = vec![self.keys.group.as_str().into(), self.consumer.as_str().into()];
+        for (entry, steps) in steps {
+            args.push(entry.id.as_str().into());
+            args.push((entry.postbacks as i64).into());
+            args.push(entry.endpoint.map_or_else(String::new, |e| e.to_string()).into());
+            args.push((steps.len() as i64).into());
+            for (position, step) in steps {
+                args.push(match position {
+                    Position::At(i) => (i as i64).into(),
+                    Position::Whole => "*".into(),
+                });
+                match step {
+                    Step::Delivered => args.push("a".into()),
+                    Step::Retry { delay, member } => {
+                        args.push("r".into());
+                        args.push((delay.as_millis() as i64).into());
+                        args.push(Value::Bytes(member));
+                    }
+                    Step::Dead(fields) => {
+                        args.push("d".into());
+                        args.push((2 * fields.len() as i64).into());
+                        for (name, value) in fields {
+                            args.push(name.into());
+                            args.push(value);
+                        }
+                    }
+                }
+            }
+        }
+        let keys = &self.keys;
+        let script_keys = [
+            keys.stream.as_str(),
+            &keys.retry,
+            &keys.dead,
+            &keys.endpoints,
+            &keys.endpoint_refs,
+            &keys.batched,
+            &keys.finished,
+        ];
+        let (deleted, taken, gone): (u64, Vec<String>, Vec<String>) =
+            self.script.call(&self.redis, &script_keys, args).await?;
+        Ok(Recorded { deleted, taken, gone })
+    }
+}
+
+/// The positions of an entry already finished, from its bitmap in
+/// `<stream>:finished` (see `lua/finish.lua`).
+pub(crate) fn finished_positions(bits: &[u8], postbacks: usize) -> Vec<bool> {
+    (0..postbacks).map(|p| bits.get(p / 8).is_some_and(|byte| byte & (0x80 >> (p % 8)) != 0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use postback_testkit::RedisServer;
+
+    use super::*;
+
+    /// Queues one request of `items` postbacks through ingest's own code,
+    /// lets consumer `w` take it, and returns it as held.
+    async fn held_entry(redis: &RedisServer, client: &Client, items: usize) -> Held {
+        let mut config = postback_ingest::Config::defaults();
+        config.redis.redis_url = redis.url();
+        let state = postback_ingest::state::AppState::new(client.clone(), config);
+        let data: Vec<_> = (0..items).map(|i| serde_json::json!({"i": i})).collect();
+        let body = serde_json::json!({"endpoint": {"method": "GET", "url": "http://h.example/{i}"}, "data": data});
+        let mut buf = body.to_string().into_bytes();
+        let parsed = postback_ingest::json::parse(&mut buf).expect("json");
+        let postbacks =
+            postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
+                .expect("valid");
+        state.enqueuer.enqueue(client, &state.keys, &postbacks).await.expect("enqueue");
+        // BUSYGROUP from the second entry on.
+        let _: Result<(), _> = client.xgroup_create("postbacks", "deliver", "0", true).await;
+        let reply: Value =
+            client.xreadgroup("deliver", "w", Some(1), None, false, "postbacks", ">").await.expect("read");
+        let entry = crate::reply::from_reply(reply).pop().expect("an entry");
+        let endpoint = match postback_common::wire::decode_entry(entry.payload.as_deref().expect("p")) {
+            Ok(postback_common::wire::Decoded::Request(request)) => Some(request.endpoint),
+            _ => None,
+        };
+        Held { id: entry.id, postbacks: items, endpoint }
+    }
+
+    fn retry() -> Step {
+        Step::Retry { delay: Duration::from_secs(60), member: Bytes::from_static(b"1:0:x") }
+    }
+
+    fn dead() -> Step {
+        Step::Dead(vec![("reason", "rejected: HTTP 404".into()), ("p", Value::Bytes(Bytes::from_static(b"x")))])
+    }
+
+    async fn numbers(client: &Client) -> (u64, u64, u64, Option<i64>) {
+        let len: u64 = client.xlen("postbacks").await.expect("XLEN");
+        let dead: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
+        let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
+        let batched: Option<i64> = client.get("postbacks:batched").await.expect("GET");
+        (len, dead, scheduled, batched)
+    }
+
+    #[tokio::test]
+    async fn each_postback_is_finished_once_and_the_entry_with_the_last() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let entry = held_entry(&redis, &client, 4).await;
+        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let one = |position, step| ledger.record([(&entry, vec![(Position::At(position), step)])]);
+        assert_eq!(numbers(&client).await, (1, 0, 0, Some(3)));
+
+        one(0, Step::Delivered).await.expect("record");
+        assert_eq!(numbers(&client).await, (1, 0, 0, Some(2)));
+        let bits: Bytes = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
+        assert_eq!(finished_positions(&bits, 4), [true, false, false, false]);
+        redis.assert_counts_exact().await;
+
+        // Every step again, as after a reply lost on the way back: nothing more.
+        for _ in 0..2 {
+            one(0, Step::Delivered).await.expect("record");
+            one(1, retry()).await.expect("record");
+            one(2, dead()).await.expect("record");
+            assert_eq!(numbers(&client).await, (1, 1, 1, None));
+            redis.assert_counts_exact().await;
+        }
+
+        let recorded = one(3, Step::Delivered).await.expect("record");
+        assert_eq!(recorded, Recorded { deleted: 1, ..Recorded::default() });
+        assert_eq!(numbers(&client).await, (0, 1, 1, None));
+        redis.assert_no_records_left().await;
+        let again = one(3, Step::Delivered).await.expect("record");
+        assert_eq!(again.gone, std::slice::from_ref(&entry.id), "finished already");
+        assert_eq!(numbers(&client).await, (0, 1, 1, None));
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_no_longer_holds_an_entry_changes_nothing() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let entry = held_entry(&redis, &client, 3).await;
+        let other = Ledger::new(client.clone(), Keys::default(), "other".into());
+        for step in [Step::Delivered, retry(), dead()] {
+            let recorded = other.record([(&entry, vec![(Position::At(0), step)])]).await.expect("record");
+            assert_eq!(recorded.taken, std::slice::from_ref(&entry.id));
+        }
+        let whole = other.record([(&entry, vec![(Position::Whole, dead())])]).await.expect("record");
+        assert_eq!(whole.taken, std::slice::from_ref(&entry.id));
+        assert_eq!(numbers(&client).await, (1, 0, 0, Some(2)));
+        let bits: Option<Bytes> = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
+        assert_eq!(bits, None);
+        redis.assert_counts_exact().await;
+    }
+
+    #[tokio::test]
+    async fn an_entry_dead_lettered_whole_keeps_its_record_for_the_letter() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let entry = held_entry(&redis, &client, 5).await;
+        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        ledger.record([(&entry, vec![(Position::At(4), Step::Delivered)])]).await.expect("record");
+        let recorded = ledger.record([(&entry, vec![(Position::Whole, dead())])]).await.expect("record");
+        assert_eq!(recorded.deleted, 1);
+        assert_eq!(numbers(&client).await, (0, 1, 0, None));
+        let refs: Option<i64> =
+            client.hget("postbacks:endpoints:refs", entry.endpoint.expect("v3").to_string()).await.expect("HGET");
+        assert_eq!(refs, Some(1));
+        let finished: u64 = client.hlen("postbacks:finished").await.expect("HLEN");
+        assert_eq!(finished, 0);
+    }
+
+    #[tokio::test]
+    async fn after_flushall_nothing_is_held_and_nothing_is_written() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let entry = held_entry(&redis, &client, 2).await;
+        let _: () = client.flushall(false).await.expect("FLUSHALL");
+        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        for step in [Step::Delivered, retry(), dead()] {
+            let recorded = ledger.record([(&entry, vec![(Position::At(0), step)])]).await.expect("record");
+            assert_eq!(recorded.gone, std::slice::from_ref(&entry.id));
+        }
+        let keys: u64 = client.dbsize().await.expect("DBSIZE");
+        assert_eq!(keys, 0, "no key was created");
+    }
+
+    #[tokio::test]
+    async fn many_entries_are_recorded_in_one_call_whoever_else_holds_some() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let a = held_entry(&redis, &client, 2).await;
+        let b = held_entry(&redis, &client, 1).await;
+        // A third entry between them, held by another worker.
+        let c = held_entry(&redis, &client, 1).await;
+        let _: Value = client
+            .xclaim("postbacks", "deliver", "other", 0, c.id.as_str(), None, None, None, false, true)
+            .await
+            .expect("XCLAIM");
+        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let delivered = |entry| (entry, vec![(Position::At(0), Step::Delivered)]);
+        let recorded = ledger.record([delivered(&a), delivered(&c), delivered(&b)]).await.expect("record");
+        assert_eq!(recorded, Recorded { deleted: 1, taken: vec![c.id.clone()], gone: Vec::new() });
+        assert_eq!(numbers(&client).await.0, 2, "a (one postback left) and c stay");
+        redis.assert_counts_exact().await;
+    }
+
+    #[tokio::test]
+    async fn ownership_is_found_past_pages_of_other_entries_held() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let mut held = Vec::new();
+        for _ in 0..150 {
+            held.push(held_entry(&redis, &client, 1).await);
+        }
+        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let (first, last) = (&held[0], &held[149]);
+        let steps = [first, last].map(|entry| (entry, vec![(Position::At(0), Step::Delivered)]));
+        let recorded = ledger.record(steps).await.expect("record");
+        assert_eq!(recorded, Recorded { deleted: 2, ..Recorded::default() }, "148 held entries lie between them");
+        redis.assert_counts_exact().await;
+    }
+}

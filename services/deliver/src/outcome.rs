@@ -1,0 +1,156 @@
+//! How a postback's turn ends, and what it leaves behind.
+//!
+//! Every turn ends in one [`Outcome`]: delivered, to be retried after a
+//! delay (with the reason, for the metrics), or dead (with a typed reason).
+//! [`crate::finish`] turns it into one step in Redis. A [`DeadReason`]
+//! prints as the text operators see in `reason` of a dead letter and grep
+//! for in the runbooks; metrics use its [`category`](DeadReason::category).
+
+use std::fmt;
+use std::time::Duration;
+
+/// How a postback's turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The target took it (2xx).
+    Delivered,
+    /// To be attempted again.
+    Retry {
+        /// How long from now.
+        after: Duration,
+        /// Why.
+        reason: RetryReason,
+    },
+    /// Given up.
+    Dead(DeadReason),
+}
+
+impl Outcome {
+    /// The `outcome` of an attempt's log line and metrics.
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead(_) => "dead",
+        }
+    }
+}
+
+/// Why a postback goes back to the retry schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryReason {
+    /// Its attempt failed and another is due.
+    FailedAttempt,
+    /// Its host was at its limit; no attempt was made.
+    HostBusy,
+    /// The worker had no free slot for it in time (a postback of an entry
+    /// that holds several); no attempt was made.
+    WorkerBusy,
+}
+
+impl RetryReason {
+    /// The `reason` label of `postback_retries_scheduled_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RetryReason::FailedAttempt => "failed_attempt",
+            RetryReason::HostBusy => "host_busy",
+            RetryReason::WorkerBusy => "worker_busy",
+        }
+    }
+
+    /// Whether an attempt was made (and counts towards
+    /// `POSTBACK_MAX_ATTEMPTS`).
+    pub(crate) fn attempted(self) -> bool {
+        self == RetryReason::FailedAttempt
+    }
+}
+
+/// Why a postback was given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeadReason {
+    /// A final answer (a 4xx other than 408, 425, 429; a 3xx left after
+    /// redirects), or a postback that cannot be sent at all (its URL).
+    Rejected(String),
+    /// The SSRF guard refused the target or a redirect hop.
+    Refused(String),
+    /// `POSTBACK_MAX_ATTEMPTS` attempts failed.
+    Exhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// What the last one ran into.
+        last: String,
+    },
+    /// Not a postback, or one that keeps killing its workers.
+    Poison(String),
+}
+
+impl DeadReason {
+    /// The `reason` label of `postback_dead_lettered_total`.
+    pub(crate) fn category(&self) -> &'static str {
+        match self {
+            DeadReason::Rejected(_) => "rejected",
+            DeadReason::Refused(_) => "refused",
+            DeadReason::Exhausted { .. } => "exhausted",
+            DeadReason::Poison(_) => "poison",
+        }
+    }
+}
+
+impl fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadReason::Rejected(why) => write!(f, "rejected: {why}"),
+            DeadReason::Refused(why) => write!(f, "refused: {why}"),
+            DeadReason::Exhausted { attempts, last } => write!(f, "gave up after {attempts} attempts; last: {last}"),
+            DeadReason::Poison(why) => write!(f, "poison: {why}"),
+        }
+    }
+}
+
+/// The attempts made on a postback so far: what a retry carries to its next
+/// turn (`attempts`, `first_ms`) and what a dead letter records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Attempts made.
+    pub(crate) attempts: u32,
+    /// When the first was made, ms since the epoch.
+    pub(crate) first_ms: Option<u64>,
+    /// When the last was made.
+    pub(crate) last_ms: Option<u64>,
+    /// The last HTTP status, when a response came.
+    pub(crate) last_status: Option<u16>,
+    /// What the last attempt ran into, when it failed.
+    pub(crate) last_error: Option<String>,
+}
+
+/// A turn's outcome and the tally it leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ending {
+    /// How it ended.
+    pub(crate) outcome: Outcome,
+    /// The attempts so far, this turn's included.
+    pub(crate) tally: Tally,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_reasons_print_as_operators_know_them_and_fall_into_categories() {
+        let cases = [
+            (DeadReason::Rejected("HTTP 404".into()), "rejected: HTTP 404", "rejected"),
+            (DeadReason::Refused("10.0.0.1 is private".into()), "refused: 10.0.0.1 is private", "refused"),
+            (
+                DeadReason::Exhausted { attempts: 3, last: "HTTP 503".into() },
+                "gave up after 3 attempts; last: HTTP 503",
+                "exhausted",
+            ),
+            (DeadReason::Poison("undecodable: bad".into()), "poison: undecodable: bad", "poison"),
+        ];
+        for (reason, text, category) in cases {
+            assert_eq!(reason.to_string(), text);
+            assert_eq!(reason.category(), category);
+        }
+    }
+}
