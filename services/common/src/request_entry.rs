@@ -309,6 +309,13 @@ pub fn postbacks_in(bytes: &[u8]) -> usize {
     peek().unwrap_or(1)
 }
 
+/// Which postbacks of an entry of `postbacks` are finished, from its
+/// bitmap in `<stream>:finished` (position `p` is bit `7 - p % 8` of byte
+/// `p / 8`, as SETBIT numbers bits; see `schemas/wire-format.md`).
+pub fn finished_positions(bits: &[u8], postbacks: usize) -> Vec<bool> {
+    (0..postbacks).map(|p| bits.get(p / 8).is_some_and(|byte| byte & (0x80 >> (p % 8)) != 0)).collect()
+}
+
 /// Decodes a version 3 entry whose array length `len` was read already.
 pub(crate) fn decode(bytes: &[u8], len: u32) -> Result<RequestEntry, WireError> {
     let malformed = |reason: String| WireError::Malformed { version: 3, reason };
@@ -511,6 +518,16 @@ mod tests {
             proptest::prop_assert_eq!(packed.iter().map(|p| p.postbacks).sum::<usize>(), postbacks.len());
             proptest::prop_assert_eq!(unpack(&packed), postbacks);
         }
+    }
+
+    #[test]
+    fn finished_positions_are_numbered_as_setbit_numbers_bits() {
+        // SETBIT k 0 1, SETBIT k 7 1, SETBIT k 9 1
+        let bits = [0b1000_0001, 0b0100_0000];
+        let done = finished_positions(&bits, 12);
+        let positions: Vec<_> = (0..12).filter(|p| done[*p]).collect();
+        assert_eq!(positions, [0, 7, 9]);
+        assert_eq!(finished_positions(&[], 3), [false; 3], "no bitmap: nothing finished");
     }
 
     #[test]

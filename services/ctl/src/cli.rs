@@ -68,7 +68,9 @@ pub enum Dead {
         id: String,
     },
     /// Put dead letters back into the stream as fresh postbacks (attempts
-    /// start again), each exactly once.
+    /// start again), each exactly once. A letter that cannot go back (no
+    /// postback in it, or its endpoint record gone) is named and skipped,
+    /// and the others are redriven all the same (exit code 4).
     Redrive {
         /// Dead letter ids.
         #[arg(required_unless_present = "all", conflicts_with = "all")]

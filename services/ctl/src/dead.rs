@@ -18,6 +18,9 @@ pub enum DeadError {
     /// Redis failed (exit code 1).
     #[error("Redis: {0}")]
     Redis(#[from] Error),
+    /// Some dead letters could not be redriven (exit code 4).
+    #[error("{0}")]
+    Skipped(String),
 }
 
 type Entry = (String, Vec<(String, Bytes)>);
@@ -65,8 +68,27 @@ pub struct Redriven {
     pub entry_id: String,
 }
 
-/// Puts dead letters back into the stream, each exactly once.
-pub async fn redrive(redis: &Client, keys: &Keys, ids: &[String], all: bool) -> Result<Vec<Redriven>, DeadError> {
+/// A dead letter that was not redriven, and why.
+#[derive(Debug)]
+pub struct Skipped {
+    /// The dead letter's id.
+    pub dead_id: String,
+    /// Why not.
+    pub why: String,
+    /// Whether there is no such letter (as opposed to one that cannot go
+    /// back: no postback in it, or its endpoint record gone).
+    pub missing: bool,
+}
+
+/// Puts dead letters back into the stream, each exactly once; those that
+/// cannot be are skipped and returned with the reason, the others still
+/// redriven.
+pub async fn redrive(
+    redis: &Client,
+    keys: &Keys,
+    ids: &[String],
+    all: bool,
+) -> Result<(Vec<Redriven>, Vec<Skipped>), DeadError> {
     let ids: Vec<String> = if all {
         let entries: Vec<Entry> = redis.xrange(&keys.dead, "-", "+", None).await?;
         entries.into_iter().map(|(id, _)| id).collect()
@@ -74,16 +96,18 @@ pub async fn redrive(redis: &Client, keys: &Keys, ids: &[String], all: bool) -> 
         ids.to_vec()
     };
     let script = Script::new(include_str!("lua_redrive.lua"));
-    let mut done = Vec::with_capacity(ids.len());
+    let script_keys = [keys.dead.as_str(), &keys.stream, &keys.endpoints, &keys.batched];
+    let (mut done, mut skipped) = (Vec::with_capacity(ids.len()), Vec::new());
     for id in ids {
-        match script.call::<_, String>(redis, &[&keys.dead, &keys.stream], vec![id.as_str().into()]).await {
+        match script.call::<_, String>(redis, &script_keys, vec![id.as_str().into()]).await {
             Ok(entry_id) => done.push(Redriven { dead_id: id, entry_id }),
-            Err(e) if e.details().starts_with("NOTFOUND") || e.details().starts_with("NOPAYLOAD") => {
-                let what = e.details().split_once(' ').map_or(e.details(), |(_, rest)| rest).to_owned();
-                return Err(DeadError::NotFound(format!("{what} (redriven so far: {})", done.len())));
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => match e.details().split_once(' ') {
+                Some((code @ ("NOTFOUND" | "NOPAYLOAD" | "NORECORD"), why)) => {
+                    skipped.push(Skipped { dead_id: id, why: why.to_owned(), missing: code == "NOTFOUND" })
+                }
+                _ => return Err(e.into()),
+            },
         }
     }
-    Ok(done)
+    Ok((done, skipped))
 }

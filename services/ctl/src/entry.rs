@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::{ENTRY_FIELD, Keys};
-use postback_common::{Postback, entries};
+use postback_common::{Postback, entries, request_entry};
 use serde_json::{Map, Value as Json, json};
 
 use crate::dead::DeadError;
@@ -27,7 +27,7 @@ pub fn postback_json(p: &Postback) -> Json {
 pub async fn payload_json(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Map<String, Json>, Error> {
     let mut out = Map::new();
     match entries::resolve(redis, keys, payload).await? {
-        Ok(postbacks) if postbacks.len() == 1 && postback_common::request_entry::postbacks_in(payload) == 1 => {
+        Ok(postbacks) if postbacks.len() == 1 && request_entry::postbacks_in(payload) == 1 => {
             out.insert("postback".into(), postback_json(&postbacks[0]));
         }
         Ok(postbacks) => {
@@ -55,11 +55,23 @@ pub async fn fields_json(redis: &Client, keys: &Keys, id: String, fields: Vec<(S
     Ok(Json::Object(out))
 }
 
-/// One entry of the stream, its postbacks decoded.
+/// One entry of the stream, its postbacks decoded; for an entry of several
+/// postbacks also `finished`, the positions (from 0) already delivered,
+/// scheduled again or dead-lettered.
 pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadError> {
     let mut entries: Vec<(String, Vec<(String, Bytes)>)> = redis.xrange(&keys.stream, id, id, Some(1)).await?;
     let Some((id, fields)) = entries.pop() else {
         return Err(DeadError::NotFound(format!("no entry {id} in {}", keys.stream)));
     };
-    Ok(fields_json(redis, keys, id, fields).await?)
+    let count = fields.iter().find(|(k, _)| k == ENTRY_FIELD).map_or(1, |(_, p)| request_entry::postbacks_in(p));
+    let bits: Option<Bytes> = if count > 1 { redis.hget(&keys.finished, &id).await? } else { None };
+    let mut shown = fields_json(redis, keys, id, fields).await?;
+    if count > 1
+        && let Json::Object(map) = &mut shown
+    {
+        let done = request_entry::finished_positions(&bits.unwrap_or_default(), count);
+        let finished: Vec<usize> = (0..count).filter(|p| done[*p]).collect();
+        map.insert("finished".into(), finished.into());
+    }
+    Ok(shown)
 }

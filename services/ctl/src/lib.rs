@@ -9,7 +9,9 @@
 //! - [`output`]: tables and JSON.
 //!
 //! Exit codes: 0 done, 1 Redis failed or is unreachable, 2 bad usage,
-//! 3 not found (no such entry or dead letter, no attempts of that postback).
+//! 3 not found (no such entry or dead letter, no attempts of that postback),
+//! 4 some dead letters could not be redriven (each is named; the others
+//! were).
 
 pub mod attempts;
 pub mod cli;
@@ -57,7 +59,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
             Command::Dead(Dead::Show { id }) => output::json(&dead::show(&redis, &keys, &id).await?),
             Command::Dead(Dead::Redrive { ids, all }) => {
-                let done = dead::redrive(&redis, &keys, &ids, all).await?;
+                let (done, skipped) = dead::redrive(&redis, &keys, &ids, all).await?;
                 if cli.json {
                     output::json(&done)
                 } else {
@@ -65,6 +67,17 @@ pub async fn run(cli: Cli) -> ExitCode {
                         println!("redriven {} -> {} {}", r.dead_id, keys.stream, r.entry_id);
                     }
                     println!("{} dead letters redriven", done.len());
+                }
+                for s in &skipped {
+                    eprintln!("skipped {}: {}", s.dead_id, s.why);
+                }
+                if let Some(first) = skipped.first() {
+                    let n = skipped.len();
+                    return Err(if skipped.iter().all(|s| s.missing) {
+                        DeadError::NotFound(format!("{n} of the dead letters were not found ({})", first.why))
+                    } else {
+                        DeadError::Skipped(format!("{n} dead letters could not be redriven (see above)"))
+                    });
                 }
             }
         }
@@ -81,6 +94,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Err(DeadError::Redis(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
+        }
+        Err(DeadError::Skipped(what)) => {
+            eprintln!("error: {what}");
+            ExitCode::from(4)
         }
     }
 }

@@ -107,9 +107,12 @@ async fn dead_letters_are_listed_shown_and_redriven_exactly_once() {
     let len: u64 = client.xlen("postbacks").await.expect("XLEN");
     assert_eq!(len, 4, "and nothing was added the second time");
 
+    // The letter without a postback is named and skipped; the others (none
+    // left here but that one) would still be redriven.
     let no_payload = ctl(&redis, &["dead", "redrive", "--all"]);
-    assert_eq!(no_payload.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&no_payload.stderr).contains("holds no postback"));
+    assert_eq!(no_payload.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&no_payload.stderr);
+    assert!(stderr.contains(&format!("skipped {}: dead letter {} holds no postback", dead[1], dead[1])), "{stderr}");
     let missing = ctl(&redis, &["dead", "show", "1-1"]);
     assert_eq!(missing.status.code(), Some(3));
 }
@@ -211,4 +214,61 @@ async fn entries_are_shown_with_their_postbacks_and_counted_in_postbacks() {
     let missing = ctl(&redis, &["entry", "1-1"]);
     assert_eq!(missing.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no entry 1-1 in postbacks"));
+}
+
+#[tokio::test]
+async fn an_entry_shows_which_of_its_postbacks_are_finished() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (entry_id, _) = queue_request_entry(&client, 10).await;
+    assert_eq!(json(&ctl(&redis, &["entry", &entry_id]))["finished"], serde_json::json!([]));
+    // Positions 1 and 8, as deliver's finish script records them.
+    let _: i64 =
+        client.hset("postbacks:finished", (&entry_id, bytes::Bytes::from_static(&[0x40, 0x80]))).await.expect("HSET");
+    assert_eq!(json(&ctl(&redis, &["entry", &entry_id]))["finished"], serde_json::json!([1, 8]));
+}
+
+#[tokio::test]
+async fn redrive_all_puts_whole_entries_back_counted_and_skips_what_cannot_go_back() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // Two version 3 entries dead-lettered whole (as poison), as deliver's
+    // finish script leaves them: out of the stream, their references kept.
+    let mut letters = Vec::new();
+    for items in [4, 3] {
+        let (entry_id, _) = queue_request_entry(&client, items).await;
+        let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> =
+            client.xrange("postbacks", &entry_id, &entry_id, None).await.expect("XRANGE");
+        let payload = entries[0].1[0].1.clone();
+        let _: i64 = client.xdel("postbacks", &entry_id).await.expect("XDEL");
+        let _: i64 = client.decr_by("postbacks:batched", items - 1).await.expect("DECRBY");
+        let fields = vec![("reason", bytes::Bytes::from_static(b"poison: test")), ("p", payload)];
+        letters
+            .push(client.xadd::<String, _, _, _, _>("postbacks:dead", false, None, "*", fields).await.expect("XADD"));
+    }
+    let nothing = vec![("reason", "poison: entry has no \"p\" field")];
+    let empty: String = client.xadd("postbacks:dead", false, None, "*", nothing).await.expect("XADD");
+    redis.assert_counts_exact().await;
+
+    let out = ctl(&redis, &["--json", "dead", "redrive", "--all"]);
+    assert_eq!(out.status.code(), Some(4), "one letter could not go back");
+    let redriven: Json = serde_json::from_slice(&out.stdout).expect("JSON");
+    let dead_ids: Vec<_> = redriven.as_array().expect("list").iter().map(|r| r["dead_id"].clone()).collect();
+    assert_eq!(dead_ids, [letters[0].as_str(), letters[1].as_str()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("skipped {empty}")));
+    assert_eq!(redis.assert_counts_exact().await, 7, "4 + 3 postbacks wait again");
+
+    // A whole entry whose endpoint record is gone would only be poison
+    // again: it stays where it is, named.
+    let (entry_id, _) = queue_request_entry(&client, 2).await;
+    let entries: Vec<(String, Vec<(String, bytes::Bytes)>)> =
+        client.xrange("postbacks", &entry_id, &entry_id, None).await.expect("XRANGE");
+    let fields = vec![("reason", bytes::Bytes::from_static(b"poison: test")), ("p", entries[0].1[0].1.clone())];
+    let orphan: String = client.xadd("postbacks:dead", false, None, "*", fields).await.expect("XADD");
+    let _: i64 = client.del("postbacks:endpoints").await.expect("DEL");
+    let out = ctl(&redis, &["dead", "redrive", &orphan]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("which is gone from postbacks:endpoints"));
+    let still: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
+    assert_eq!(still, 2, "the letter without a postback and the orphan stay");
 }

@@ -122,7 +122,9 @@ async fn skip_finished(shared: &Shared, unpacked: &mut Unpacked, tally: &Tally) 
     let bits: Result<Option<Bytes>, _> =
         fred::prelude::HashesInterface::hget(&shared.redis, &shared.keys.finished, &held.id).await;
     let done = match bits {
-        Ok(bits) => crate::ledger::finished_positions(bits.as_deref().unwrap_or_default(), held.postbacks),
+        Ok(bits) => {
+            postback_common::request_entry::finished_positions(bits.as_deref().unwrap_or_default(), held.postbacks)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read which postbacks are finished; the entry stays pending and will be handled again");
             return false;

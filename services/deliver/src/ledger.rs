@@ -125,12 +125,6 @@ impl Ledger {
     }
 }
 
-/// The positions of an entry already finished, from its bitmap in
-/// `<stream>:finished` (see `lua/finish.lua`).
-pub(crate) fn finished_positions(bits: &[u8], postbacks: usize) -> Vec<bool> {
-    (0..postbacks).map(|p| bits.get(p / 8).is_some_and(|byte| byte & (0x80 >> (p % 8)) != 0)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -193,7 +187,7 @@ mod tests {
         one(0, Step::Delivered).await.expect("record");
         assert_eq!(numbers(&client).await, (1, 0, 0, Some(2)));
         let bits: Bytes = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
-        assert_eq!(finished_positions(&bits, 4), [true, false, false, false]);
+        assert_eq!(postback_common::request_entry::finished_positions(&bits, 4), [true, false, false, false]);
         redis.assert_counts_exact().await;
 
         // Every step again, as after a reply lost on the way back: nothing more.

@@ -167,7 +167,7 @@ impl RedisServer {
                 _ => (1, None),
             };
             let bits = finished.get(id).map_or(0, |b| {
-                (0..count).filter(|p| b.get(p / 8).is_some_and(|byte| byte & (0x80 >> (p % 8)) != 0)).count()
+                postback_common::request_entry::finished_positions(b, count).into_iter().filter(|done| *done).count()
             });
             assert!(bits < count, "entry {id} is still in the stream with all {count} postbacks finished");
             waiting += (count - bits) as u64;
