@@ -53,6 +53,9 @@ pub struct Keys {
     /// (`<stream>:finished`): entry id → bitmap of positions (see
     /// `schemas/wire-format.md`). A field goes with its entry.
     pub finished: String,
+    /// Prefix of the idempotency records ingest keeps
+    /// (`<stream>:idempotency:`, then the caller's scope, `:` and the key).
+    pub idempotency: String,
 }
 
 impl Keys {
@@ -68,6 +71,7 @@ impl Keys {
             endpoint_refs: format!("{stream}:endpoints:refs"),
             batched: format!("{stream}:batched"),
             finished: format!("{stream}:finished"),
+            idempotency: format!("{stream}:idempotency:"),
             group: group.into(),
             stream,
         }
@@ -100,6 +104,7 @@ mod tests {
         assert_eq!(keys.endpoint_refs, "postbacks:endpoints:refs");
         assert_eq!(keys.batched, "postbacks:batched");
         assert_eq!(keys.finished, "postbacks:finished");
+        assert_eq!(keys.idempotency, "postbacks:idempotency:");
         assert_eq!(keys.with_dead("graveyard").dead, "graveyard");
     }
 }

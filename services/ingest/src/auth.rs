@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::IngestError;
+use crate::idempotency::Caller;
 use crate::state::AppState;
 
 /// The accepted token hashes.
@@ -69,8 +70,16 @@ impl Tokens {
     /// Whether `token` is one of the accepted ones. Every hash is compared,
     /// in constant time, whatever matches.
     pub fn accepts(&self, token: &str) -> bool {
+        self.scope_of(token).is_some()
+    }
+
+    /// The scope of `token` if it is accepted: the first 16 hex digits of
+    /// its SHA-256, as its line in the tokens file starts (idempotency keys
+    /// are kept per scope). Every hash is compared, in constant time.
+    pub fn scope_of(&self, token: &str) -> Option<Caller> {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.0.iter().fold(subtle::Choice::from(0), |found, hash| found | hash.ct_eq(&presented)).into()
+        let found = self.0.iter().fold(subtle::Choice::from(0), |found, hash| found | hash.ct_eq(&presented));
+        bool::from(found).then(|| Caller(crate::idempotency::hex(&presented[..8])))
     }
 }
 
@@ -95,9 +104,13 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    match presented {
-        Some(token) if tokens.accepts(token) => next.run(request).await,
-        _ => {
+    match presented.and_then(|token| tokens.scope_of(token)) {
+        Some(caller) => {
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
             let mut response = IngestError::Unauthorized.into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
@@ -119,6 +132,7 @@ mod tests {
         assert!(!tokens.accepts("Secret"));
         assert!(!tokens.accepts(""));
         assert!(!tokens.accepts(SECRET_HASH), "the hash itself is not a token");
+        assert_eq!(tokens.scope_of("secret").map(|c| c.0), Some(SECRET_HASH[..16].to_owned()));
     }
 
     #[test]

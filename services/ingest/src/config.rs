@@ -40,6 +40,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub wait_replicas: u32,
 
+    /// How long an Idempotency-Key is remembered, in seconds: the same key
+    /// and body within it get the first answer again, nothing queued twice.
+    #[arg(long, env = "POSTBACK_IDEMPOTENCY_TTL_S", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    pub idempotency_ttl_s: u64,
+
     /// Most data items (postbacks) in one request.
     #[arg(long, env = "POSTBACK_MAX_ITEMS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -84,6 +90,16 @@ impl Config {
                 .map_err(|e| postback_common::config::ConfigError::new("POSTBACK_INGEST_TOKENS_FILE", e.detail()))?;
         }
         Ok(())
+    }
+
+    /// The enqueue settings.
+    pub fn enqueue(&self) -> crate::enqueue::Settings {
+        crate::enqueue::Settings {
+            timeout: self.redis_timeout(),
+            max_backlog: self.max_backlog,
+            wait_replicas: self.wait_replicas,
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_s),
+        }
     }
 
     /// The request limits.

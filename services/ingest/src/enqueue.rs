@@ -16,6 +16,9 @@
 //! request is enqueued again as single postbacks, which carry their endpoint
 //! themselves.
 //!
+//! A request with an `Idempotency-Key` is looked up and recorded by the
+//! same script (see [`crate::idempotency`]).
+//!
 //! The command is sent "fail fast" and never re-sent: while the connection is
 //! down it fails at once instead of waiting in the client's queue, because a
 //! command that outlived its 503 and ran after a reconnect would enqueue
@@ -23,6 +26,10 @@
 //!
 //! With `POSTBACK_INGEST_WAIT_REPLICAS` set, a WAIT follows: the 202 then
 //! also means that many replicas hold the postbacks.
+//!
+//! Every failure says whether the postbacks may have been queued
+//! ([`EnqueueError::queued`]): a command that was sent and not answered may
+//! have run, and a WAIT shortfall comes after the write.
 
 use std::time::Duration;
 
@@ -33,12 +40,17 @@ use postback_common::keys::Keys;
 use postback_common::request_entry::{self, Packed};
 use postback_common::script::Script;
 use postback_common::{Postback, wire};
+use uuid::Uuid;
 
-/// Why the postbacks were not enqueued. In every case the caller gets a 503
-/// and nothing was accepted (short of a reply lost after Redis applied it,
-/// which no client can rule out; see the README on at-least-once).
+use crate::idempotency::{Given, Idempotency};
+
+/// Why a request did not get its 202; [`queued`](Self::queued) says
+/// whether its postbacks may be in Redis all the same.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
+    /// The idempotency key was used before for another request body.
+    #[error("the Idempotency-Key was used before for another request")]
+    Reused,
     /// The client has no live connection; not even tried.
     #[error("not connected to Redis")]
     NotConnected,
@@ -50,17 +62,29 @@ pub enum EnqueueError {
         /// The limit.
         max: u64,
     },
+    /// The postbacks are written, but WAIT for the replicas failed.
+    #[error("the replicas could not be asked to confirm the write: {cause}")]
+    WaitFailed {
+        /// Why.
+        cause: fred::error::Error,
+        /// What was queued.
+        given: Given,
+    },
     /// Fewer replicas than `POSTBACK_INGEST_WAIT_REPLICAS` confirmed in time.
-    /// The postbacks are on the primary and will be delivered; the caller
-    /// is told 503 all the same, because the promise asked for is not kept.
+    /// The postbacks are on the primary and will be delivered unless it
+    /// fails first; the caller is told 503, because the promise asked for
+    /// is not kept.
     #[error("only {got} of {want} replicas confirmed the write")]
     Replicas {
         /// Replicas that confirmed.
         got: i64,
         /// Replicas asked for.
         want: u32,
+        /// What was queued (now, or before, for a repeated key).
+        given: Given,
     },
-    /// Redis answered with an error (OOM, read-only replica, timeout...).
+    /// Redis answered with an error (OOM, read-only replica...), or did not
+    /// answer (timeout, connection lost).
     #[error("Redis error: {0}")]
     Redis(#[from] fred::error::Error),
     /// Redis answered, but not with one id per entry.
@@ -73,38 +97,106 @@ pub enum EnqueueError {
     },
 }
 
+/// How much longer than Redis's own WAIT timeout the client waits for its
+/// answer.
+const WAIT_MARGIN: Duration = Duration::from_secs(1);
+
+/// Whether a request's postbacks may be in Redis after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Nothing was written.
+    No,
+    /// Unknown: the command was sent and no answer came.
+    Maybe,
+    /// Written on the primary (the replicas did not confirm in time).
+    Yes,
+}
+
+impl EnqueueError {
+    /// Whether the postbacks may have been queued all the same.
+    pub fn queued(&self) -> Queued {
+        use fred::error::ErrorKind;
+        match self {
+            EnqueueError::Reused | EnqueueError::NotConnected | EnqueueError::BacklogFull { .. } => Queued::No,
+            EnqueueError::Replicas { .. } | EnqueueError::WaitFailed { .. } => Queued::Yes,
+            EnqueueError::Mismatch { .. } => Queued::Maybe,
+            EnqueueError::Redis(e) => match e.kind() {
+                ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => Queued::Maybe,
+                // Redis refused the script before it wrote (OOM, READONLY,
+                // LOADING...).
+                _ => Queued::No,
+            },
+        }
+    }
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The postbacks are queued, in these entries.
+    Queued(Vec<String>),
+    /// The idempotency key was used before for the same body: nothing was
+    /// queued; this is what was given out then.
+    Replayed(Given),
+}
+
 /// Runs the enqueue script (and WAIT, when asked to).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Enqueuer {
     script: Script,
     options: Options,
     max_backlog: u64,
     wait_replicas: u32,
+    idempotency_ttl: Duration,
     timeout: Duration,
 }
 
+/// The enqueuer's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Longest wait for Redis (`POSTBACK_REDIS_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// Refuse work once this many postbacks wait (0: never).
+    pub max_backlog: u64,
+    /// Replicas to wait for (0: none).
+    pub wait_replicas: u32,
+    /// How long idempotency records are kept.
+    pub idempotency_ttl: Duration,
+}
+
 impl Enqueuer {
-    /// An enqueuer whose commands give up after `timeout`, refusing work
-    /// once `max_backlog` postbacks wait (0: never), and waiting for
-    /// `wait_replicas` replicas (0: none).
-    pub fn new(timeout: Duration, max_backlog: u64, wait_replicas: u32) -> Self {
+    /// An enqueuer with these settings.
+    pub fn new(settings: Settings) -> Self {
+        let Settings { timeout, max_backlog, wait_replicas, idempotency_ttl } = settings;
         let options = Options { fail_fast: true, max_attempts: Some(1), timeout: Some(timeout), ..Options::default() };
-        Self { script: Script::new(include_str!("enqueue.lua")), options, max_backlog, wait_replicas, timeout }
+        Self {
+            script: Script::new(include_str!("enqueue.lua")),
+            options,
+            max_backlog,
+            wait_replicas,
+            idempotency_ttl,
+            timeout,
+        }
     }
 
-    /// Appends the postbacks to the stream; returns the entry ids.
+    /// Appends the postbacks to the stream, recording `idempotency` with
+    /// them, unless that key was used before.
     pub async fn enqueue(
         &self,
         client: &Client,
         keys: &Keys,
         postbacks: &[Postback],
-    ) -> Result<Vec<String>, EnqueueError> {
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Enqueued, EnqueueError> {
         if !client.is_connected() {
             return Err(EnqueueError::NotConnected);
         }
         let client = client.with_options(&self.options);
+        let given = Given { first_id: postbacks.first().map_or(Uuid::nil(), |p| p.id), count: postbacks.len() };
+        let key = idempotency.map(|key| (key, key.record(given)));
+        let key = key.as_ref().map(|(k, record)| (*k, record.as_str()));
         let packed = request_entry::pack(postbacks);
-        let ids = match self.append(&client, keys, &packed).await {
+        let enqueued = match self.append(&client, keys, &packed, key).await {
             Err(EnqueueError::Redis(e)) if e.details().starts_with("COLLISION") => {
                 tracing::warn!(
                     error = e.details(),
@@ -114,23 +206,40 @@ impl Enqueuer {
                     .iter()
                     .map(|p| Packed { payload: wire::encode(p), endpoint: None, postbacks: 1 })
                     .collect();
-                self.append(&client, keys, &singles).await?
+                self.append(&client, keys, &singles, key).await?
             }
             other => other?,
         };
         if self.wait_replicas > 0 {
+            let given = match &enqueued {
+                Enqueued::Replayed(earlier) => *earlier,
+                Enqueued::Queued(_) => given,
+            };
+            // Redis answers WAIT when its own timeout is up; the client
+            // waits a little longer, so that a shortfall is told as one.
             let wait = CustomCommand::new_static("WAIT", ClusterHash::Random, true);
             let args: Vec<Value> = vec![(self.wait_replicas as i64).into(), (self.timeout.as_millis() as i64).into()];
-            let got: i64 = client.custom(wait, args).await?;
+            let options = Options { timeout: Some(self.timeout + WAIT_MARGIN), ..self.options.clone() };
+            let got: i64 = match client.with_options(&options).custom(wait, args).await {
+                Ok(got) => got,
+                Err(cause) => return Err(EnqueueError::WaitFailed { cause, given }),
+            };
             if got < i64::from(self.wait_replicas) {
-                return Err(EnqueueError::Replicas { got, want: self.wait_replicas });
+                return Err(EnqueueError::Replicas { got, want: self.wait_replicas, given });
             }
         }
-        Ok(ids)
+        Ok(enqueued)
     }
 
-    /// Runs the script once for `entries`.
-    async fn append(&self, client: &Client, keys: &Keys, entries: &[Packed]) -> Result<Vec<String>, EnqueueError> {
+    /// Runs the script once for `entries`, with the idempotency record key
+    /// and value when the request has a key.
+    async fn append(
+        &self,
+        client: &Client,
+        keys: &Keys,
+        entries: &[Packed],
+        idempotency: Option<(&Idempotency, &str)>,
+    ) -> Result<Enqueued, EnqueueError> {
         let mut records: Vec<(String, &[u8])> = Vec::new();
         let mut numbers = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -148,8 +257,12 @@ impl Enqueuer {
                 }
             });
         }
-        let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * records.len() + 3 * entries.len());
+        let mut args: Vec<Value> = Vec::with_capacity(5 + 2 * records.len() + 3 * entries.len());
         args.push((self.max_backlog as i64).into());
+        let ttl = if idempotency.is_some() { self.idempotency_ttl.as_secs().max(1) as i64 } else { 0 };
+        args.push(ttl.into());
+        args.push(idempotency.map_or("", |(_, record)| record).into());
+        args.push(if self.wait_replicas > 0 { "1" } else { "0" }.into());
         args.push((records.len() as i64).into());
         for (address, record) in &records {
             args.push(address.as_str().into());
@@ -160,18 +273,35 @@ impl Enqueuer {
             args.push((entry.postbacks as i64 - 1).into());
             args.push(Value::Bytes(Bytes::from(entry.payload.clone())));
         }
-        let script_keys =
-            [&*keys.stream, &keys.retry, &keys.endpoints, &keys.endpoint_refs, &keys.batched, &keys.finished];
+        // Without a key, the record's key is never touched; the stream's
+        // name stands in for it.
+        let record_key = idempotency.map_or(keys.stream.as_str(), |(key, _)| key.record_key.as_str());
+        let script_keys = [
+            &*keys.stream,
+            &keys.retry,
+            &keys.endpoints,
+            &keys.endpoint_refs,
+            &keys.batched,
+            &keys.finished,
+            record_key,
+        ];
         let ids: Vec<String> = match self.script.call(client, &script_keys, args).await {
             Err(e) if e.details().starts_with("BACKLOG") => {
                 let backlog = e.details().split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
                 return Err(EnqueueError::BacklogFull { backlog, max: self.max_backlog });
             }
+            Err(e) if e.details().starts_with("REUSED") => return Err(EnqueueError::Reused),
             other => other?,
         };
+        if let [marker, record] = ids.as_slice()
+            && marker == "REPLAY"
+        {
+            let given = Idempotency::given(record).ok_or(EnqueueError::Mismatch { got: 0, want: entries.len() })?;
+            return Ok(Enqueued::Replayed(given));
+        }
         if ids.len() != entries.len() {
             return Err(EnqueueError::Mismatch { got: ids.len(), want: entries.len() });
         }
-        Ok(ids)
+        Ok(Enqueued::Queued(ids))
     }
 }

@@ -37,9 +37,34 @@ pub enum IngestError {
     /// The body could not be read (the client went away, bad chunking...).
     #[error("request body could not be read: {0}")]
     BodyRead(String),
-    /// Redis did not take the postbacks; nothing was accepted.
+    /// Redis did not take the postbacks; nothing was queued.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// Redis did not answer in time: the postbacks may have been queued,
+    /// with these ids.
+    #[error("queue did not answer: {cause}")]
+    OutcomeUnknown {
+        /// What happened.
+        cause: String,
+        /// Whether the request carried an Idempotency-Key.
+        keyed: bool,
+        /// The ids the postbacks have if this request queued them.
+        ids: Vec<String>,
+    },
+    /// The postbacks are queued on the primary, with these ids, but fewer
+    /// replicas than `POSTBACK_INGEST_WAIT_REPLICAS` confirmed them in time.
+    #[error("{cause}")]
+    NotReplicated {
+        /// How many confirmed.
+        cause: String,
+        /// Whether the request carried an Idempotency-Key.
+        keyed: bool,
+        /// The queued postbacks' ids.
+        ids: Vec<String>,
+    },
+    /// The Idempotency-Key was used before for another request body.
+    #[error("this Idempotency-Key was used before, within POSTBACK_IDEMPOTENCY_TTL_S, for a different request body")]
+    IdempotencyKeyReused,
     /// Too many postbacks wait for delivery (`POSTBACK_MAX_BACKLOG`).
     #[error("{0}")]
     BacklogFull(String),
@@ -52,6 +77,16 @@ pub enum IngestError {
     /// No such route.
     #[error("not found")]
     NotFound,
+}
+
+/// What a caller should do after a 503 that may have queued its postbacks.
+fn retry_advice(keyed: bool) -> &'static str {
+    if keyed {
+        "Send the request again with the same Idempotency-Key: if they were queued you get their ids, and \
+         nothing is queued twice"
+    } else {
+        "Sending the request again may deliver them twice; send an Idempotency-Key header to make such retries safe"
+    }
 }
 
 fn first_detail(invalid: &Invalid) -> String {
@@ -76,11 +111,14 @@ pub struct Problem {
     /// For an invalid request: every offending field (capped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<Violation>>,
+    /// When the postbacks are, or may be, queued after all: their ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
 }
 
 impl Problem {
     fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Self {
-        Self { kind, title, status: status.as_u16(), detail, field: None, errors: None }
+        Self { kind, title, status: status.as_u16(), detail, field: None, errors: None, ids: None }
     }
 }
 
@@ -111,7 +149,39 @@ impl IngestError {
                 S::SERVICE_UNAVAILABLE,
                 "/problems/unavailable",
                 "Service unavailable",
-                "the delivery queue is unavailable; nothing was accepted, retry later".into(),
+                "the delivery queue is unavailable; nothing was queued, send the request again later".into(),
+            ),
+            IngestError::OutcomeUnknown { keyed, ids, .. } => Problem {
+                ids: Some(ids.clone()),
+                ..Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "/problems/outcome-unknown",
+                    "Outcome unknown",
+                    format!(
+                        "the delivery queue did not answer in time: the postbacks may have been queued (then with \
+                         the ids given here). {}",
+                        retry_advice(*keyed)
+                    ),
+                )
+            },
+            IngestError::NotReplicated { cause, keyed, ids } => Problem {
+                ids: Some(ids.clone()),
+                ..Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "/problems/not-replicated",
+                    "Not replicated",
+                    format!(
+                        "the postbacks were queued (with the ids given here), but {cause} \
+                         (POSTBACK_INGEST_WAIT_REPLICAS): they will be delivered unless the primary fails first. {}",
+                        retry_advice(*keyed)
+                    ),
+                )
+            },
+            IngestError::IdempotencyKeyReused => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency key reused",
+                format!("{detail}; nothing was queued. Use a new key for a new request"),
             ),
             IngestError::BacklogFull(_) => Problem::new(
                 S::SERVICE_UNAVAILABLE,
@@ -139,6 +209,9 @@ impl IngestError {
             IngestError::BodyRead(_) => "unreadable_body",
             IngestError::TooLarge { .. } => "too_large",
             IngestError::Unavailable(_) => "unavailable",
+            IngestError::OutcomeUnknown { .. } => "outcome_unknown",
+            IngestError::NotReplicated { .. } => "not_replicated",
+            IngestError::IdempotencyKeyReused => "idempotency_key_reused",
             IngestError::BacklogFull(_) => "backlog_full",
             IngestError::Unauthorized => "unauthorized",
             IngestError::MethodNotAllowed => "method_not_allowed",
@@ -154,6 +227,14 @@ impl IntoResponse for IngestError {
                 tracing::warn!(error = %cause, "refused a request: queue unavailable");
                 Some(RETRY_AFTER_SECS)
             }
+            IngestError::OutcomeUnknown { cause, .. } => {
+                tracing::warn!(error = %cause, "answered 503: the queue did not answer; the postbacks may be queued");
+                Some(RETRY_AFTER_SECS)
+            }
+            IngestError::NotReplicated { cause, .. } => {
+                tracing::warn!(error = %cause, "answered 503: the postbacks are queued but not replicated");
+                Some(RETRY_AFTER_SECS)
+            }
             IngestError::BacklogFull(cause) => {
                 tracing::warn!(error = %cause, "refused a request: backlog full");
                 Some(BACKLOG_RETRY_AFTER_SECS)
@@ -161,7 +242,7 @@ impl IntoResponse for IngestError {
             _ => None,
         };
         let mut response = problem_response(&self.problem());
-        response.extensions_mut().insert(crate::metrics::Rejection(self.reason()));
+        response.extensions_mut().insert(crate::metrics::RequestOutcome(self.reason()));
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

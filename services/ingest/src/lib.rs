@@ -8,6 +8,7 @@
 //! - [`json`]: parsing the body (simd-json) into an order-keeping tree.
 //! - [`request`]: validating a request and building its postbacks.
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
+//! - [`idempotency`]: `Idempotency-Key`: the same request answered once.
 //! - [`auth`]: optional bearer tokens.
 //! - [`error`]: problem+json responses.
 //! - [`metrics`]: Prometheus metrics and `GET /metrics`.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod enqueue;
 pub mod error;
+pub mod idempotency;
 pub mod json;
 pub mod metrics;
 pub mod request;

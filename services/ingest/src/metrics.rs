@@ -1,12 +1,14 @@
 //! Ingest's Prometheus metrics and `GET /metrics`.
 //!
 //! - `postback_ingest_requests_total{route, outcome}`: requests to the POST
-//!   routes, by outcome: `accepted` or the rejection (`invalid`,
+//!   routes, by outcome: `accepted`, `replayed` (an Idempotency-Key seen
+//!   before: the first answer again) or the rejection (`invalid`,
 //!   `malformed_json`, `unreadable_body`, `too_large`, `unauthorized`,
-//!   `backlog_full`, `unavailable`).
+//!   `idempotency_key_reused`, `backlog_full`, `unavailable`,
+//!   `outcome_unknown`, `not_replicated`).
 //! - `postback_ingest_postbacks_total{outcome}`: postbacks of valid
-//!   requests: `accepted`, or refused whole with their request
-//!   (`backlog_full`, `unavailable`).
+//!   requests: `accepted`, `replayed` (not queued again), or with their
+//!   request's rejection.
 //! - `postback_ingest_request_duration_seconds{route}`: from the request's
 //!   arrival to its answer, whatever the outcome.
 //! - `postback_ingest_enqueue_duration_seconds`: the enqueue script's round
@@ -32,10 +34,12 @@ use crate::state::AppState;
 /// How long a scrape waits for Redis's PING.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why a request was refused, put on its response by
-/// [`IntoResponse`](crate::error::IngestError) for [`track`] to count.
+/// A request's `outcome` label when it is not plainly `accepted`: why it
+/// was refused (put on its response by
+/// [`IntoResponse`](crate::error::IngestError)), or `replayed`; for
+/// [`track`] to count.
 #[derive(Debug, Clone, Copy)]
-pub struct Rejection(pub &'static str);
+pub struct RequestOutcome(pub &'static str);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -111,8 +115,8 @@ pub async fn track(State(state): State<AppState>, path: Option<MatchedPath>, req
     let started = Instant::now();
     let response = next.run(request).await;
     let route = path.as_ref().map_or("unmatched", |p| p.as_str()).to_owned();
-    let outcome = match response.extensions().get::<Rejection>() {
-        Some(Rejection(reason)) => reason,
+    let outcome = match response.extensions().get::<RequestOutcome>() {
+        Some(RequestOutcome(reason)) => reason,
         None if response.status().is_success() => "accepted",
         None => "other",
     };

@@ -5,7 +5,8 @@
 //! while Redis is down, answering 503 until it is back.
 //! [`Application::run`] serves until the shutdown token is cancelled, then
 //! stops accepting connections, lets every in-flight request finish (each
-//! ends in a 202 after its EXEC, or an error), and closes Redis.
+//! ends in a 202 once its enqueue script has returned, or an error), and
+//! closes Redis.
 
 use std::net::SocketAddr;
 

@@ -43,7 +43,7 @@ impl AppState {
             tokens,
             keys: config.redis.keys(),
             limits: config.limits(),
-            enqueuer: Enqueuer::new(config.redis_timeout(), config.max_backlog, config.wait_replicas),
+            enqueuer: Enqueuer::new(config.enqueue()),
             config,
             metrics: crate::metrics::IngestMetrics::new(),
         }))

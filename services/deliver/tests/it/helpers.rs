@@ -192,7 +192,7 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
     let parsed = postback_ingest::json::parse(&mut buf).expect("json");
     let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
         .expect("valid");
-    state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await.expect("enqueue");
+    state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks, None).await.expect("enqueue");
     postbacks.iter().map(|p| p.id.to_string()).collect()
 }
 

@@ -2,13 +2,16 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use postback_common::request_entry;
 use serde::Serialize;
 use tracing::{Span, field, instrument};
 
-use crate::enqueue::EnqueueError;
+use crate::enqueue::{EnqueueError, Enqueued, Queued};
 use crate::error::IngestError;
+use crate::idempotency::{self, Caller, Given, Idempotency};
 use crate::state::AppState;
 use crate::trace::{self, RequestSpan};
 use crate::{json, request};
@@ -24,14 +27,16 @@ pub struct Accepted {
 }
 
 /// Validates the whole body, enqueues one postback per data item in one
-/// round trip, and answers 202 once Redis holds them all.
+/// round trip, and answers 202 once Redis holds them all; the same 202
+/// again for a repeated `Idempotency-Key` (see [`crate::idempotency`]).
 #[instrument(name = "ingest", skip_all, fields(bytes = field::Empty, postbacks = field::Empty))]
 pub async fn accept(
     State(state): State<AppState>,
     request_span: Option<Extension<RequestSpan>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Accepted>), IngestError> {
+) -> Result<Response, IngestError> {
     let limit = state.config.max_body();
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -40,6 +45,9 @@ pub async fn accept(
     }
     let mut buf = read_body(body, limit).await?;
     Span::current().record("bytes", buf.len());
+    let caller = caller.as_ref().map(|Extension(caller)| caller);
+    let idempotency =
+        Idempotency::from_request(&headers, &buf, &state.keys.idempotency, caller).map_err(IngestError::Invalid)?;
     let parsed = json::parse(&mut buf)?;
     let mut postbacks =
         request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
@@ -49,21 +57,45 @@ pub async fn accept(
         None => None,
     };
     let started = std::time::Instant::now();
-    let enqueued = state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks).await;
+    let enqueued = state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks, idempotency.as_ref()).await;
     state.metrics.enqueued_in(started.elapsed());
-    if let Err(e) = enqueued {
-        trace::failed(producer.as_ref());
-        let error = match e {
-            EnqueueError::BacklogFull { .. } => IngestError::BacklogFull(e.to_string()),
-            other => IngestError::Unavailable(other.to_string()),
-        };
-        state.metrics.postbacks(error.reason(), postbacks.len());
-        return Err(error);
+    let keyed = idempotency.is_some();
+    let (given, replayed) = match enqueued {
+        Ok(Enqueued::Queued(_)) => (Given { first_id: postbacks[0].id, count: postbacks.len() }, false),
+        Ok(Enqueued::Replayed(given)) => (given, true),
+        Err(e) => {
+            trace::failed(producer.as_ref());
+            let error = match (&e, e.queued()) {
+                (EnqueueError::Reused, _) => IngestError::IdempotencyKeyReused,
+                (EnqueueError::BacklogFull { .. }, _) => IngestError::BacklogFull(e.to_string()),
+                (EnqueueError::Replicas { given, .. } | EnqueueError::WaitFailed { given, .. }, _) => {
+                    IngestError::NotReplicated { cause: e.to_string(), keyed, ids: ids_of(*given) }
+                }
+                (_, Queued::No) => IngestError::Unavailable(e.to_string()),
+                (_, Queued::Maybe | Queued::Yes) => {
+                    let ids = ids_of(Given { first_id: postbacks[0].id, count: postbacks.len() });
+                    IngestError::OutcomeUnknown { cause: e.to_string(), keyed, ids }
+                }
+            };
+            state.metrics.postbacks(error.reason(), postbacks.len());
+            return Err(error);
+        }
+    };
+    let outcome = if replayed { "replayed" } else { "accepted" };
+    state.metrics.postbacks(outcome, given.count);
+    tracing::debug!(count = given.count, replayed, "accepted");
+    let accepted = Accepted { accepted: given.count, ids: ids_of(given) };
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if replayed {
+        response.headers_mut().insert(idempotency::REPLAYED_HEADER, HeaderValue::from_static("true"));
+        response.extensions_mut().insert(crate::metrics::RequestOutcome("replayed"));
     }
-    state.metrics.postbacks("accepted", postbacks.len());
-    let ids = postbacks.iter().map(|p| p.id.to_string()).collect();
-    tracing::debug!(count = postbacks.len(), "accepted");
-    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: postbacks.len(), ids })))
+    Ok(response)
+}
+
+/// The ids given out: consecutive from the first.
+fn ids_of(given: Given) -> Vec<String> {
+    (0..given.count).map(|i| request_entry::nth_id(given.first_id, i).to_string()).collect()
 }
 
 /// Reads at most `limit` bytes of body; more is a 413 whatever the headers

@@ -40,10 +40,18 @@ async fn waits_for_replicas_when_asked_to() {
     })
     .await;
     // No replica: the write is on the primary, but the promise asked for is
-    // not kept, so the caller is told 503.
-    let response = app.post("/ingest.php", SEED).await;
+    // not kept, so the caller is told 503, and that the postbacks are queued.
+    let keyed = |app: &TestApp| {
+        app.http.post(format!("{}/ingest.php", app.base)).header("idempotency-key", "r1").body(SEED).send()
+    };
+    let response = keyed(&app).await.expect("send");
     assert_eq!(response.status(), 503);
-    assert!(problem(response).await["type"] == "/problems/unavailable");
+    let body = problem(response).await;
+    assert_eq!(body["type"], "/problems/not-replicated");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.contains("were queued") && detail.contains("only 0 of 1 replicas"), "{detail}");
+    assert!(detail.contains("same Idempotency-Key"), "{detail}");
+    assert_eq!(app.queued().await.len(), 1);
 
     let replica = RedisServer::start_replica_of(&app.redis);
     let client = app.redis.client().await;
@@ -56,8 +64,14 @@ async fn waits_for_replicas_when_asked_to() {
         assert!(tokio::time::Instant::now() < deadline, "replica never came online: {info}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The same request again: its postbacks, now confirmed by the replica,
+    // not queued a second time.
+    let again = keyed(&app).await.expect("send");
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<serde_json::Value>().await.expect("JSON")["ids"], body["ids"]);
     assert_eq!(app.post("/ingest.php", SEED).await.status(), 202);
     let replica_client = replica.client().await;
     let len: u64 = replica_client.xlen("postbacks").await.expect("XLEN");
-    assert_eq!(len, 2, "the replica holds both postbacks");
+    assert_eq!(len, 2, "the replica holds both requests' postbacks, each once");
 }
