@@ -22,7 +22,9 @@
 //! The command is sent "fail fast" and never re-sent: while the connection is
 //! down it fails at once instead of waiting in the client's queue, because a
 //! command that outlived its 503 and ran after a reconnect would enqueue
-//! postbacks the caller was told were refused (and will send again).
+//! postbacks the caller was told were refused (and will send again). Only
+//! before the very first connection is made (the service just started) does
+//! a request wait for it, up to `POSTBACK_REDIS_TIMEOUT_MS`.
 //!
 //! With `POSTBACK_INGEST_WAIT_REPLICAS` set, a WAIT follows: the 202 then
 //! also means that many replicas hold the postbacks.
@@ -31,6 +33,7 @@
 //! ([`EnqueueError::queued`]): a command that was sent and not answered may
 //! have run, and a WAIT shortfall comes after the write.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,6 +152,9 @@ pub struct Enqueuer {
     wait_replicas: u32,
     idempotency_ttl: Duration,
     timeout: Duration,
+    /// Set once Redis has been reached: from then on a request never waits
+    /// for a connection.
+    connected_once: AtomicBool,
 }
 
 /// The enqueuer's settings.
@@ -176,6 +182,7 @@ impl Enqueuer {
             wait_replicas,
             idempotency_ttl,
             timeout,
+            connected_once: AtomicBool::new(false),
         }
     }
 
@@ -189,8 +196,16 @@ impl Enqueuer {
         idempotency: Option<&Idempotency>,
     ) -> Result<Enqueued, EnqueueError> {
         if !client.is_connected() {
-            return Err(EnqueueError::NotConnected);
+            if self.connected_once.load(Ordering::Relaxed) {
+                return Err(EnqueueError::NotConnected);
+            }
+            // The service has just started and is still making its first
+            // connection: wait for it rather than refuse.
+            if tokio::time::timeout(self.timeout, first_connection(client)).await.is_err() {
+                return Err(EnqueueError::NotConnected);
+            }
         }
+        self.connected_once.store(true, Ordering::Relaxed);
         let client = client.with_options(&self.options);
         let given = Given { first_id: postbacks.first().map_or(Uuid::nil(), |p| p.id), count: postbacks.len() };
         let key = idempotency.map(|key| (key, key.record(given)));
@@ -303,5 +318,15 @@ impl Enqueuer {
             return Err(EnqueueError::Mismatch { got: ids.len(), want: entries.len() });
         }
         Ok(Enqueued::Queued(ids))
+    }
+}
+
+/// Returns once the client has made a connection.
+async fn first_connection(client: &Client) {
+    while !client.is_connected() {
+        if client.wait_for_connect().await.is_err() {
+            // A failed attempt; the client tries again on its own.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! [`Application::build`] binds the listener (port 0 works, for tests) and
 //! starts connecting to Redis in the background: the service serves even
-//! while Redis is down, answering 503 until it is back.
+//! while Redis is down (requests that arrive before the first connection
+//! wait for it, up to `POSTBACK_REDIS_TIMEOUT_MS`; later outages answer
+//! 503 at once until Redis is back).
 //! [`Application::run`] serves until the shutdown token is cancelled, then
 //! stops accepting connections, lets every in-flight request finish (each
 //! ends in a 202 once its enqueue script has returned, or an error), and
