@@ -187,7 +187,7 @@ impl IngestError {
                 S::SERVICE_UNAVAILABLE,
                 "/problems/backlog-full",
                 "Backlog full",
-                "delivery is behind and the queue is full; nothing was accepted, retry later".into(),
+                "delivery is behind and the queue is full; nothing was queued, send the request again later".into(),
             ),
             IngestError::Unauthorized => {
                 Problem::new(S::UNAUTHORIZED, "/problems/unauthorized", "Unauthorized", detail)

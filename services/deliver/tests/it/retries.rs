@@ -1,5 +1,5 @@
 //! Failing and hanging endpoints: what is retried, when, and what ends in
-//! the dead-letter stream (fault-injection cases 4, 5 and 8).
+//! the dead-letter stream.
 
 use std::time::Duration;
 
