@@ -99,6 +99,13 @@ pub fn pairs(value: Value) -> Vec<(String, Value)> {
     }
 }
 
+/// A stream entry id (`<ms>-<seq>`) as numbers, to order ids: ids are not
+/// ordered as text (`9-0` comes before `10-0`).
+pub fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// One row of an extended XPENDING reply.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PendingRow {
@@ -146,4 +153,17 @@ pub async fn pending_rows(
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_stream_ids_numerically() {
+        assert!(id_order("9-0") < id_order("10-0"));
+        assert!(id_order("10-2") < id_order("10-10"));
+        assert_eq!(id_order("10-0"), id_order("10-0"));
+        assert!(id_order("1764288000001-0") > id_order("1764288000000-5"));
+    }
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use postback_common::keys::Keys;
+use postback_common::redis::id_order;
 use tokio::time::Instant;
 
 use crate::metrics::DeliverMetrics;
@@ -153,19 +154,13 @@ impl Intake {
     /// The entries with their delivery counts, read from this consumer's
     /// pending list (page by page: it may hold other entries between them).
     async fn counted(&self, entries: Vec<Entry>) -> Result<Vec<Taken>, Error> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
-        let (mut low, mut high) = (first.id.clone(), last.id.clone());
-        for entry in &entries {
-            if id_less(&entry.id, &low) {
-                low = entry.id.clone();
-            }
-            if id_less(&high, &entry.id) {
-                high = entry.id.clone();
-            }
-        }
+        let order = |entry: &&Entry| id_order(&entry.id);
+        let (Some(low), Some(high)) = (entries.iter().min_by_key(order), entries.iter().max_by_key(order)) else {
+            return Ok(Vec::new());
+        };
+        let (mut start, high) = (low.id.clone(), high.id.clone());
         let page = 2 * entries.len() as u64 + 64;
         let mut counts = std::collections::HashMap::with_capacity(entries.len());
-        let mut start = low;
         loop {
             let rows = postback_common::redis::pending_rows(
                 &self.redis,
@@ -192,27 +187,5 @@ impl Intake {
                 Taken { entry, deliveries }
             })
             .collect())
-    }
-}
-
-/// Whether stream id `a` comes before `b`.
-fn id_less(a: &str, b: &str) -> bool {
-    let parse = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
-    };
-    parse(a) < parse(b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn orders_stream_ids_numerically() {
-        assert!(id_less("9-0", "10-0"));
-        assert!(id_less("10-2", "10-10"));
-        assert!(!id_less("10-0", "10-0"));
-        assert!(!id_less("1764288000001-0", "1764288000000-5"));
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
+use postback_common::redis::id_order;
 use postback_common::request_entry::EndpointRef;
 use postback_common::script::Script;
 
@@ -80,7 +81,18 @@ impl Ledger {
     where
         I: IntoIterator<Item = (&'a Held, Vec<(Position, Step)>)>,
     {
-        let mut args: Vec<Value> = vec![self.keys.group.as_str().into(), self.consumer.as_str().into()];
+        let steps: Vec<_> = steps.into_iter().collect();
+        let order = |(entry, _): &&(&Held, _)| id_order(&entry.id);
+        let (Some(low), Some(high)) = (steps.iter().min_by_key(order), steps.iter().max_by_key(order)) else {
+            return Ok(Recorded::default());
+        };
+        let mut args: Vec<Value> = vec![
+            self.keys.group.as_str().into(),
+            self.consumer.as_str().into(),
+            low.0.id.as_str().into(),
+            high.0.id.as_str().into(),
+            (steps.len() as i64).into(),
+        ];
         for (entry, steps) in steps {
             args.push(entry.id.as_str().into());
             args.push((entry.postbacks as i64).into());

@@ -27,6 +27,8 @@
 -- KEYS[7]  finished positions (hash: entry id -> bitmap, see below)
 -- ARGV[1]  the consumer group
 -- ARGV[2]  this worker's consumer name
+-- ARGV[3]  the lowest and ARGV[4] the highest of the entries' ids
+-- ARGV[5]  the number of entries
 -- then for each entry: its id, its number of postbacks, its endpoint record
 --          address ('' for none), the number of operations, the operations
 -- an operation: a position (0-based, or '*' for every postback of the
@@ -41,58 +43,22 @@
 -- The bitmap: position p is bit (7 - p % 8) of byte p // 8, as SETBIT
 -- numbers bits.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function id_less(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, bm = tonumber(am), tonumber(bm)
-  return am < bm or (am == bm and tonumber(as) < tonumber(bs))
-end
-
--- Parse the entries.
-local entries = {}
-local i = 3
-while i <= #ARGV do
-  local e = {id = ARGV[i], count = tonumber(ARGV[i + 1]), address = ARGV[i + 2], ops = {}}
-  local nops = tonumber(ARGV[i + 3])
-  i = i + 4
-  for _ = 1, nops do
-    local op = {pos = ARGV[i], kind = ARGV[i + 1]}
-    if op.kind == 'r' then
-      op.delay, op.member = tonumber(ARGV[i + 2]), ARGV[i + 3]
-      i = i + 4
-    elseif op.kind == 'd' then
-      local n = tonumber(ARGV[i + 2])
-      op.fields = {}
-      for k = 1, n do
-        op.fields[k] = ARGV[i + 2 + k]
-      end
-      i = i + 3 + n
-    else
-      i = i + 2
-    end
-    e.ops[#e.ops + 1] = op
+-- Redis's clock, read once and only if a retry is scheduled.
+local now
+local function due(delay)
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  entries[#entries + 1] = e
-end
-if #entries == 0 then
-  return {0, {}, {}}
+  return now + delay
 end
 
--- Which of them this consumer holds: its pending entries between the
+-- Which of the entries this consumer holds: its pending entries between the
 -- lowest and the highest id, page by page (usually one page).
-local low, high = entries[1].id, entries[1].id
-for _, e in ipairs(entries) do
-  if id_less(e.id, low) then low = e.id end
-  if id_less(high, e.id) then high = e.id end
-end
 local held = {}
-local start = low
-local page = 2 * #entries + 64
+local start, page = ARGV[3], 2 * tonumber(ARGV[5]) + 64
 while true do
-  local rows = redis.pcall('XPENDING', KEYS[1], ARGV[1], start, high, page, ARGV[2])
+  local rows = redis.pcall('XPENDING', KEYS[1], ARGV[1], start, ARGV[4], page, ARGV[2])
   if type(rows) ~= 'table' or rows.err then
     break -- no stream or no group (NOGROUP): nothing is held
   end
@@ -136,38 +102,46 @@ local function store_bits(id, count, done)
   redis.call('HSET', KEYS[7], id, string.char(unpack(bytes)))
 end
 
-local function take_batched(n)
-  if n > 0 and redis.call('DECRBY', KEYS[6], n) <= 0 then
-    redis.call('DEL', KEYS[6])
+-- Entries whose last postback is finished are acknowledged and deleted
+-- together at the end, grouped by the endpoint record whose reference
+-- they give back ('' for none): XDEL says how many of a group it really
+-- deleted, which is what the reference counts need.
+local complete, groups, order = {}, {}, {}
+local function finish_entry(id, group)
+  complete[#complete + 1] = id
+  if not groups[group] then
+    groups[group] = {}
+    order[#order + 1] = group
   end
+  local members = groups[group]
+  members[#members + 1] = id
 end
 
-local function release(address)
-  local left = redis.call('HINCRBY', KEYS[5], address, -1)
-  if left <= 0 then
-    redis.call('HDEL', KEYS[5], address)
-    if left == 0 then
-      redis.call('HDEL', KEYS[4], address)
-    end
+-- Postbacks that stop waiting in the stream beyond one per entry.
+local unbatched = 0
+local taken, gone = {}, {}
+local i = 6
+while i <= #ARGV do
+  local id, count, address, nops = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  local mine = held[id]
+  local done, had, newly, whole_letter
+  if mine then
+    done, had = load_bits(id, count)
+    newly, whole_letter = 0, false
   end
-end
-
-local deleted, taken, gone = 0, {}, {}
-for _, e in ipairs(entries) do
-  if not held[e.id] then
-    local row = redis.pcall('XPENDING', KEYS[1], ARGV[1], e.id, e.id, 1)
-    if type(row) == 'table' and not row.err and row[1] then
-      taken[#taken + 1] = e.id
-    else
-      gone[#gone + 1] = e.id
+  for _ = 1, nops do
+    local pos, kind = ARGV[i], ARGV[i + 1]
+    local width = 2
+    if kind == 'r' then
+      width = 4
+    elseif kind == 'd' then
+      width = 3 + tonumber(ARGV[i + 2])
     end
-  else
-    local done, had = load_bits(e.id, e.count)
-    local newly, whole_letter = 0, false
-    for _, op in ipairs(e.ops) do
-      local first, last = tonumber(op.pos), tonumber(op.pos)
-      if op.pos == '*' then
-        first, last = 0, e.count - 1
+    if mine then
+      local first, last = tonumber(pos), tonumber(pos)
+      if pos == '*' then
+        first, last = 0, count - 1
       end
       local fresh = false
       for p = first, last do
@@ -177,29 +151,52 @@ for _, e in ipairs(entries) do
           fresh = true
         end
       end
-      if fresh then
-        if op.kind == 'r' then
-          redis.call('ZADD', KEYS[2], now + op.delay, op.member)
-        elseif op.kind == 'd' then
-          redis.call('XADD', KEYS[3], '*', unpack(op.fields))
-          whole_letter = whole_letter or op.pos == '*'
-        end
+      if fresh and kind == 'r' then
+        redis.call('ZADD', KEYS[2], due(tonumber(ARGV[i + 2])), ARGV[i + 3])
+      elseif fresh and kind == 'd' then
+        redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 3, i + width - 1))
+        whole_letter = whole_letter or pos == '*'
       end
     end
-    if had + newly >= e.count then
-      redis.call('XACK', KEYS[1], ARGV[1], e.id)
-      local n = redis.call('XDEL', KEYS[1], e.id)
-      deleted = deleted + n
-      if e.count > 1 then
-        redis.call('HDEL', KEYS[7], e.id)
+    i = i + width
+  end
+  if not mine then
+    local row = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    if type(row) == 'table' and not row.err and row[1] then
+      taken[#taken + 1] = id
+    else
+      gone[#gone + 1] = id
+    end
+  elseif had + newly >= count then
+    -- A whole entry in the dead-letter stream still refers to its record.
+    finish_entry(id, (whole_letter and '') or address)
+    if count > 1 then
+      redis.call('HDEL', KEYS[7], id)
+    end
+    unbatched = unbatched + math.max(0, newly - 1)
+  elseif newly > 0 then
+    store_bits(id, count, done)
+    unbatched = unbatched + newly
+  end
+end
+
+if unbatched > 0 and redis.call('DECRBY', KEYS[6], unbatched) <= 0 then
+  redis.call('DEL', KEYS[6])
+end
+local deleted = 0
+if #complete > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(complete))
+  for _, group in ipairs(order) do
+    local n = redis.call('XDEL', KEYS[1], unpack(groups[group]))
+    deleted = deleted + n
+    if n > 0 and group ~= '' then
+      local left = redis.call('HINCRBY', KEYS[5], group, -n)
+      if left <= 0 then
+        redis.call('HDEL', KEYS[5], group)
+        if left == 0 then
+          redis.call('HDEL', KEYS[4], group)
+        end
       end
-      if n > 0 and e.address ~= '' and not whole_letter then
-        release(e.address)
-      end
-      take_batched(newly - 1)
-    elseif newly > 0 then
-      store_bits(e.id, e.count, done)
-      take_batched(newly)
     end
   end
 end
