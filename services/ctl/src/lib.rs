@@ -13,12 +13,12 @@
 //! 4 some dead letters could not be redriven (each is named; the others
 //! were).
 
-pub mod attempts;
+mod attempts;
 pub mod cli;
-pub mod dead;
-pub mod entry;
-pub mod output;
-pub mod queue;
+mod dead;
+mod entry;
+mod output;
+mod queue;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -5,7 +5,7 @@ use postback_common::keys::Keys;
 
 use crate::output;
 
-pub use postback_common::queue_status::{Consumer, Status, status};
+pub use postback_common::queue_status::{Status, status};
 
 /// Prints the status as a table.
 pub fn print_status(status: &Status) {

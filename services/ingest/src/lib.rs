@@ -15,18 +15,18 @@
 //! - [`trace`]: the request and per-postback spans of the trace.
 //! - [`state`]: what the handlers share.
 
-pub mod auth;
-pub mod config;
+mod auth;
+mod config;
 pub mod enqueue;
-pub mod error;
+mod error;
 pub mod idempotency;
 pub mod json;
-pub mod metrics;
+mod metrics;
 pub mod request;
-pub mod routes;
-pub mod startup;
+mod routes;
+mod startup;
 pub mod state;
-pub mod trace;
+mod trace;
 
 pub use config::Config;
 pub use startup::Application;

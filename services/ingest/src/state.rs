@@ -19,15 +19,15 @@ pub struct Inner {
     /// Stream and group names.
     pub keys: Keys,
     /// Accepted bearer tokens, if authentication is on.
-    pub tokens: Option<crate::auth::Tokens>,
+    pub(crate) tokens: Option<crate::auth::Tokens>,
     /// Request limits.
-    pub limits: crate::request::Limits,
+    pub(crate) limits: crate::request::Limits,
     /// Runs the enqueue script.
     pub enqueuer: Enqueuer,
     /// The service's settings.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Prometheus metrics.
-    pub metrics: crate::metrics::IngestMetrics,
+    pub(crate) metrics: crate::metrics::IngestMetrics,
 }
 
 impl AppState {
@@ -37,7 +37,7 @@ impl AppState {
     }
 
     /// Wraps the shared parts, requiring one of `tokens` when given.
-    pub fn with_tokens(redis: Client, config: Config, tokens: Option<crate::auth::Tokens>) -> Self {
+    pub(crate) fn with_tokens(redis: Client, config: Config, tokens: Option<crate::auth::Tokens>) -> Self {
         Self(Arc::new(Inner {
             redis,
             tokens,
