@@ -145,30 +145,50 @@ mod tests {
 
     use super::*;
 
-    /// Queues one request of `items` postbacks through ingest's own code,
-    /// lets consumer `w` take it, and returns it as held.
-    async fn held_entry(redis: &RedisServer, client: &Client, items: usize) -> Held {
-        let mut config = postback_ingest::Config::defaults();
-        config.redis.redis_url = redis.url();
-        let state = postback_ingest::state::AppState::new(client.clone(), config);
-        let data: Vec<_> = (0..items).map(|i| serde_json::json!({"i": i})).collect();
-        let body = serde_json::json!({"endpoint": {"method": "GET", "url": "http://h.example/{i}"}, "data": data});
-        let mut buf = body.to_string().into_bytes();
-        let parsed = postback_ingest::json::parse(&mut buf).expect("json");
-        let postbacks =
-            postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
-                .expect("valid");
-        state.enqueuer.enqueue(client, &state.keys, &postbacks, None).await.expect("enqueue");
-        // BUSYGROUP from the second entry on.
-        let _: Result<(), _> = client.xgroup_create("postbacks", "deliver", "0", true).await;
-        let reply: Value =
-            client.xreadgroup("deliver", "w", Some(1), None, false, "postbacks", ">").await.expect("read");
-        let entry = crate::reply::from_reply(reply).pop().expect("an entry");
-        let endpoint = match postback_common::wire::decode_entry(entry.payload.as_deref().expect("p")) {
-            Ok(postback_common::wire::Decoded::Request(request)) => Some(request.endpoint),
-            _ => None,
-        };
-        Held { id: entry.id, postbacks: items, endpoint }
+    /// A redis-server of the test's own, and a client of it.
+    struct Setup {
+        redis: RedisServer,
+        client: Client,
+    }
+
+    impl Setup {
+        async fn start() -> Self {
+            let redis = RedisServer::start();
+            let client = redis.client().await;
+            Self { redis, client }
+        }
+
+        /// Queues one request of `items` postbacks through ingest's own
+        /// code, lets consumer `w` take it, and returns it as held.
+        async fn held(&self, items: usize) -> Held {
+            let client = &self.client;
+            let mut config = postback_ingest::Config::defaults();
+            config.redis.redis_url = self.redis.url();
+            let state = postback_ingest::state::AppState::new(client.clone(), config);
+            let data: Vec<_> = (0..items).map(|i| serde_json::json!({"i": i})).collect();
+            let body = serde_json::json!({"endpoint": {"method": "GET", "url": "http://h.example/{i}"}, "data": data});
+            let mut buf = body.to_string().into_bytes();
+            let parsed = postback_ingest::json::parse(&mut buf).expect("json");
+            let postbacks =
+                postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
+                    .expect("valid");
+            state.enqueuer.enqueue(client, &state.keys, &postbacks, None).await.expect("enqueue");
+            // BUSYGROUP from the second entry on.
+            let _: Result<(), _> = client.xgroup_create("postbacks", "deliver", "0", true).await;
+            let reply: Value =
+                client.xreadgroup("deliver", "w", Some(1), None, false, "postbacks", ">").await.expect("read");
+            let entry = crate::reply::from_reply(reply).pop().expect("an entry");
+            let endpoint = match postback_common::wire::decode_entry(entry.payload.as_deref().expect("p")) {
+                Ok(postback_common::wire::Decoded::Request(request)) => Some(request.endpoint),
+                _ => None,
+            };
+            Held { id: entry.id, postbacks: items, endpoint }
+        }
+
+        /// The ledger of `consumer`.
+        fn ledger(&self, consumer: &str) -> Ledger {
+            Ledger::new(self.client.clone(), Keys::default(), consumer.into())
+        }
     }
 
     fn retry() -> Step {
@@ -189,15 +209,15 @@ mod tests {
 
     #[tokio::test]
     async fn each_postback_is_finished_once_and_the_entry_with_the_last() {
-        let redis = RedisServer::start();
-        let client = redis.client().await;
-        let entry = held_entry(&redis, &client, 4).await;
-        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let setup = Setup::start().await;
+        let Setup { redis, client } = &setup;
+        let entry = setup.held(4).await;
+        let ledger = setup.ledger("w");
         let one = |position, step| ledger.record([(&entry, vec![(Position::At(position), step)])]);
-        assert_eq!(numbers(&client).await, (1, 0, 0, Some(3)));
+        assert_eq!(numbers(client).await, (1, 0, 0, Some(3)));
 
         one(0, Step::Delivered).await.expect("record");
-        assert_eq!(numbers(&client).await, (1, 0, 0, Some(2)));
+        assert_eq!(numbers(client).await, (1, 0, 0, Some(2)));
         let bits: Bytes = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
         assert_eq!(postback_common::request_entry::finished_positions(&bits, 4), [true, false, false, false]);
         redis.assert_counts_exact().await;
@@ -207,32 +227,32 @@ mod tests {
             one(0, Step::Delivered).await.expect("record");
             one(1, retry()).await.expect("record");
             one(2, dead()).await.expect("record");
-            assert_eq!(numbers(&client).await, (1, 1, 1, None));
+            assert_eq!(numbers(client).await, (1, 1, 1, None));
             redis.assert_counts_exact().await;
         }
 
         let recorded = one(3, Step::Delivered).await.expect("record");
         assert_eq!(recorded, Recorded { deleted: 1, ..Recorded::default() });
-        assert_eq!(numbers(&client).await, (0, 1, 1, None));
+        assert_eq!(numbers(client).await, (0, 1, 1, None));
         redis.assert_no_records_left().await;
         let again = one(3, Step::Delivered).await.expect("record");
         assert_eq!(again.gone, std::slice::from_ref(&entry.id), "finished already");
-        assert_eq!(numbers(&client).await, (0, 1, 1, None));
+        assert_eq!(numbers(client).await, (0, 1, 1, None));
     }
 
     #[tokio::test]
     async fn a_worker_that_no_longer_holds_an_entry_changes_nothing() {
-        let redis = RedisServer::start();
-        let client = redis.client().await;
-        let entry = held_entry(&redis, &client, 3).await;
-        let other = Ledger::new(client.clone(), Keys::default(), "other".into());
+        let setup = Setup::start().await;
+        let Setup { redis, client } = &setup;
+        let entry = setup.held(3).await;
+        let other = setup.ledger("other");
         for step in [Step::Delivered, retry(), dead()] {
             let recorded = other.record([(&entry, vec![(Position::At(0), step)])]).await.expect("record");
             assert_eq!(recorded.taken, std::slice::from_ref(&entry.id));
         }
         let whole = other.record([(&entry, vec![(Position::Whole, dead())])]).await.expect("record");
         assert_eq!(whole.taken, std::slice::from_ref(&entry.id));
-        assert_eq!(numbers(&client).await, (1, 0, 0, Some(2)));
+        assert_eq!(numbers(client).await, (1, 0, 0, Some(2)));
         let bits: Option<Bytes> = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
         assert_eq!(bits, None);
         redis.assert_counts_exact().await;
@@ -240,14 +260,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_dead_lettered_whole_keeps_its_record_for_the_letter() {
-        let redis = RedisServer::start();
-        let client = redis.client().await;
-        let entry = held_entry(&redis, &client, 5).await;
-        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let setup = Setup::start().await;
+        let client = &setup.client;
+        let entry = setup.held(5).await;
+        let ledger = setup.ledger("w");
         ledger.record([(&entry, vec![(Position::At(4), Step::Delivered)])]).await.expect("record");
         let recorded = ledger.record([(&entry, vec![(Position::Whole, dead())])]).await.expect("record");
         assert_eq!(recorded.deleted, 1);
-        assert_eq!(numbers(&client).await, (0, 1, 0, None));
+        assert_eq!(numbers(client).await, (0, 1, 0, None));
         let refs: Option<i64> =
             client.hget("postbacks:endpoints:refs", entry.endpoint.expect("v3").to_string()).await.expect("HGET");
         assert_eq!(refs, Some(1));
@@ -257,11 +277,11 @@ mod tests {
 
     #[tokio::test]
     async fn after_flushall_nothing_is_held_and_nothing_is_written() {
-        let redis = RedisServer::start();
-        let client = redis.client().await;
-        let entry = held_entry(&redis, &client, 2).await;
+        let setup = Setup::start().await;
+        let client = &setup.client;
+        let entry = setup.held(2).await;
         let _: () = client.flushall(false).await.expect("FLUSHALL");
-        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let ledger = setup.ledger("w");
         for step in [Step::Delivered, retry(), dead()] {
             let recorded = ledger.record([(&entry, vec![(Position::At(0), step)])]).await.expect("record");
             assert_eq!(recorded.gone, std::slice::from_ref(&entry.id));
@@ -272,33 +292,33 @@ mod tests {
 
     #[tokio::test]
     async fn many_entries_are_recorded_in_one_call_whoever_else_holds_some() {
-        let redis = RedisServer::start();
-        let client = redis.client().await;
-        let a = held_entry(&redis, &client, 2).await;
-        let b = held_entry(&redis, &client, 1).await;
+        let setup = Setup::start().await;
+        let Setup { redis, client } = &setup;
+        let a = setup.held(2).await;
+        let b = setup.held(1).await;
         // A third entry between them, held by another worker.
-        let c = held_entry(&redis, &client, 1).await;
+        let c = setup.held(1).await;
         let _: Value = client
             .xclaim("postbacks", "deliver", "other", 0, c.id.as_str(), None, None, None, false, true)
             .await
             .expect("XCLAIM");
-        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let ledger = setup.ledger("w");
         let delivered = |entry| (entry, vec![(Position::At(0), Step::Delivered)]);
         let recorded = ledger.record([delivered(&a), delivered(&c), delivered(&b)]).await.expect("record");
         assert_eq!(recorded, Recorded { deleted: 1, taken: vec![c.id.clone()], gone: Vec::new() });
-        assert_eq!(numbers(&client).await.0, 2, "a (one postback left) and c stay");
+        assert_eq!(numbers(client).await.0, 2, "a (one postback left) and c stay");
         redis.assert_counts_exact().await;
     }
 
     #[tokio::test]
     async fn ownership_is_found_past_pages_of_other_entries_held() {
-        let redis = RedisServer::start();
-        let client = redis.client().await;
+        let setup = Setup::start().await;
+        let redis = &setup.redis;
         let mut held = Vec::new();
         for _ in 0..150 {
-            held.push(held_entry(&redis, &client, 1).await);
+            held.push(setup.held(1).await);
         }
-        let ledger = Ledger::new(client.clone(), Keys::default(), "w".into());
+        let ledger = setup.ledger("w");
         let (first, last) = (&held[0], &held[149]);
         let steps = [first, last].map(|entry| (entry, vec![(Position::At(0), Step::Delivered)]));
         let recorded = ledger.record(steps).await.expect("record");

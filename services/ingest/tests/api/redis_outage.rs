@@ -36,27 +36,40 @@ async fn answers_503_while_redis_is_down_and_recovers_by_itself() {
     assert_eq!(app.queued().await.len(), 1, "nothing from the outage was queued");
 }
 
-/// Ingest on `url`, where nothing answers yet.
-async fn ingest_without_redis(
-    url: String,
-    timeout_ms: u64,
-) -> (String, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let mut config = postback_ingest::Config::defaults();
-    config.redis.redis_url = url;
-    config.redis_timeout_ms = timeout_ms;
-    config.addr = "127.0.0.1:0".parse().expect("addr");
-    let app = postback_ingest::Application::build(config).await.expect("builds without Redis");
-    let base = format!("http://{}", app.local_addr());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
-    (base, shutdown, task)
+/// Ingest started while its Redis is down (started once for its port, then
+/// killed).
+struct WithoutRedis {
+    redis: postback_testkit::RedisServer,
+    base: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl WithoutRedis {
+    async fn start(timeout_ms: u64) -> Self {
+        let mut redis = postback_testkit::RedisServer::start();
+        redis.kill();
+        let mut config = postback_ingest::Config::defaults();
+        config.redis.redis_url = redis.url();
+        config.redis_timeout_ms = timeout_ms;
+        config.addr = "127.0.0.1:0".parse().expect("addr");
+        let app = postback_ingest::Application::build(config).await.expect("builds without Redis");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Self { redis, base, shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("join").expect("serve");
+    }
 }
 
 #[tokio::test]
 async fn starts_while_redis_is_down() {
-    let mut redis = postback_testkit::RedisServer::start();
-    redis.kill();
-    let (base, shutdown, task) = ingest_without_redis(redis.url(), 300).await;
+    let mut app = WithoutRedis::start(300).await;
+    let base = app.base.clone();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     assert_eq!(http.get(format!("{base}/readyz")).send().await.expect("serves").status(), 503);
     // No first connection within POSTBACK_REDIS_TIMEOUT_MS: 503, nothing queued.
@@ -66,7 +79,7 @@ async fn starts_while_redis_is_down() {
     assert_eq!(problem(response).await["type"], "/problems/unavailable");
     assert!(started.elapsed() >= Duration::from_millis(300), "waited for the first connection");
 
-    redis.restart();
+    app.redis.restart();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let status = http.get(format!("{base}/readyz")).send().await.expect("serves").status();
@@ -77,15 +90,13 @@ async fn starts_while_redis_is_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(http.post(format!("{base}/ingest.php")).body(SEED).send().await.expect("serves").status(), 202);
-    shutdown.cancel();
-    task.await.expect("join").expect("serve");
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_request_during_the_first_connection_waits_for_it() {
-    let mut redis = postback_testkit::RedisServer::start();
-    redis.kill();
-    let (base, shutdown, task) = ingest_without_redis(redis.url(), 10_000).await;
+    let mut app = WithoutRedis::start(10_000).await;
+    let base = app.base.clone();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
     let request = tokio::spawn({
         let http = http.clone();
@@ -93,11 +104,10 @@ async fn a_request_during_the_first_connection_waits_for_it() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!request.is_finished(), "the request waits for Redis instead of an instant 503");
-    redis.restart();
+    app.redis.restart();
     assert_eq!(request.await.expect("join"), 202);
-    let client = redis.client().await;
+    let client = app.redis.client().await;
     let len: u64 = fred::prelude::StreamsInterface::xlen(&client, "postbacks").await.expect("XLEN");
     assert_eq!(len, 1);
-    shutdown.cancel();
-    task.await.expect("join").expect("serve");
+    app.stop().await;
 }
