@@ -10,7 +10,16 @@
 //! Placeholders are allowed only after the authority (in the path, query or
 //! fragment): a value can choose what to say to the target, never which host
 //! the target is.
+//!
+//! Expansion works within a budget: [`expand_within`] stops before its
+//! output would pass a byte limit and never allocates more than it, and
+//! [`Lengths`] gives the expanded length of a template for any number of
+//! data items in time linear in the template plus the items, without
+//! expanding anything. A template of thousands of placeholders times
+//! values that encode to three times their size therefore costs what its
+//! bytes cost, not their product.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -60,6 +69,9 @@ pub enum TemplateError {
     /// The URL does not parse even with its placeholders filled in.
     #[error("is not a valid URL: {0}")]
     Invalid(String),
+    /// Expanded, it would be longer than the limit given (in bytes).
+    #[error("would expand to more than {0} bytes")]
+    TooLong(usize),
 }
 
 /// Splits a template into literal text and placeholders, failing on the
@@ -129,6 +141,97 @@ pub fn expand(template: &str, data: &Data, default: &str) -> Result<String, Temp
     Ok(out)
 }
 
+/// Like [`expand`], but refuses with [`TemplateError::TooLong`] as soon as
+/// the URL would pass `max` bytes: each piece is measured before it is
+/// written, so the output never grows past `max` and the work done is at
+/// most `max` bytes written plus one value scanned.
+pub fn expand_within(template: &str, data: &Data, default: &str, max: usize) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity((template.len() + 64).min(max));
+    for segment in segments(template) {
+        let room = max - out.len();
+        match segment? {
+            Segment::Literal(text) if text.len() > room => return Err(TemplateError::TooLong(max)),
+            Segment::Literal(text) => out.push_str(text),
+            Segment::Placeholder(key) => {
+                let value = data.get(key).and_then(|v| v.url_text());
+                let text = value.as_deref().unwrap_or(default);
+                if encoded_len_over(text, room) {
+                    return Err(TemplateError::TooLong(max));
+                }
+                let _ = write!(out, "{}", utf8_percent_encode(text, VALUE_ENCODE_SET));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The length of `text` once percent-encoded for a URL.
+pub fn encoded_len(text: &str) -> usize {
+    text.bytes().map(|b| if is_unreserved(b) { 1 } else { 3 }).sum()
+}
+
+/// Whether `text` percent-encoded is longer than `room`, reading no further
+/// than needed to know.
+fn encoded_len_over(text: &str, room: usize) -> bool {
+    if text.len() > room {
+        return true;
+    }
+    let mut len = 0;
+    text.bytes().any(|b| {
+        len += if is_unreserved(b) { 1 } else { 3 };
+        len > room
+    })
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// What the expanded length of a template depends on: its literal bytes
+/// and how often each key appears. Built once per request; then
+/// [`Lengths::expanded_len`] costs one look-up per key of a data item,
+/// however many placeholders the template has.
+#[derive(Debug, Clone)]
+pub struct Lengths<'t> {
+    literal: usize,
+    placeholders: usize,
+    counts: HashMap<&'t str, usize>,
+}
+
+impl<'t> Lengths<'t> {
+    /// Measures `template`; fails where [`segments`] does.
+    pub fn of(template: &'t str) -> Result<Self, TemplateError> {
+        let mut lengths = Self { literal: 0, placeholders: 0, counts: HashMap::new() };
+        for segment in segments(template) {
+            match segment? {
+                Segment::Literal(text) => lengths.literal += text.len(),
+                Segment::Placeholder(key) => {
+                    lengths.placeholders += 1;
+                    *lengths.counts.entry(key).or_default() += 1;
+                }
+            }
+        }
+        Ok(lengths)
+    }
+
+    /// The length of the template expanded with `data`, missing keys and
+    /// nulls getting `default`: exactly `expand(…).len()` when the data has
+    /// no repeated key (a repeated key is counted once per occurrence, so
+    /// the figure is never short).
+    pub fn expanded_len(&self, data: &Data, default: &str) -> u64 {
+        let (mut filled, mut values) = (0u64, 0u64);
+        for (key, value) in &data.0 {
+            let Some(&count) = self.counts.get(key.as_str()) else { continue };
+            if let Some(text) = value.url_text() {
+                filled += count as u64;
+                values += count as u64 * encoded_len(&text) as u64;
+            }
+        }
+        let defaults = (self.placeholders as u64).saturating_sub(filled);
+        self.literal as u64 + values + defaults * encoded_len(default) as u64
+    }
+}
+
 /// Checks, at ingest, that a template will expand into an absolute http(s)
 /// URL whatever the data: balanced braces, a literal scheme and host, and a
 /// URL that parses once its placeholders are filled in.
@@ -181,9 +284,37 @@ pub fn check_fuzz_input(input: &[u8]) {
     let (template, value) = text.split_once('\0').unwrap_or((&text, ""));
     let _ = validate(template);
     let data: Data = [("k", crate::Scalar::Str(value.to_owned()))].into_iter().collect();
-    if let Ok(url) = expand(&format!("http://h/?v={{k}}&{template}"), &data, value) {
+    if let Ok(url) = expand_within(&format!("http://h/?v={{k}}&{template}"), &data, value, 1 << 16) {
         let encoded = url.strip_prefix("http://h/?v=").and_then(|rest| rest.split('&').next()).unwrap_or_default();
         assert!(encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)), "{encoded:?}");
+    }
+}
+
+/// Splits fuzz input at NULs into a template tail and the values of keys
+/// `a`, `b` and `c`, and checks the budgeted expansion against the plain
+/// one: under a small budget it returns the whole URL or refuses, never
+/// something longer, and [`Lengths`] agrees with both. Used by the
+/// `expansion` fuzz target and the regression corpus test.
+pub fn check_expansion_fuzz_input(input: &[u8]) {
+    const MAX: usize = 512;
+    let text = String::from_utf8_lossy(input);
+    let mut parts = text.split('\0');
+    let template = format!("http://h/{}", parts.next().unwrap_or_default());
+    let data: Data =
+        ["a", "b", "c"].into_iter().zip(parts.by_ref()).map(|(k, v)| (k, crate::Scalar::Str(v.into()))).collect();
+    let default = parts.next().unwrap_or_default();
+    let Ok(lengths) = Lengths::of(&template) else {
+        assert!(expand_within(&template, &data, default, MAX).is_err());
+        return;
+    };
+    let measured = lengths.expanded_len(&data, default);
+    match expand_within(&template, &data, default, MAX) {
+        Ok(url) => {
+            assert_eq!(url.len() as u64, measured, "measured length");
+            assert_eq!(expand(&template, &data, default).as_deref(), Ok(url.as_str()));
+        }
+        Err(TemplateError::TooLong(max)) => assert!(measured > max as u64, "refused at {measured} bytes"),
+        Err(e) => panic!("{template:?} segmented once, then failed: {e}"),
     }
 }
 
@@ -258,6 +389,38 @@ mod tests {
     }
 
     #[test]
+    fn expansion_within_a_budget_stops_before_passing_it() {
+        let d = data(&[("a", s("&&&&")), ("n", Scalar::Int(42))]);
+        let template = "http://h/?x={a}&y={n}&z={missing}";
+        let full = expand(template, &d, "~").expect("expand");
+        assert_eq!(full.len(), 33);
+        assert_eq!(expand_within(template, &d, "~", 33).as_deref(), Ok(full.as_str()));
+        for max in [0, 9, 12, 23, 32] {
+            assert_eq!(expand_within(template, &d, "~", max), Err(TemplateError::TooLong(max)), "{max}");
+        }
+        // A hostile template: thousands of placeholders, each worth 12 KiB.
+        let hostile = format!("http://h/{}", "{a}".repeat(2_720));
+        let d = data(&[("a", s(&"&".repeat(4_096)))]);
+        let started = std::time::Instant::now();
+        assert_eq!(expand_within(&hostile, &d, "", 8_192), Err(TemplateError::TooLong(8_192)));
+        assert_eq!(Lengths::of(&hostile).expect("lengths").expanded_len(&d, ""), 9 + 2_720 * 3 * 4_096);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn lengths_agree_with_expansion() {
+        let d = data(&[("a", s("a b")), ("n", Scalar::Null), ("i", Scalar::Int(-7)), ("unused", s("zzz"))]);
+        for template in ["http://h/", "http://h/{a}{a}?{n}&{i}&{missing}#{a}", "http://h/{missing}{missing}"] {
+            for default in ["", "d", "é é"] {
+                let lengths = Lengths::of(template).expect("lengths");
+                let want = expand(template, &d, default).expect("expand").len() as u64;
+                assert_eq!(lengths.expanded_len(&d, default), want, "{template} / {default:?}");
+            }
+        }
+        assert_eq!(Lengths::of("http://h/{a").map(|_| ()), Err(TemplateError::Unclosed(9)));
+    }
+
+    #[test]
     fn validate_accepts_good_templates() {
         for ok in [
             "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}",
@@ -309,6 +472,27 @@ mod tests {
                 }
                 let decoded = percent_encoding::percent_decode_str(encoded).decode_utf8().expect("utf8");
                 prop_assert_eq!(decoded.as_ref(), original.as_str());
+            }
+        }
+
+        /// The budgeted expansion gives the whole URL when it fits and a
+        /// refusal when it does not, and the measured length agrees.
+        #[test]
+        fn budgeted_expansion_agrees_with_expansion(
+            template in "http://h/[a-z{}&%é]{0,40}",
+            values in prop::collection::vec(".{0,8}", 3),
+            max in 0usize..120,
+        ) {
+            let d = data(&[("a", s(&values[0])), ("b", s(&values[1])), ("c", s(&values[2]))]);
+            if let Ok(full) = expand(&template, &d, "~") {
+                let within = expand_within(&template, &d, "~", max);
+                if full.len() <= max {
+                    prop_assert_eq!(within, Ok(full.clone()));
+                } else {
+                    prop_assert_eq!(within, Err(TemplateError::TooLong(max)));
+                }
+                let lengths = Lengths::of(&template).expect("same segments");
+                prop_assert_eq!(lengths.expanded_len(&d, "~"), full.len() as u64);
             }
         }
 

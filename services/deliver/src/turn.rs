@@ -31,14 +31,14 @@ pub(crate) async fn take(shared: &Shared, postback: &Postback, so_far: Tally, en
         tracing::error!(postback_id = %postback.id, reason = %reason, "dead-lettering a postback that cannot be sent");
         Ending { outcome: Outcome::Dead(reason), tally: so_far.clone() }
     };
-    let url = match template::expand(&postback.url, &postback.data, &shared.unmatched_default) {
-        Ok(url) => url,
-        Err(e) => return give_up(DeadReason::Rejected(format!("URL template: {e}"))),
-    };
-    if url.len() > shared.max_url_bytes {
-        let why = format!("URL is {} bytes, over POSTBACK_MAX_URL_BYTES ({})", url.len(), shared.max_url_bytes);
-        return give_up(DeadReason::Rejected(why));
-    }
+    let url =
+        match template::expand_within(&postback.url, &postback.data, &shared.unmatched_default, shared.max_url_bytes) {
+            Ok(url) => url,
+            Err(template::TemplateError::TooLong(max)) => {
+                return give_up(DeadReason::Rejected(format!("URL would be over POSTBACK_MAX_URL_BYTES ({max})")));
+            }
+            Err(e) => return give_up(DeadReason::Rejected(format!("URL template: {e}"))),
+        };
     let parsed = match url::Url::parse(&url) {
         Ok(parsed) => parsed,
         Err(e) => return give_up(DeadReason::Rejected(format!("invalid URL: {e}"))),

@@ -12,6 +12,7 @@
 //! field never passes silently.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use postback_common::{Data, Method, Postback, Scalar, request_entry, template};
@@ -79,12 +80,13 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Resul
         required(endpoint, "endpoint", &mut report).and_then(|value| check_endpoint(value, limits, &mut report));
     let items =
         required(data, "data", &mut report).map(|value| check_data(value, limits, &mut report)).unwrap_or_default();
-    if let Some((_, url)) = endpoint {
+    if let Some(lengths) = endpoint.and_then(|(_, url)| template::Lengths::of(url).ok()) {
         for (i, data) in items.iter().enumerate() {
             // The longest the URL can get before deliver's default for
-            // missing keys, which deliver checks again.
-            let expanded = template::expand(url, data, "").map_or(0, |u| u.len());
-            if expanded > limits.max_url_bytes {
+            // missing keys, which deliver checks again. Measured, not
+            // expanded: linear in the template plus the item.
+            let expanded = lengths.expanded_len(data, "");
+            if expanded > limits.max_url_bytes as u64 {
                 report.add(
                     format!("data[{i}]"),
                     format!(
@@ -202,6 +204,7 @@ fn check_data(value: &Json<'_>, limits: &Limits, report: &mut Report) -> Vec<Dat
             continue;
         }
         let mut data = Vec::with_capacity(pairs.len());
+        let mut seen = HashSet::with_capacity(pairs.len());
         for (key, value) in pairs {
             let too_long = |what: &str, len: usize| {
                 format!("{what} is {len} bytes, over POSTBACK_MAX_VALUE_BYTES ({})", limits.max_value_bytes)
@@ -231,7 +234,7 @@ fn check_data(value: &Json<'_>, limits: &Limits, report: &mut Report) -> Vec<Dat
                     continue;
                 }
             };
-            if data.iter().any(|(k, _): &(String, Scalar)| k == key.as_ref()) {
+            if !seen.insert(key.as_ref()) {
                 report.add(path(&[Cow::Borrowed(at.as_str())], key), "given more than once");
                 continue;
             }
@@ -245,18 +248,28 @@ fn check_data(value: &Json<'_>, limits: &Limits, report: &mut Report) -> Vec<Dat
 /// Runs a raw body through parsing and validation and checks what must
 /// hold whatever the input: a refusal names at least one field, and an
 /// acceptance gives one postback per data item whose postbacks survive the
-/// wire format. Used by the fuzz target and the regression corpus test.
+/// wire format, whose URLs stay within the limit and whose JSON bodies
+/// (what a POST sends) are within a small multiple of the request's size.
+/// Used by the fuzz target and the regression corpus test.
 pub fn check_body(body: &[u8]) {
     let mut buf = body.to_vec();
     let Ok(json) = crate::json::parse(&mut buf) else { return };
-    match postbacks(&json, 0, &Limits::default()) {
+    let limits = Limits::default();
+    match postbacks(&json, 0, &limits) {
         Err(Invalid(violations)) => assert!(!violations.is_empty(), "a refusal names a field"),
         Ok(accepted) => {
             assert!(!accepted.is_empty());
+            let mut json_bytes = 0;
             for postback in &accepted {
                 let decoded = postback_common::wire::decode(&postback_common::wire::encode(postback));
                 assert_eq!(decoded.as_ref().ok(), Some(postback), "wire round trip");
+                let url = template::expand_within(&postback.url, &postback.data, "", limits.max_url_bytes);
+                assert!(url.is_ok(), "an accepted URL expands within the limit: {url:?}");
+                json_bytes += serde_json::to_vec(&postback.data).expect("data is JSON").len();
             }
+            // A number is the one thing that grows on the way out (`1e15`
+            // is written `1000000000000000.0`), by a bounded factor.
+            assert!(json_bytes <= 8 * body.len(), "{json_bytes} bytes of JSON bodies from {} bytes", body.len());
         }
     }
 }

@@ -36,6 +36,14 @@ fn template_regressions() {
 }
 
 #[test]
+fn expansion_regressions() {
+    for (path, input) in inputs("expansion") {
+        println!("{}", path.display());
+        postback_common::template::check_expansion_fuzz_input(&input);
+    }
+}
+
+#[test]
 fn wire_regressions() {
     for (path, input) in inputs("wire") {
         println!("{}", path.display());

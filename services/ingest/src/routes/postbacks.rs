@@ -43,14 +43,18 @@ pub async fn accept(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::TooLarge { limit });
     }
-    let mut buf = read_body(body, limit).await?;
+    let buf = read_body(body, limit).await?;
     Span::current().record("bytes", buf.len());
-    let caller = caller.as_ref().map(|Extension(caller)| caller);
-    let idempotency =
-        Idempotency::from_request(&headers, &buf, &state.keys.idempotency, caller).map_err(IngestError::Invalid)?;
-    let parsed = json::parse(&mut buf)?;
-    let mut postbacks =
-        request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
+    let caller = caller.map(|Extension(caller)| caller);
+    let Examined { idempotency, mut postbacks } = if buf.len() <= INLINE_BODY_BYTES {
+        examine(&headers, buf, &state, caller.as_ref())?
+    } else {
+        let (state, span) = (state.clone(), Span::current());
+        let headers = headers.clone();
+        let examined =
+            tokio::task::spawn_blocking(move || span.in_scope(|| examine(&headers, buf, &state, caller.as_ref())));
+        examined.await.unwrap_or_else(|joined| std::panic::resume_unwind(joined.into_panic()))?
+    };
     Span::current().record("postbacks", postbacks.len());
     let producer = match &request_span {
         Some(Extension(RequestSpan(span))) => trace::producer_span(span, &mut postbacks, &state.keys.stream),
@@ -91,6 +95,34 @@ pub async fn accept(
         response.extensions_mut().insert(crate::metrics::RequestOutcome("replayed"));
     }
     Ok(response)
+}
+
+/// Bodies larger than this are parsed and validated on the blocking pool,
+/// not on the runtime's threads: validation is linear in the body, but a
+/// 1 MiB body still costs milliseconds of CPU, and small requests served
+/// by the same threads would wait for it.
+const INLINE_BODY_BYTES: usize = 64 << 10;
+
+/// A request's body, checked.
+struct Examined {
+    idempotency: Option<Idempotency>,
+    postbacks: Vec<postback_common::Postback>,
+}
+
+/// Reads the Idempotency-Key, parses the body and builds its postbacks:
+/// all the CPU work a request costs before Redis.
+fn examine(
+    headers: &HeaderMap,
+    mut buf: Vec<u8>,
+    state: &AppState,
+    caller: Option<&Caller>,
+) -> Result<Examined, IngestError> {
+    let idempotency =
+        Idempotency::from_request(headers, &buf, &state.keys.idempotency, caller).map_err(IngestError::Invalid)?;
+    let parsed = json::parse(&mut buf)?;
+    let postbacks =
+        request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
+    Ok(Examined { idempotency, postbacks })
 }
 
 /// The ids given out: consecutive from the first.

@@ -1,11 +1,11 @@
 //! The real `postback-ingest` binary: bad settings and signals.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::SEED;
+use crate::helpers::{Process, SEED};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postback-ingest");
+const BIN: &str = Process::BIN;
 
 #[test]
 fn a_bad_setting_names_its_variable_and_exits_non_zero() {
@@ -34,36 +34,14 @@ fn help_lists_every_setting() {
     }
 }
 
-/// The real binary on a free port, ready to serve; killed when dropped.
-async fn spawn_ready(redis: &postback_testkit::RedisServer) -> (tokio::process::Child, String) {
-    let port = postback_testkit::free_port();
-    let child = tokio::process::Command::new(BIN)
-        .env("POSTBACK_REDIS_URL", redis.url())
-        .env("POSTBACK_INGEST_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
-        assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, base)
-}
-
 #[tokio::test]
 async fn sigterm_stops_it_cleanly() {
     let redis = postback_testkit::RedisServer::start();
-    let (mut child, base) = spawn_ready(&redis).await;
+    let mut ingest = Process::spawn(&redis, &[]).await;
     let http = reqwest::Client::new();
-    assert_eq!(http.post(format!("{base}/ingest.php")).body(SEED).send().await.expect("send").status(), 202);
-    let pid = child.id().expect("pid").to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(http.post(format!("{}/ingest.php", ingest.base)).body(SEED).send().await.expect("send").status(), 202);
+    ingest.terminate();
+    assert_eq!(ingest.exit_within(Duration::from_secs(10)).await.code(), Some(0));
 }
 
 /// Fault-injection case 2, ingest side: SIGTERM while requests pour in.
@@ -72,7 +50,8 @@ async fn sigterm_stops_it_cleanly() {
 #[tokio::test]
 async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
     let redis = postback_testkit::RedisServer::start();
-    let (mut child, base) = spawn_ready(&redis).await;
+    let mut ingest = Process::spawn(&redis, &[]).await;
+    let base = ingest.base.clone();
     let http = reqwest::Client::new();
     // Four clients sending as fast as they can.
     let mut load = Vec::new();
@@ -98,10 +77,8 @@ async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = child.id().expect("pid").to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");
-    assert_eq!(status.code(), Some(0));
+    ingest.terminate();
+    assert_eq!(ingest.exit_within(Duration::from_secs(10)).await.code(), Some(0));
     let mut accepted = Vec::new();
     for task in load {
         accepted.extend(task.await.expect("load task"));

@@ -1,4 +1,5 @@
-//! `TestApp`: ingest on 127.0.0.1:0 with its own redis-server.
+//! `TestApp`: ingest on 127.0.0.1:0 with its own redis-server;
+//! `Process`: the real binary on a free port.
 
 use std::time::Duration;
 
@@ -111,4 +112,50 @@ pub async fn problem(response: reqwest::Response) -> serde_json::Value {
     assert_eq!(body["status"], status);
     assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(), "{body}");
     body
+}
+
+/// The real `postback-ingest` binary on a free loopback port, ready to
+/// serve; killed when dropped.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl Process {
+    pub const BIN: &str = env!("CARGO_BIN_EXE_postback-ingest");
+
+    /// Starts the binary against `redis` with `env` added, and waits until
+    /// `/readyz` answers 200.
+    pub async fn spawn(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
+        let port = postback_testkit::free_port();
+        let child = tokio::process::Command::new(Self::BIN)
+            .env("POSTBACK_REDIS_URL", redis.url())
+            .env("POSTBACK_INGEST_ADDR", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while http.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, base }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("pid").to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait()).await.expect("exits in time").expect("wait")
+    }
 }

@@ -9,6 +9,7 @@ mod backpressure;
 mod binary;
 mod guard;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod metrics;
 mod redis_outage;
