@@ -1,6 +1,8 @@
 //! One HTTP delivery attempt of one postback, and its log line.
 //!
 //! GET and DELETE send no body, POST/PUT/PATCH send the data object as JSON.
+//! The only headers sent are fixed ones (`X-Postback-Id`, `Content-Type`,
+//! `User-Agent`): no part of a caller's data ever becomes a header.
 //! Every request carries `X-Postback-Id`, so a receiver can drop the
 //! duplicates that at-least-once delivery allows; the id is the same on every
 //! attempt of a postback.
@@ -13,10 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postback_common::Postback;
 use postback_common::trace_context::TARGET;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use tracing::{Level, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::http::{Egress, Outgoing, SendError};
 use crate::outcome::Outcome;
 use crate::retry::parse_retry_after;
 
@@ -84,32 +87,43 @@ impl Attempt {
     }
 }
 
-/// Sends `postback` once to `url` (its expanded template) with `http`,
-/// keeping at most `log_body_bytes` of the response body.
-pub(crate) async fn send(http: &reqwest::Client, log_body_bytes: usize, postback: &Postback, url: &str) -> Attempt {
+/// Sends `postback` once to `url` (its expanded template) through
+/// `egress`, keeping at most `log_body_bytes` of the response body.
+pub(crate) async fn send(egress: &Egress, log_body_bytes: usize, postback: &Postback, url: &url::Url) -> Attempt {
     let at = SystemTime::now();
     let method = reqwest::Method::from_bytes(postback.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-    let mut request = http.request(method, url);
+    let mut headers = HeaderMap::new();
     match HeaderValue::from_str(&postback.id.to_string()) {
-        Ok(id) => request = request.header(POSTBACK_ID_HEADER, id),
+        Ok(id) => headers.insert(POSTBACK_ID_HEADER, id),
         Err(e) => return Attempt::failed(at, Failure::Unsendable(format!("postback id header: {e}"))),
-    }
+    };
+    let mut body = None;
     if postback.method.has_body() {
         match serde_json::to_vec(&postback.data) {
-            Ok(body) => request = request.header(CONTENT_TYPE, "application/json").body(body),
+            Ok(json) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                body = Some(json.into());
+            }
             Err(e) => return Attempt::failed(at, Failure::Unsendable(format!("JSON body: {e}"))),
         }
     }
     let started = Instant::now();
-    let response = match request.send().await {
+    let response = match egress.send(Outgoing { method, url: url.clone(), headers, body }).await {
         Ok(response) => response,
         Err(e) => {
-            let failure = if let Some(refused) = crate::guard::refused_in(&e) {
-                Failure::Refused(refused.to_string())
-            } else if e.is_builder() || e.is_redirect() {
-                Failure::Unsendable(transport_reason(&e))
-            } else {
-                Failure::Transport(transport_reason(&e))
+            let failure = match e {
+                SendError::Refused(refused) => Failure::Refused(refused.to_string()),
+                SendError::Unresolvable(why) => Failure::Transport(format!("dns: {why}")),
+                SendError::Redirect(why) => Failure::Unsendable(format!("redirect: {why}")),
+                SendError::Client(e) => {
+                    if let Some(refused) = crate::guard::refused_in(&e) {
+                        Failure::Refused(refused.to_string())
+                    } else if e.is_builder() || e.is_redirect() {
+                        Failure::Unsendable(transport_reason(&e))
+                    } else {
+                        Failure::Transport(transport_reason(&e))
+                    }
+                }
             };
             return Attempt { response_time_ms: started.elapsed().as_millis() as u64, ..Attempt::failed(at, failure) };
         }

@@ -115,6 +115,12 @@ pub struct Config {
           value_parser = parse_allow_list)]
     pub target_allow: AllowList,
 
+    /// Send every attempt through this proxy (an http://, https:// or
+    /// socks5:// URL), e.g. for fixed egress addresses or an SSRF-filtering
+    /// proxy. Proxy variables in the environment are always ignored.
+    #[arg(long, env = "POSTBACK_EGRESS_PROXY", value_parser = parse_proxy)]
+    pub egress_proxy: Option<url::Url>,
+
     /// Redirects followed per attempt (each hop is checked by the guard).
     #[arg(long, env = "POSTBACK_MAX_REDIRECTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=20))]
@@ -133,6 +139,20 @@ pub struct Config {
 
 fn parse_allow_list(text: &str) -> Result<AllowList, String> {
     AllowList::parse(text)
+}
+
+fn parse_proxy(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+        return Err(format!("{text:?} must be an http://, https:// or socks5:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{text:?} has no host"));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(format!("{text:?}: a proxy URL is scheme://[user:password@]host:port, nothing after"));
+    }
+    Ok(url)
 }
 
 impl Config {
@@ -214,6 +234,16 @@ mod tests {
         assert_eq!(config.validate().map_err(|e| e.setting), Err("POSTBACK_CLAIM_IDLE_MS"));
         config.claim_idle_ms = 5_001;
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_egress_proxy_is_one_http_or_socks_url() {
+        for ok in ["http://proxy:3128", "https://user:pw@proxy.internal:443/", "socks5://127.0.0.1:1080"] {
+            assert!(parse_proxy(ok).is_ok(), "{ok}");
+        }
+        for bad in ["proxy:3128", "ftp://proxy:21", "http://", "http://proxy:3128/path", "http://proxy?x=1", ""] {
+            assert!(parse_proxy(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

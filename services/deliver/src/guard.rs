@@ -14,6 +14,9 @@
 //! resolver, so they are checked before sending ([`Guard::check_url`]), and
 //! so is every redirect hop.
 //!
+//! Through an egress proxy the client never resolves a target; how the
+//! guard works then is told in [`crate::http`].
+//!
 //! Operators can allow hosts or networks (`POSTBACK_TARGET_ALLOW`), and
 //! `POSTBACK_ALLOW_PRIVATE_TARGETS=true` turns the guard off (local
 //! development and tests only).
@@ -194,6 +197,11 @@ impl Guard {
         }
     }
 
+    /// Whether the operator allowed this host name by name.
+    pub(crate) fn allows_name(&self, host: &str) -> bool {
+        self.allow.allows_host(host)
+    }
+
     /// Checks a URL whose host is an IP literal (names are checked when
     /// they are resolved). Other URLs pass.
     pub(crate) fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
@@ -210,22 +218,29 @@ impl Guard {
 /// the connection exactly the addresses it checked.
 pub(crate) struct GuardedResolver {
     guard: Arc<Guard>,
+    exempt: Option<String>,
 }
 
 impl GuardedResolver {
     /// A resolver enforcing `guard`.
     pub(crate) fn new(guard: Arc<Guard>) -> Self {
-        Self { guard }
+        Self { guard, exempt: None }
+    }
+
+    /// The same, resolving `host` (the egress proxy) unchecked.
+    pub(crate) fn exempting(self, host: Option<String>) -> Self {
+        Self { exempt: host, ..self }
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let guard = self.guard.clone();
+        let exempt = self.exempt.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(name.as_str()));
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            for addr in &addrs {
+            for addr in addrs.iter().filter(|_| !exempt) {
                 guard.check_ip(&host, addr.ip())?;
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)

@@ -17,8 +17,8 @@ use crate::retry::RetryPolicy;
 
 /// Shared by the worker loop and every entry's task.
 pub(crate) struct Shared {
-    /// The outbound HTTP client.
-    pub(crate) http: reqwest::Client,
+    /// The outbound HTTP client and the route out.
+    pub(crate) egress: crate::http::Egress,
     /// Replacement for unmatched `{key}`s.
     pub(crate) unmatched_default: String,
     /// Body bytes kept for the log.

@@ -23,7 +23,7 @@ use crate::endpoints::Endpoints;
 use crate::finish::Finisher;
 use crate::guard::Guard;
 use crate::hosts::HostLimits;
-use crate::http::ClientSettings;
+use crate::http::{ClientSettings, Egress};
 use crate::intake::Intake;
 use crate::ledger::Ledger;
 use crate::metrics::DeliverMetrics;
@@ -43,7 +43,7 @@ pub struct Deliverer {
     admin_listener: TcpListener,
     redis: Client,
     reader: Client,
-    http: reqwest::Client,
+    egress: Egress,
     guard: Option<Arc<Guard>>,
 }
 
@@ -58,13 +58,14 @@ impl Deliverer {
         // Redis that went away takes longer.
         let reader = postback_common::redis::connect(&config.redis.redis_url, config.read_block() + COMMAND_TIMEOUT)?;
         let guard = (!config.allow_private_targets).then(|| Arc::new(Guard { allow: config.target_allow.clone() }));
-        let http = crate::http::client(ClientSettings {
+        let egress = Egress::new(ClientSettings {
             timeout: config.http_timeout(),
             max_idle_per_host: config.concurrency as usize,
             max_redirects: config.max_redirects as usize,
             guard: guard.clone(),
+            proxy: config.egress_proxy.clone(),
         })?;
-        Ok(Self { config, admin_listener, redis, reader, http, guard })
+        Ok(Self { config, admin_listener, redis, reader, egress, guard })
     }
 
     /// The admin listener's address (the real port when 0 was asked for).
@@ -153,7 +154,7 @@ impl Deliverer {
             group_ready,
             shutdown_grace: config.shutdown_grace(),
             shared: Arc::new(Shared {
-                http: self.http,
+                egress: self.egress,
                 unmatched_default: config.unmatched_default.clone(),
                 log_body_bytes: config.log_body_bytes as usize,
                 policy: RetryPolicy {

@@ -3,18 +3,22 @@
 //! Real parts only: [`RedisServer`] runs a real `redis-server` on a free
 //! loopback port in its own temporary directory (never the shared 6379), and
 //! [`Sink`] is a real HTTP server on 127.0.0.1 that records every request it
-//! receives; [`Collector`] is a real OTLP/HTTP trace receiver.
+//! receives; [`RecordingProxy`] is a forward proxy on 127.0.0.1 that
+//! records and forwards nothing; [`Collector`] is a real OTLP/HTTP trace
+//! receiver.
 
 #![allow(missing_docs, clippy::expect_used)]
 
 pub mod collector;
 pub mod metrics;
+mod proxy;
 mod redis_server;
 mod settings;
 mod sink;
 
 pub use collector::{Collector, ExportedSpan};
 pub use metrics::{expect_metric, lint_with_promtool, metric};
+pub use proxy::{Proxied, RecordingProxy};
 pub use redis_server::RedisServer;
 pub use settings::assert_bad_settings_are_named;
 pub use sink::{Received, Reply, Sink};

@@ -6,6 +6,7 @@
 
 mod binary;
 mod delivery;
+mod egress;
 mod faults;
 mod guard;
 mod helpers;

@@ -1,0 +1,97 @@
+//! The route out: proxy variables in the environment are ignored, and with
+//! POSTBACK_EGRESS_PROXY every attempt goes to that proxy only after
+//! deliver has checked the target itself. The proxy is a recording one on
+//! loopback that forwards nothing.
+
+use std::time::Duration;
+
+use postback_testkit::{RecordingProxy, RedisServer, Reply, Sink};
+use serde_json::json;
+
+use crate::helpers::{Pipeline, Running, WAIT, enqueue, wait_dead};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+
+#[tokio::test]
+async fn through_the_proxy_private_targets_never_reach_it_and_allowed_ones_do() {
+    let proxy = RecordingProxy::start_with(|request| {
+        if request.request_line.contains("/redirect") {
+            (302, Some("http://127.0.0.1:9/secret".to_owned()))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    // Named `localhost`: the proxy's own address is exempt from the guard.
+    let proxy_url = format!("http://localhost:{}", proxy.addr().port());
+    let p = Pipeline::start_with(
+        |_, _| Reply::status(200),
+        move |c| {
+            c.allow_private_targets = false;
+            c.target_allow = postback_deliver::AllowList::parse("partner.example").expect("allow list");
+            c.egress_proxy = Some(proxy_url.parse().expect("proxy url"));
+        },
+    )
+    .await;
+    let refused = [
+        "http://127.0.0.1:9/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9/x",
+        "http://[::ffff:10.0.0.1]/x",
+        "http://localhost:9/x",
+    ];
+    for url in refused {
+        p.ingest(&json!({"endpoint": {"method": "GET", "url": url}, "data": [{}]})).await;
+    }
+    let ids = p
+        .ingest(
+            &json!({"endpoint": {"method": "GET", "url": "http://partner.example/ok?v={v}"}, "data": [{"v": "a b"}]}),
+        )
+        .await;
+    p.ingest(&json!({"endpoint": {"method": "GET", "url": "http://partner.example/redirect"}, "data": [{}]})).await;
+
+    let dead = wait_dead(&p.redis, refused.len() + 1).await;
+    for letter in &dead {
+        assert!(letter["reason"].starts_with("refused: "), "{letter:?}");
+    }
+    assert!(dead.iter().any(|d| d["reason"].contains("localhost is 127.0.0.1")), "{dead:?}");
+    assert!(dead.iter().any(|d| d["reason"].contains("169.254.169.254") && d["reason"].contains("link-local")));
+    p.wait_drained().await;
+
+    let seen = proxy.seen();
+    let lines: Vec<&str> = seen.iter().map(|r| r.request_line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["GET http://partner.example/ok?v=a%20b HTTP/1.1", "GET http://partner.example/redirect HTTP/1.1"],
+        "only the allowed target reached the proxy, in absolute form; the redirect to loopback was not followed"
+    );
+    assert_eq!(seen[0].header("host"), Some("partner.example"));
+    assert_eq!(seen[0].header("x-postback-id"), Some(ids[0].as_str()));
+}
+
+#[tokio::test]
+async fn proxy_variables_in_the_environment_are_ignored() {
+    let redis = RedisServer::start();
+    let proxy = RecordingProxy::start().await;
+    let sink = Sink::start_with(|_, _| Reply::status(200)).await;
+    let mut envs = vec![
+        ("POSTBACK_REDIS_URL", redis.url()),
+        ("POSTBACK_DELIVER_ADDR", "127.0.0.1:0".into()),
+        ("POSTBACK_READ_BLOCK_MS", "200".into()),
+        ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
+        ("RUST_LOG", "info".into()),
+        ("NO_PROXY", String::new()),
+        ("no_proxy", String::new()),
+    ];
+    for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        envs.push((name, proxy.url()));
+    }
+    let mut deliver = Running::spawn(BIN, &envs);
+    let ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": sink.base_url()}, "data": [{}]})).await;
+    let line = deliver.line("delivery attempt").await;
+    assert_eq!(line["postback_id"], ids[0]);
+    assert_eq!(line["status"], 200);
+    assert_eq!(sink.wait_for(1, WAIT).await.len(), 1, "delivered straight to the target");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(proxy.seen().is_empty(), "the proxy from the environment was used: {:?}", proxy.seen());
+}
