@@ -66,6 +66,30 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
     pub max_url_bytes: u64,
 
+    /// Time a client has to send a request's headers (and that a kept-alive
+    /// connection may sit idle); the connection is closed after it.
+    #[arg(long, env = "POSTBACK_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+
+    /// Time a client has to send a request's body once its headers are in;
+    /// after it the request gets 408 and the connection is closed.
+    #[arg(long, env = "POSTBACK_BODY_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub body_timeout_ms: u64,
+
+    /// Connections open at once; more wait in the listen backlog until one
+    /// closes.
+    #[arg(long, env = "POSTBACK_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// How long shutdown waits for requests in progress before closing
+    /// their connections.
+    #[arg(long, env = "POSTBACK_SHUTDOWN_GRACE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_grace_ms: u64,
+
     /// File of accepted bearer tokens, one SHA-256 (hex) per line; when set,
     /// ingest routes answer 401 without one of them.
     #[arg(long, env = "POSTBACK_INGEST_TOKENS_FILE")]
@@ -100,6 +124,20 @@ impl Config {
             wait_replicas: self.wait_replicas,
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_s),
         }
+    }
+
+    /// What the HTTP server bounds.
+    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+
+    /// The time allowed for a request body.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 
     /// The request limits.

@@ -37,6 +37,9 @@ pub enum IngestError {
     /// The body could not be read (the client went away, bad chunking...).
     #[error("request body could not be read: {0}")]
     BodyRead(String),
+    /// The body did not arrive within `POSTBACK_BODY_TIMEOUT_MS`.
+    #[error("the request body did not arrive within {0} ms (POSTBACK_BODY_TIMEOUT_MS); nothing was queued")]
+    BodyTimeout(u64),
     /// Redis did not take the postbacks; nothing was queued.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
@@ -142,6 +145,9 @@ impl IngestError {
             IngestError::BodyRead(_) => {
                 Problem::new(S::BAD_REQUEST, "/problems/unreadable-body", "Unreadable body", detail)
             }
+            IngestError::BodyTimeout(_) => {
+                Problem::new(S::REQUEST_TIMEOUT, "/problems/body-timeout", "Request body timeout", detail)
+            }
             IngestError::TooLarge { .. } => {
                 Problem::new(S::PAYLOAD_TOO_LARGE, "/problems/payload-too-large", "Payload too large", detail)
             }
@@ -208,6 +214,7 @@ impl IngestError {
             IngestError::Json(JsonError::Malformed(_)) => "malformed_json",
             IngestError::BodyRead(_) => "unreadable_body",
             IngestError::TooLarge { .. } => "too_large",
+            IngestError::BodyTimeout(_) => "body_timeout",
             IngestError::Unavailable(_) => "unavailable",
             IngestError::OutcomeUnknown { .. } => "outcome_unknown",
             IngestError::NotReplicated { .. } => "not_replicated",
@@ -245,6 +252,11 @@ impl IntoResponse for IngestError {
         response.extensions_mut().insert(crate::metrics::RequestOutcome(self.reason()));
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, IngestError::BodyTimeout(_)) {
+            // The rest of the body may still arrive; the connection cannot
+            // carry another request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

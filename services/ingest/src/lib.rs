@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings (`POSTBACK_*`).
-//! - [`startup`]: binding, serving and graceful shutdown.
+//! - [`startup`]: binding, running and stopping.
+//! - [`serve`]: the HTTP server and its bounds (slow clients, connections).
 //! - [`routes`]: the HTTP routes.
 //! - [`json`]: parsing the body (simd-json) into an order-keeping tree.
 //! - [`request`]: validating a request and building its postbacks.
@@ -24,6 +25,7 @@ pub mod json;
 mod metrics;
 pub mod request;
 mod routes;
+pub mod serve;
 mod startup;
 pub mod state;
 mod trace;

@@ -5,10 +5,10 @@
 //! while Redis is down (requests that arrive before the first connection
 //! wait for it, up to `POSTBACK_REDIS_TIMEOUT_MS`; later outages answer
 //! 503 at once until Redis is back).
-//! [`Application::run`] serves until the shutdown token is cancelled, then
-//! stops accepting connections, lets every in-flight request finish (each
-//! ends in a 202 once its enqueue script has returned, or an error), and
-//! closes Redis.
+//! [`Application::run`] serves (with the bounds of [`crate::serve`]) until
+//! the shutdown token is cancelled, then stops accepting connections, lets
+//! every in-flight request finish within the grace time (each ends in a 202
+//! once its enqueue script has returned, or an error), and closes Redis.
 
 use std::net::SocketAddr;
 
@@ -52,11 +52,10 @@ impl Application {
         let addr = self.local_addr();
         tracing::info!(%addr, stream = %self.state.keys.stream, "ingest listening");
         let redis = self.state.redis.clone();
-        let app = router(self.state);
-        let result =
-            axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let limits = self.state.config.serve_limits();
+        crate::serve::serve(self.listener, router(self.state), limits, shutdown).await;
         postback_common::redis::close(&redis).await;
         tracing::info!("ingest stopped");
-        result
+        Ok(())
     }
 }

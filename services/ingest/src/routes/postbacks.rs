@@ -43,7 +43,10 @@ pub async fn accept(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::TooLarge { limit });
     }
-    let buf = read_body(body, limit).await?;
+    let timeout = state.config.body_timeout();
+    let buf = tokio::time::timeout(timeout, read_body(body, limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(timeout.as_millis() as u64))??;
     Span::current().record("bytes", buf.len());
     let caller = caller.map(|Extension(caller)| caller);
     let Examined { idempotency, mut postbacks } = if buf.len() <= INLINE_BODY_BYTES {

@@ -18,6 +18,8 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_REDIS_TIMEOUT_MS", "0"),
             ("POSTBACK_INGEST_TOKENS_FILE", "/nonexistent/tokens"),
             ("POSTBACK_MAX_ITEMS", "0"),
+            ("POSTBACK_HEADER_TIMEOUT_MS", "0"),
+            ("POSTBACK_MAX_CONNECTIONS", "none"),
         ],
     );
 }

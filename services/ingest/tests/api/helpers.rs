@@ -119,6 +119,7 @@ pub async fn problem(response: reqwest::Response) -> serde_json::Value {
 pub struct Process {
     pub child: tokio::process::Child,
     pub base: String,
+    pub port: u16,
 }
 
 impl Process {
@@ -144,7 +145,7 @@ impl Process {
             assert!(tokio::time::Instant::now() < deadline, "binary never became ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { child, base }
+        Self { child, base, port }
     }
 
     /// Sends SIGTERM.
