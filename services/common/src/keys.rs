@@ -56,6 +56,10 @@ pub struct Keys {
     /// Prefix of the idempotency records ingest keeps
     /// (`<stream>:idempotency:`, then the caller's scope, `:` and the key).
     pub idempotency: String,
+    /// Prefix of ingest's rate budgets (`<stream>:rate:`, then the caller's
+    /// scope, or `all` for `POSTBACK_INGEST_RATE`): one string each, the
+    /// budget's theoretical arrival time, expiring once the budget is whole.
+    pub rate: String,
 }
 
 impl Keys {
@@ -72,6 +76,7 @@ impl Keys {
             batched: format!("{stream}:batched"),
             finished: format!("{stream}:finished"),
             idempotency: format!("{stream}:idempotency:"),
+            rate: format!("{stream}:rate:"),
             group: group.into(),
             stream,
         }

@@ -2,8 +2,9 @@
 //!
 //! `POSTBACK_INGEST_TOKENS_FILE` names a file with one accepted token per
 //! line, stored as the SHA-256 of the token in hex (so the file does not hold
-//! the secrets themselves): `printf %s "$TOKEN" | sha256sum`. Blank lines and
-//! lines starting with `#` are ignored. A request must then carry
+//! the secrets themselves): `printf %s "$TOKEN" | sha256sum`. A second
+//! column, when present, is the token's rate in postbacks per second (see
+//! [`crate::rate`]). Blank lines and lines starting with `#` are ignored. A request must then carry
 //! `Authorization: Bearer <token>`; the token's hash is compared with every
 //! accepted hash in constant time. `/healthz` and `/readyz` stay open for
 //! probes.
@@ -19,11 +20,12 @@ use subtle::ConstantTimeEq;
 
 use crate::error::IngestError;
 use crate::idempotency::Caller;
+use crate::rate::Rate;
 use crate::state::AppState;
 
-/// The accepted token hashes.
+/// The accepted token hashes, each with its rate if it has one.
 #[derive(Debug, Clone, Default)]
-pub struct Tokens(Vec<[u8; 32]>);
+pub struct Tokens(Vec<([u8; 32], Option<Rate>)>);
 
 /// The tokens file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,32 +50,43 @@ impl Tokens {
         Self::parse(&text).map_err(error)
     }
 
-    /// Parses the file's text: one 64-digit hex SHA-256 per line.
+    /// Parses the file's text: one 64-digit hex SHA-256 per line, then
+    /// optionally the token's rate.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut hashes = Vec::new();
+        let mut tokens = Vec::new();
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+            let mut columns = line.split_whitespace();
+            let Some(hash) = columns.next().filter(|c| !c.starts_with('#')) else { continue };
+            let hash = parse_hex(hash)
+                .ok_or_else(|| format!("line {}: expected the SHA-256 of a token as 64 hex digits", n + 1))?;
+            let rate = columns.next().map(Rate::parse).transpose().map_err(|e| format!("line {}: {e}", n + 1))?;
+            if let Some(extra) = columns.next() {
+                return Err(format!("line {}: unexpected {extra:?} after the hash and the rate", n + 1));
             }
-            hashes.push(
-                parse_hex(line)
-                    .ok_or_else(|| format!("line {}: expected the SHA-256 of a token as 64 hex digits", n + 1))?,
-            );
+            tokens.push((hash, rate));
         }
-        if hashes.is_empty() {
+        if tokens.is_empty() {
             return Err("holds no token hashes".into());
         }
-        Ok(Self(hashes))
+        Ok(Self(tokens))
     }
 
-    /// The scope of `token` if it is accepted: the first 16 hex digits of
-    /// its SHA-256, as its line in the tokens file starts (idempotency keys
-    /// are kept per scope). Every hash is compared, in constant time.
-    pub fn scope_of(&self, token: &str) -> Option<Caller> {
+    /// Who `token` is, if it is accepted: its scope is the first 16 hex
+    /// digits of its SHA-256, as its line in the tokens file starts
+    /// (idempotency keys and rate budgets are kept per scope). Every hash
+    /// is compared, in constant time.
+    pub fn caller(&self, token: &str) -> Option<Caller> {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let found = self.0.iter().fold(subtle::Choice::from(0), |found, hash| found | hash.ct_eq(&presented));
-        bool::from(found).then(|| Caller(crate::idempotency::hex(&presented[..8])))
+        let mut found = subtle::Choice::from(0);
+        let mut rate = None;
+        for (hash, its_rate) in &self.0 {
+            let matches = hash.ct_eq(&presented);
+            if bool::from(matches) {
+                rate = *its_rate;
+            }
+            found |= matches;
+        }
+        bool::from(found).then(|| Caller { scope: crate::idempotency::hex(&presented[..8]), rate })
     }
 }
 
@@ -98,7 +111,7 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    match presented.and_then(|token| tokens.scope_of(token)) {
+    match presented.and_then(|token| tokens.caller(token)) {
         Some(caller) => {
             let mut request = request;
             request.extensions_mut().insert(caller);
@@ -122,11 +135,12 @@ mod tests {
     #[test]
     fn accepts_only_listed_tokens() {
         let tokens = Tokens::parse(&format!("# partners\n\n{SECRET_HASH}\n{}\n", "ab".repeat(32))).expect("parse");
-        assert!(tokens.scope_of("secret").is_some());
-        assert!(tokens.scope_of("Secret").is_none());
-        assert!(tokens.scope_of("").is_none());
-        assert!(tokens.scope_of(SECRET_HASH).is_none(), "the hash itself is not a token");
-        assert_eq!(tokens.scope_of("secret").map(|c| c.0), Some(SECRET_HASH[..16].to_owned()));
+        assert!(tokens.caller("secret").is_some());
+        assert!(tokens.caller("Secret").is_none());
+        assert!(tokens.caller("").is_none());
+        assert!(tokens.caller(SECRET_HASH).is_none(), "the hash itself is not a token");
+        assert_eq!(tokens.caller("secret").map(|c| c.scope), Some(SECRET_HASH[..16].to_owned()));
+        assert_eq!(tokens.caller("secret").and_then(|c| c.rate), None);
     }
 
     #[test]
@@ -136,5 +150,14 @@ mod tests {
         let error = Tokens::parse(&format!("{SECRET_HASH}\nsecret\n")).expect_err("plain token");
         assert!(error.contains("line 2"), "{error}");
         assert!(Tokens::parse(&"zz".repeat(32)).is_err());
+        assert!(Tokens::parse(&format!("{SECRET_HASH} fast")).expect_err("bad rate").contains("line 1"));
+        assert!(Tokens::parse(&format!("{SECRET_HASH} 5 6")).is_err());
+    }
+
+    #[test]
+    fn a_second_column_is_the_rate() {
+        let tokens = Tokens::parse(&format!("{SECRET_HASH}   12.5  \n{}\n", "ab".repeat(32))).expect("parse");
+        let rate = tokens.caller("secret").and_then(|c| c.rate).map(Rate::per_second);
+        assert_eq!(rate, Some(12.5));
     }
 }

@@ -90,7 +90,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
 
-    /// File of accepted bearer tokens, one SHA-256 (hex) per line; when set,
+    /// Postbacks per second accepted from all requests that have no rate of
+    /// their own (all requests when no tokens are configured), across every
+    /// ingest instance; over it, 429. Unset: no limit.
+    #[arg(long, env = "POSTBACK_INGEST_RATE", value_parser = crate::rate::Rate::parse)]
+    pub ingest_rate: Option<crate::rate::Rate>,
+
+    /// File of accepted bearer tokens, one SHA-256 (hex) per line, each
+    /// optionally followed by its rate in postbacks per second; when set,
     /// ingest routes answer 401 without one of them.
     #[arg(long, env = "POSTBACK_INGEST_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,

@@ -65,6 +65,13 @@ pub enum IngestError {
         /// The queued postbacks' ids.
         ids: Vec<String>,
     },
+    /// Over the caller's rate; nothing was queued.
+    #[error(
+        "over the rate of {} postbacks per second; this request's postbacks fit in {} s; nothing was queued",
+        .0.rate.per_second(),
+        .0.retry_after_secs()
+    )]
+    RateLimited(crate::rate::Verdict),
     /// The Idempotency-Key was used before for another request body.
     #[error("this Idempotency-Key was used before, within POSTBACK_IDEMPOTENCY_TTL_S, for a different request body")]
     IdempotencyKeyReused,
@@ -195,6 +202,9 @@ impl IngestError {
                 "Backlog full",
                 "delivery is behind and the queue is full; nothing was queued, send the request again later".into(),
             ),
+            IngestError::RateLimited(_) => {
+                Problem::new(S::TOO_MANY_REQUESTS, "/problems/rate-limited", "Rate limited", detail)
+            }
             IngestError::Unauthorized => {
                 Problem::new(S::UNAUTHORIZED, "/problems/unauthorized", "Unauthorized", detail)
             }
@@ -220,6 +230,7 @@ impl IngestError {
             IngestError::NotReplicated { .. } => "not_replicated",
             IngestError::IdempotencyKeyReused => "idempotency_key_reused",
             IngestError::BacklogFull(_) => "backlog_full",
+            IngestError::RateLimited(_) => "rate_limited",
             IngestError::Unauthorized => "unauthorized",
             IngestError::MethodNotAllowed => "method_not_allowed",
             IngestError::NotFound => "not_found",
@@ -252,6 +263,9 @@ impl IntoResponse for IngestError {
         response.extensions_mut().insert(crate::metrics::RequestOutcome(self.reason()));
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let IngestError::RateLimited(verdict) = &self {
+            verdict.add_headers(response.headers_mut());
         }
         if matches!(self, IngestError::BodyTimeout(_)) {
             // The rest of the body may still arrive; the connection cannot

@@ -36,10 +36,16 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Longest key.
 pub const MAX_KEY_BYTES: usize = 255;
 
-/// Who is asking: the accepted bearer token's scope, when tokens are
-/// configured. Put in the request's extensions by the auth middleware.
+/// Who is asking, when tokens are configured: the accepted bearer token's
+/// scope (16 hex digits of its hash) and its rate, if its line gives one.
+/// Put in the request's extensions by the auth middleware.
 #[derive(Debug, Clone)]
-pub struct Caller(pub String);
+pub struct Caller {
+    /// Keys idempotency records and the rate budget.
+    pub scope: String,
+    /// Postbacks per second allowed (see [`crate::rate`]).
+    pub rate: Option<crate::rate::Rate>,
+}
 
 /// A request's key, checked, with what the enqueue script needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +84,7 @@ impl Idempotency {
             }]));
         }
         let key = String::from_utf8_lossy(key);
-        let scope = caller.map_or("-", |c| c.0.as_str());
+        let scope = caller.map_or("-", |c| c.scope.as_str());
         Ok(Some(Self { record_key: format!("{prefix}{scope}:{key}"), fingerprint: hex(&Sha256::digest(body)) }))
     }
 
@@ -118,7 +124,7 @@ mod tests {
             .expect("a key");
         assert_eq!(mine.record_key, "p:idempotency:-:order-42");
         assert_eq!(mine.fingerprint, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
-        let caller = Caller("2bb80d537b1da3e3".into());
+        let caller = Caller { scope: "2bb80d537b1da3e3".into(), rate: None };
         let theirs = Idempotency::from_request(&headers(b"order-42"), b"{}", "p:idempotency:", Some(&caller))
             .expect("valid")
             .expect("a key");

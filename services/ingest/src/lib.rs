@@ -11,6 +11,7 @@
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
 //! - [`idempotency`]: `Idempotency-Key`: the same request answered once.
 //! - [`auth`]: optional bearer tokens.
+//! - [`rate`]: per-caller rate limits, shared through Redis.
 //! - [`error`]: problem+json responses.
 //! - [`metrics`]: Prometheus metrics and `GET /metrics`.
 //! - [`trace`]: the request and per-postback spans of the trace.
@@ -23,6 +24,7 @@ mod error;
 pub mod idempotency;
 pub mod json;
 mod metrics;
+pub mod rate;
 pub mod request;
 mod routes;
 pub mod serve;

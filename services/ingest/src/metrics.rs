@@ -4,7 +4,8 @@
 //!   routes, by outcome: `accepted`, `replayed` (an Idempotency-Key seen
 //!   before: the first answer again) or the rejection (`invalid`,
 //!   `malformed_json`, `unreadable_body`, `too_large`, `unauthorized`,
-//!   `idempotency_key_reused`, `backlog_full`, `unavailable`,
+//!   `idempotency_key_reused`, `rate_limited`, `body_timeout`,
+//!   `backlog_full`, `unavailable`,
 //!   `outcome_unknown`, `not_replicated`).
 //! - `postback_ingest_postbacks_total{outcome}`: postbacks of valid
 //!   requests: `accepted`, `replayed` (not queued again), or with their
@@ -13,6 +14,9 @@
 //!   arrival to its answer, whatever the outcome.
 //! - `postback_ingest_enqueue_duration_seconds`: the enqueue script's round
 //!   trip to Redis (WAIT included when asked for).
+//! - `postback_ingest_rate_checks_total{outcome}`: rate checks of requests
+//!   that have a rate (see [`crate::rate`]): `allowed`, `limited`, or
+//!   `error` (Redis could not be asked; the request went on).
 //! - `postback_redis_up`: 1 when Redis answered a PING during this scrape.
 
 use std::time::{Duration, Instant};
@@ -64,6 +68,7 @@ pub struct IngestMetrics {
     postbacks: Family<OutcomeLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     enqueue: Histogram,
+    rate_checks: Family<OutcomeLabels, Counter>,
     redis_up: Gauge,
 }
 
@@ -93,14 +98,25 @@ impl IngestMetrics {
             "Round trip of the enqueue script to Redis",
             enqueue.clone(),
         );
+        let rate_checks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "ingest_rate_checks",
+            "Rate checks of requests that have a rate, by outcome",
+            rate_checks.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis answered a PING during this scrape, else 0", redis_up.clone());
-        Self { registry, requests, postbacks, duration, enqueue, redis_up }
+        Self { registry, requests, postbacks, duration, enqueue, rate_checks, redis_up }
     }
 
     /// Counts `n` postbacks of a valid request with `outcome`.
     pub fn postbacks(&self, outcome: &'static str, n: usize) {
         self.postbacks.get_or_create(&OutcomeLabels { outcome }).inc_by(n as u64);
+    }
+
+    /// Counts one rate check.
+    pub fn rate_checked(&self, outcome: &'static str) {
+        self.rate_checks.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Records one enqueue round trip.

@@ -24,6 +24,8 @@ pub struct Inner {
     pub(crate) limits: crate::request::Limits,
     /// Runs the enqueue script.
     pub enqueuer: Enqueuer,
+    /// Runs the rate script.
+    pub(crate) limiter: crate::rate::Limiter,
     /// The service's settings.
     pub(crate) config: Config,
     /// Prometheus metrics.
@@ -44,6 +46,7 @@ impl AppState {
             keys: config.redis.keys(),
             limits: config.limits(),
             enqueuer: Enqueuer::new(config.enqueue()),
+            limiter: crate::rate::Limiter::new(config.redis_timeout()),
             config,
             metrics: crate::metrics::IngestMetrics::new(),
         }))

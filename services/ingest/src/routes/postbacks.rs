@@ -14,7 +14,7 @@ use crate::error::IngestError;
 use crate::idempotency::{self, Caller, Given, Idempotency};
 use crate::state::AppState;
 use crate::trace::{self, RequestSpan};
-use crate::{json, request};
+use crate::{json, rate, request};
 
 /// The 202 body: how many postbacks were queued and their ids, in the order
 /// of the request's `data` items.
@@ -53,12 +53,17 @@ pub async fn accept(
         examine(&headers, buf, &state, caller.as_ref())?
     } else {
         let (state, span) = (state.clone(), Span::current());
-        let headers = headers.clone();
+        let (headers, caller) = (headers.clone(), caller.clone());
         let examined =
             tokio::task::spawn_blocking(move || span.in_scope(|| examine(&headers, buf, &state, caller.as_ref())));
         examined.await.unwrap_or_else(|joined| std::panic::resume_unwind(joined.into_panic()))?
     };
     Span::current().record("postbacks", postbacks.len());
+    let verdict = check_rate(&state, caller.as_ref(), postbacks.len()).await;
+    if let Some(verdict) = verdict.filter(|v| !v.allowed) {
+        state.metrics.postbacks("rate_limited", postbacks.len());
+        return Err(IngestError::RateLimited(verdict));
+    }
     let producer = match &request_span {
         Some(Extension(RequestSpan(span))) => trace::producer_span(span, &mut postbacks, &state.keys.stream),
         None => None,
@@ -93,11 +98,36 @@ pub async fn accept(
     tracing::debug!(count = given.count, replayed, "accepted");
     let accepted = Accepted { accepted: given.count, ids: ids_of(given) };
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if let Some(verdict) = verdict {
+        verdict.add_headers(response.headers_mut());
+    }
     if replayed {
         response.headers_mut().insert(idempotency::REPLAYED_HEADER, HeaderValue::from_static("true"));
         response.extensions_mut().insert(crate::metrics::RequestOutcome("replayed"));
     }
     Ok(response)
+}
+
+/// Charges the request's postbacks to its caller's rate budget, if it has
+/// one (see [`crate::rate`]); `None` when no rate applies or Redis could
+/// not be asked.
+async fn check_rate(state: &AppState, caller: Option<&Caller>, cost: usize) -> Option<rate::Verdict> {
+    let (scope, rate) = match caller.and_then(|c| Some((c.scope.as_str(), c.rate?))) {
+        Some(own) => own,
+        None => ("all", state.config.ingest_rate?),
+    };
+    let key = format!("{}{scope}", state.keys.rate);
+    match state.limiter.check(&state.redis, &key, rate, cost).await {
+        Ok(verdict) => {
+            state.metrics.rate_checked(if verdict.allowed { "allowed" } else { "limited" });
+            Some(verdict)
+        }
+        Err(error) => {
+            state.metrics.rate_checked("error");
+            tracing::warn!(%error, "cannot check the caller's rate; letting the request through");
+            None
+        }
+    }
 }
 
 /// Bodies larger than this are parsed and validated on the blocking pool,

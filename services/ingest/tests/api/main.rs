@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod metrics;
+mod rate_limits;
 mod redis_outage;
 mod reject;
 mod request_entry;

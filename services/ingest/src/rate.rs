@@ -1,0 +1,156 @@
+//! Per-caller rate limits, shared by every ingest instance.
+//!
+//! A rate is in postbacks per second, with a burst of one second's worth
+//! (at least one postback). It comes from the caller's line in
+//! `POSTBACK_INGEST_TOKENS_FILE` (`HASH RATE`), or, for requests without a
+//! rate of their own (all of them when no tokens are configured), from
+//! `POSTBACK_INGEST_RATE`, one budget for them all. A request costs its
+//! number of postbacks. The budget is kept in Redis
+//! (`<stream>:rate:<scope>`) by one GCRA script (`rate.lua`) on Redis's
+//! clock, so two instances behind a load balancer give a caller the rate
+//! once, not twice. A request larger than the burst passes when the
+//! caller's budget is whole, and the following seconds pay for it.
+//!
+//! Over the rate the answer is 429 `/problems/rate-limited` with
+//! `Retry-After` and nothing is queued. Every answer to a limited caller
+//! carries the IETF draft's headers: `RateLimit-Policy` (`LIMIT;w=1`),
+//! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds
+//! until the budget is whole). If Redis cannot be asked, the request goes
+//! on (its enqueue will meet the same Redis) and the check is counted as
+//! an `error`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use fred::prelude::*;
+use postback_common::script::Script;
+
+/// A rate: postbacks per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(f64);
+
+impl Rate {
+    /// Parses a positive, finite number of postbacks per second.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().parse::<f64>() {
+            Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 1e9 => Ok(Self(rate)),
+            _ => Err(format!("{text:?} is not a rate: expected postbacks per second, a number above 0")),
+        }
+    }
+
+    /// Postbacks per second.
+    pub fn per_second(self) -> f64 {
+        self.0
+    }
+
+    /// The burst: one second's worth, and at least one postback.
+    pub fn burst(self) -> f64 {
+        self.0.max(1.0)
+    }
+}
+
+/// What the budget said about one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// The rate applied.
+    pub rate: Rate,
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// When it would be allowed, if it is not.
+    pub retry_after: Duration,
+    /// Postbacks left in the burst.
+    pub remaining: u64,
+    /// Until the burst is whole again.
+    pub reset: Duration,
+}
+
+impl Verdict {
+    /// Seconds to put in `Retry-After`: rounded up, at least one.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs_f64().ceil().max(1.0) as u64
+    }
+
+    /// Adds the `RateLimit-*` headers.
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
+        let limit = self.rate.burst().floor() as u64;
+        let reset = self.reset.as_secs_f64().ceil() as u64;
+        let pairs = [
+            ("ratelimit-policy", format!("{limit};w=1")),
+            ("ratelimit-limit", limit.to_string()),
+            ("ratelimit-remaining", self.remaining.to_string()),
+            ("ratelimit-reset", reset.to_string()),
+        ];
+        for (name, value) in pairs {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        if !self.allowed {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
+        }
+    }
+}
+
+/// Runs the rate script.
+#[derive(Debug)]
+pub struct Limiter {
+    script: Script,
+    options: Options,
+}
+
+impl Limiter {
+    /// A limiter whose Redis calls give up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let options = Options { fail_fast: true, max_attempts: Some(1), timeout: Some(timeout), ..Options::default() };
+        Self { script: Script::new(include_str!("rate.lua")), options }
+    }
+
+    /// Charges `cost` postbacks to the budget under `key`.
+    pub async fn check(&self, client: &Client, key: &str, rate: Rate, cost: usize) -> Result<Verdict, Error> {
+        let interval = 1e6 / rate.per_second();
+        let args = vec![Value::from(interval), Value::from(rate.burst()), Value::from(cost as i64)];
+        let (allowed, wait_us, remaining, reset_us): (i64, i64, i64, i64) =
+            self.script.call(&client.with_options(&self.options), &[key], args).await?;
+        let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
+        Ok(Verdict {
+            rate,
+            allowed: allowed == 1,
+            retry_after: micros(wait_us),
+            remaining: remaining.max(0) as u64,
+            reset: micros(reset_us),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_positive_numbers() {
+        assert_eq!(Rate::parse("50").map(Rate::per_second), Ok(50.0));
+        assert_eq!(Rate::parse("0.5").map(Rate::burst), Ok(1.0));
+        assert_eq!(Rate::parse("2.5").map(Rate::burst), Ok(2.5));
+        for bad in ["0", "-1", "fast", "", "inf", "NaN"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_follow_the_ietf_draft() {
+        let verdict = Verdict {
+            rate: Rate(20.0),
+            allowed: false,
+            retry_after: Duration::from_millis(1_200),
+            remaining: 3,
+            reset: Duration::from_millis(800),
+        };
+        let mut headers = HeaderMap::new();
+        verdict.add_headers(&mut headers);
+        assert_eq!(headers["ratelimit-policy"], "20;w=1");
+        assert_eq!(headers["ratelimit-limit"], "20");
+        assert_eq!(headers["ratelimit-remaining"], "3");
+        assert_eq!(headers["ratelimit-reset"], "1");
+        assert_eq!(headers["retry-after"], "2");
+    }
+}
