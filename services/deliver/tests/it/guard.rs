@@ -76,3 +76,44 @@ async fn an_endless_response_body_is_cut_at_the_log_limit() {
     // Delivered (a 200), acknowledged, and not stuck reading for ever.
     p.wait_drained().await;
 }
+
+#[tokio::test]
+async fn no_part_of_the_data_ever_becomes_a_header() {
+    let p = Pipeline::start().await;
+    let data = json!({
+        "Host": "evil.example",
+        "X-Postback-Id": "forged",
+        "Authorization": "Bearer stolen",
+        "Content-Type": "text/plain",
+        "v": "a\r\nX-Injected: 1",
+    });
+    let ids = p.ingest(&json!({"endpoint": {"method": "POST", "url": p.target("/h?v={v}")}, "data": [data]})).await;
+    let received = p.sink.wait_for(1, WAIT).await;
+    let request = &received[0];
+    let mut names: Vec<&str> = request.headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["accept", "content-length", "content-type", "host", "user-agent", "x-postback-id"]);
+    assert_eq!(request.postback_id(), Some(ids[0].as_str()));
+    assert_eq!(request.headers["content-type"], "application/json");
+    assert_eq!(request.target, "/h?v=a%0D%0AX-Injected%3A%201");
+    let body: serde_json::Value = serde_json::from_slice(&request.body).expect("JSON body");
+    assert_eq!(body, data, "the data travels in the body, as sent");
+}
+
+#[tokio::test]
+async fn a_response_with_too_many_header_lines_fails_the_attempt() {
+    let p = Pipeline::start_with(
+        |_, _| {
+            (0..150).fold(Reply::status(200), |reply, i| {
+                reply.header(Box::leak(format!("x-filler-{i}").into_boxed_str()), "x")
+            })
+        },
+        |c| c.max_attempts = 2,
+    )
+    .await;
+    p.ingest(&seed_request(&p.target("/chatty"))).await;
+    let dead = wait_dead(&p.redis, 1).await;
+    assert_eq!(dead[0]["attempts"], "2", "{:?}", dead[0]);
+    assert!(dead[0]["reason"].contains("message head is too large"), "{:?}", dead[0]);
+    assert_eq!(p.sink.received().len(), 2);
+}

@@ -187,3 +187,26 @@ async fn redis_has_stream(redis: &RedisServer) -> bool {
     use fred::prelude::KeysInterface;
     redis.client().await.exists::<u32, _>("postbacks").await.expect("EXISTS") == 1
 }
+
+#[tokio::test]
+async fn a_request_head_with_too_many_header_lines_gets_431() {
+    let redis = RedisServer::start();
+    let ingest = Process::spawn(&redis, &[]).await;
+    for (lines, size) in [(65, 10), (10, 2_000)] {
+        let mut stream = TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect");
+        let mut head = String::from("POST /v1/postbacks HTTP/1.1\r\nHost: ingest\r\n");
+        for i in 0..lines {
+            head.push_str(&format!("x-filler-{i}: {}\r\n", "v".repeat(size)));
+        }
+        head.push_str("Content-Length: 2\r\n\r\n{}");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{lines} lines of {size} bytes: {answer}");
+    }
+    assert!(!redis_has_stream(&redis).await, "nothing queued");
+}
