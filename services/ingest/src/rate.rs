@@ -9,7 +9,9 @@
 //! (`<stream>:rate:<scope>`) by one GCRA script (`rate.lua`) on Redis's
 //! clock, so two instances behind a load balancer give a caller the rate
 //! once, not twice. A request larger than the burst passes when the
-//! caller's budget is whole, and the following seconds pay for it.
+//! caller's budget is whole, and the following seconds pay for it. The
+//! check runs before the enqueue script, so a replayed request (a repeated
+//! `Idempotency-Key`) is charged too.
 //!
 //! Over the rate the answer is 429 `/problems/rate-limited` with
 //! `Retry-After` and nothing is queued. Every answer to a limited caller
