@@ -26,6 +26,7 @@ pub mod method;
 pub mod metrics;
 pub mod queue_status;
 pub mod redis;
+pub mod redis_memory;
 pub mod request_entry;
 pub mod runtime;
 pub mod scalar;

@@ -8,6 +8,9 @@
 use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -77,5 +80,29 @@ mod tests {
         assert!(text.contains("postback_wait_seconds_bucket{le=\"0.002\"} 0\n"), "{text}");
         assert!(text.contains("postback_wait_seconds_count 1\n"), "{text}");
         assert!(!text.contains("# EOF"), "the Prometheus text format has no EOF marker: {text}");
+    }
+}
+
+/// `postback_redis_memory_ratio`: Redis's used_memory / maxmemory at the
+/// last sample of a [`MemoryWatch`](crate::redis_memory::MemoryWatch),
+/// set at scrape time; NaN while unknown or when Redis has no maxmemory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryRatio(Gauge<f64, AtomicU64>);
+
+impl MemoryRatio {
+    /// Registers the gauge in a registry prefixed `postback`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "redis_memory_ratio",
+            "Redis used_memory / maxmemory at the last sample (NaN: unknown, or no maxmemory)",
+            gauge.clone(),
+        );
+        Self(gauge)
+    }
+
+    /// Copies the latest sample.
+    pub fn set(&self, watch: &crate::redis_memory::MemoryWatch) {
+        self.0.set(watch.ratio().unwrap_or(f64::NAN));
     }
 }

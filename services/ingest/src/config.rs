@@ -34,6 +34,13 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_MAX_BACKLOG", default_value_t = 1_000_000)]
     pub max_backlog: u64,
 
+    /// Refuse new postbacks (503) once Redis's used_memory passes this
+    /// share of its maxmemory, leaving the rest for retries, dead letters
+    /// and acknowledgements; 0 turns the check off.
+    #[arg(long, env = "POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub redis_memory_limit_percent: u8,
+
     /// Replicas that must confirm a write (Redis WAIT) before the 202; 0
     /// answers as soon as the primary has it.
     #[arg(long, env = "POSTBACK_INGEST_WAIT_REPLICAS", default_value_t = 0,

@@ -18,6 +18,8 @@
 //!   that have a rate (see [`crate::rate`]): `allowed`, `limited`, or
 //!   `error` (Redis could not be asked; the request went on).
 //! - `postback_redis_up`: 1 when Redis answered a PING during this scrape.
+//! - `postback_redis_memory_ratio`: Redis's used_memory / maxmemory at the
+//!   last sample (absent while unknown or without a maxmemory).
 
 use std::time::{Duration, Instant};
 
@@ -70,6 +72,7 @@ pub struct IngestMetrics {
     enqueue: Histogram,
     rate_checks: Family<OutcomeLabels, Counter>,
     redis_up: Gauge,
+    memory: postback_common::metrics::MemoryRatio,
 }
 
 impl Default for IngestMetrics {
@@ -106,7 +109,8 @@ impl IngestMetrics {
         );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis answered a PING during this scrape, else 0", redis_up.clone());
-        Self { registry, requests, postbacks, duration, enqueue, rate_checks, redis_up }
+        let memory = postback_common::metrics::MemoryRatio::register(&mut registry);
+        Self { registry, requests, postbacks, duration, enqueue, rate_checks, redis_up, memory }
     }
 
     /// Counts `n` postbacks of a valid request with `outcome`.
@@ -146,6 +150,7 @@ pub async fn track(State(state): State<AppState>, path: Option<MatchedPath>, req
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let up = postback_common::redis::ping(&state.redis, PING_TIMEOUT).await.is_ok();
     state.metrics.redis_up.set(i64::from(up));
+    state.metrics.memory.set(&state.memory);
     let mut response = render(&state.metrics.registry).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response

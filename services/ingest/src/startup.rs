@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 
+use postback_common::redis_memory::MemoryWatch;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,8 @@ use crate::state::AppState;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Stops the memory sampler.
+    memory_stop: CancellationToken,
 }
 
 impl Application {
@@ -39,7 +42,18 @@ impl Application {
             );
         }
         let redis = postback_common::redis::connect(&config.redis.redis_url, config.redis_timeout())?;
-        Ok(Self { listener, state: AppState::with_tokens(redis, config, tokens) })
+        let memory_stop = CancellationToken::new();
+        let limit = config.redis_memory_limit_percent;
+        let memory = MemoryWatch::spawn(redis.clone(), memory_stop.clone(), move || {
+            if limit > 0 {
+                tracing::warn!(
+                    "Redis has no maxmemory: POSTBACK_REDIS_MEMORY_LIMIT_PERCENT cannot keep headroom, and a full \
+                     machine will fail writes instead of ingest refusing them; set maxmemory (see ops/redis.conf)"
+                );
+            }
+        });
+        let state = AppState::with_memory(redis, config, tokens, memory);
+        Ok(Self { listener, state, memory_stop })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -54,6 +68,7 @@ impl Application {
         let redis = self.state.redis.clone();
         let limits = self.state.config.serve_limits();
         crate::serve::serve(self.listener, router(self.state), limits, shutdown).await;
+        self.memory_stop.cancel();
         postback_common::redis::close(&redis).await;
         tracing::info!("ingest stopped");
         Ok(())

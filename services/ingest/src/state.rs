@@ -30,6 +30,8 @@ pub struct Inner {
     pub(crate) config: Config,
     /// Prometheus metrics.
     pub(crate) metrics: crate::metrics::IngestMetrics,
+    /// Redis's memory use, sampled.
+    pub(crate) memory: Arc<postback_common::redis_memory::MemoryWatch>,
 }
 
 impl AppState {
@@ -40,6 +42,16 @@ impl AppState {
 
     /// Wraps the shared parts, requiring one of `tokens` when given.
     pub(crate) fn with_tokens(redis: Client, config: Config, tokens: Option<crate::auth::Tokens>) -> Self {
+        Self::with_memory(redis, config, tokens, Arc::default())
+    }
+
+    /// Wraps the shared parts, reading Redis's memory use from `memory`.
+    pub(crate) fn with_memory(
+        redis: Client,
+        config: Config,
+        tokens: Option<crate::auth::Tokens>,
+        memory: Arc<postback_common::redis_memory::MemoryWatch>,
+    ) -> Self {
         Self(Arc::new(Inner {
             redis,
             tokens,
@@ -49,6 +61,7 @@ impl AppState {
             limiter: crate::rate::Limiter::new(config.redis_timeout()),
             config,
             metrics: crate::metrics::IngestMetrics::new(),
+            memory,
         }))
     }
 }

@@ -20,6 +20,8 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_MAX_ITEMS", "0"),
             ("POSTBACK_HEADER_TIMEOUT_MS", "0"),
             ("POSTBACK_MAX_CONNECTIONS", "none"),
+            ("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", "101"),
+            ("POSTBACK_INGEST_RATE", "0"),
         ],
     );
 }
@@ -94,4 +96,28 @@ async fn sigterm_under_load_never_acknowledges_what_is_not_in_redis() {
     let missing: Vec<_> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(missing.is_empty(), "{} of {} acknowledged postbacks are not in Redis", missing.len(), accepted.len());
     println!("{} postbacks acknowledged, all in Redis ({} stored)", accepted.len(), stored.len());
+}
+
+#[tokio::test]
+async fn a_redis_without_maxmemory_is_called_out_at_start() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = postback_testkit::RedisServer::start();
+    let mut child = tokio::process::Command::new(BIN)
+        .env("POSTBACK_REDIS_URL", redis.url())
+        .env("POSTBACK_INGEST_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("Redis has no maxmemory") && line.contains("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found.ok(), Some(true), "no warning about maxmemory");
 }
