@@ -5,14 +5,21 @@
 //! It is a log, not data: it is capped (`POSTBACK_ATTEMPT_LOG_MAXLEN`,
 //! approximate trimming, so the oldest entries go first) and written in
 //! batches by one task per worker, off the delivery path. If Redis is away
-//! the entries of that moment are dropped (after a warning), never retried
-//! at the cost of delivery.
+//! or refuses them the entries of that moment are dropped (counted and
+//! summarised by [`crate::degraded`]), never retried at the cost of
+//! delivery. It is also the first thing shed when Redis fills up: at
+//! `POSTBACK_REDIS_MEMORY_LIMIT_PERCENT` less 10 points of maxmemory,
+//! nothing is written to it until memory falls back below that.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::streams::{XCapKind, XCapTrim};
+use postback_common::redis_memory::MemoryWatch;
 use tokio::sync::mpsc;
+
+use crate::degraded::Degraded;
 
 /// Entries written per round trip, at most.
 const BATCH: usize = 512;
@@ -48,10 +55,16 @@ impl AttemptLog {
         Self(None)
     }
 
-    /// Starts the writer task for stream `key`, capped at `maxlen` entries.
-    pub(crate) fn spawn(redis: Client, key: String, maxlen: u64) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task for stream `key`, capped at `maxlen` entries
+    /// and shedding as `shed` says.
+    pub(crate) fn spawn(
+        redis: Client,
+        key: String,
+        maxlen: u64,
+        shed: Shedding,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8 * BATCH);
-        (Self(Some(tx)), tokio::spawn(write(redis, key, maxlen, rx)))
+        (Self(Some(tx)), tokio::spawn(write(redis, key, maxlen, shed, rx)))
     }
 
     /// Queues an attempt; dropped if the writer is too far behind.
@@ -62,10 +75,36 @@ impl AttemptLog {
     }
 }
 
-async fn write(redis: Client, key: String, maxlen: u64, mut rx: mpsc::Receiver<LoggedAttempt>) {
+/// When the log gives way to postbacks.
+pub(crate) struct Shedding {
+    /// Redis's memory use.
+    pub(crate) memory: Arc<MemoryWatch>,
+    /// The share of maxmemory, in percent, from which nothing is written.
+    pub(crate) at_percent: u8,
+    /// Where dropped entries are counted.
+    pub(crate) degraded: Arc<Degraded>,
+}
+
+async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: mpsc::Receiver<LoggedAttempt>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut shedding = false;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if shed.memory.at_or_over(shed.at_percent) != shedding {
+            shedding = !shedding;
+            let percent = shed.at_percent;
+            if shedding {
+                tracing::warn!(percent, "Redis memory is high: the delivery log is not written until it falls back");
+            } else {
+                tracing::info!(percent, "Redis memory is below the mark again: writing the delivery log");
+            }
+        }
+        if shedding {
+            shed.degraded.skipped_log(batch.len() as u64);
+            batch.clear();
+            continue;
+        }
         let pipeline = redis.pipeline();
+        let pipeline_len = batch.len() as u64;
         for a in batch.drain(..) {
             let mut fields: Vec<(&str, String)> = vec![
                 ("postback_id", a.postback_id),
@@ -84,9 +123,11 @@ async fn write(redis: Client, key: String, maxlen: u64, mut rx: mpsc::Receiver<L
             let cap = (XCapKind::MaxLen, XCapTrim::AlmostExact, maxlen as i64, None::<i64>);
             let _: Result<(), _> = pipeline.xadd(&key, false, cap, "*", fields).await;
         }
-        let sent = tokio::time::timeout(Duration::from_secs(5), pipeline.all::<Vec<Value>>()).await;
-        if !matches!(sent, Ok(Ok(_))) {
-            tracing::warn!("could not write the delivery log to Redis; those entries are dropped");
+        let n = pipeline_len;
+        match tokio::time::timeout(Duration::from_secs(5), pipeline.all::<Vec<Value>>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => shed.degraded.refused("attempt_log", n, &e),
+            Err(_) => shed.degraded.refused("attempt_log", n, &"no answer within 5 s"),
         }
     }
 }

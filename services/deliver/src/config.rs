@@ -131,6 +131,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
     pub max_url_bytes: u64,
 
+    /// Stop writing the delivery log once Redis's used_memory reaches this
+    /// share of its maxmemory less 10 points (ingest refuses new postbacks
+    /// at the share itself); 0 turns shedding off. Same setting as ingest's.
+    #[arg(long, env = "POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub redis_memory_limit_percent: u8,
+
+    /// How long dead letters are kept: an age (30d, 12h) or a number of
+    /// letters; unset keeps every letter. Trimmed once a minute.
+    #[arg(long, env = "POSTBACK_DEAD_RETENTION", value_parser = crate::retention::Retention::parse)]
+    pub dead_retention: Option<crate::retention::Retention>,
+
     /// Entries kept in the delivery log stream (<stream>:log, one per
     /// attempt, read by `postbackctl attempts`); 0 writes no log.
     #[arg(long, env = "POSTBACK_ATTEMPT_LOG_MAXLEN", default_value_t = 100_000)]
@@ -209,6 +221,15 @@ impl Config {
     /// How long an entry may sit with another consumer before it is taken over.
     pub fn claim_idle(&self) -> Duration {
         Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// The memory share at which the delivery log stops being written, in
+    /// percent (0: never).
+    pub fn log_shed_percent(&self) -> u8 {
+        match self.redis_memory_limit_percent {
+            0 => 0,
+            limit => limit.saturating_sub(postback_common::redis_memory::LOG_SHED_POINTS).max(1),
+        }
     }
 
     /// How long shutdown waits for attempts in flight.

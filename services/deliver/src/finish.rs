@@ -11,9 +11,10 @@
 //! changes nothing in Redis and is counted
 //! (`postback_stale_finishes_total`).
 //!
-//! When Redis does not answer, a step is retried with backoff until it
-//! lands, the entry is found taken over, or the worker shuts down; then the
-//! entry stays pending and is handled again later (at-least-once).
+//! When Redis does not answer or refuses the write, a step is retried with
+//! backoff, behind the worker's probe ([`crate::degraded`]), until it lands,
+//! the entry is found taken over, or the worker shuts down; then the entry
+//! stays pending and is handled again later (at-least-once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acker::AckSender;
 use crate::backoff::Backoff;
+use crate::degraded::Degraded;
 use crate::ledger::{Held, Ledger, Position, Step};
 use crate::metrics::DeliverMetrics;
 use crate::outcome::{DeadReason, Ending, Outcome, Tally};
@@ -37,6 +39,7 @@ pub(crate) struct Finisher {
     ledger: Arc<Ledger>,
     acks: AckSender,
     metrics: Arc<DeliverMetrics>,
+    degraded: Arc<Degraded>,
     stop: CancellationToken,
     /// Woken when a retry is scheduled, so the scheduler can move it back in
     /// time even when it is due sooner than the scheduler's next look.
@@ -64,9 +67,10 @@ impl Finisher {
         ledger: Arc<Ledger>,
         acks: AckSender,
         metrics: Arc<DeliverMetrics>,
+        degraded: Arc<Degraded>,
         stop: CancellationToken,
     ) -> Self {
-        Self { ledger, acks, metrics, stop, scheduled: Arc::new(Notify::new()) }
+        Self { ledger, acks, metrics, degraded, stop, scheduled: Arc::new(Notify::new()) }
     }
 
     /// Finishes one postback of `entry`.
@@ -119,13 +123,19 @@ impl Finisher {
         let mut backoff = Backoff::default();
         let mut tries = 0u32;
         let mut stopping_since = None;
+        // Once this step is the probe, it stays the probe until it lands.
+        let mut probe = None;
         loop {
             tries += 1;
+            if probe.is_none() {
+                probe = self.degraded.turn(self.stop.is_cancelled()).await;
+            }
             match self.ledger.record([(entry, steps.clone())]).await {
                 Ok(recorded) => {
+                    self.degraded.landed();
                     self.metrics.stale_finishes(&recorded);
                     if tries > 1 {
-                        tracing::info!(entry_id = %entry.id, tries, "finished after Redis came back");
+                        tracing::debug!(entry_id = %entry.id, tries, "finished once Redis took the write");
                     }
                     if !recorded.taken.is_empty() {
                         tracing::warn!(
@@ -137,9 +147,7 @@ impl Finisher {
                     return recorded.taken.is_empty() && recorded.gone.is_empty();
                 }
                 Err(e) => {
-                    if tries == 1 {
-                        tracing::warn!(entry_id = %entry.id, error = %e, "cannot finish a postback yet; retrying");
-                    }
+                    self.degraded.refused("finish", 1, &e);
                     if self.stop.is_cancelled() {
                         let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() >= SHUTDOWN_PATIENCE {

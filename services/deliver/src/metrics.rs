@@ -24,6 +24,15 @@
 //!   the end of the capped body), for attempts that got a response.
 //! - `postback_end_to_end_seconds`: accepted by ingest → delivered.
 //! - `postback_deliveries_in_flight`: attempts under way in this worker.
+//! - `postback_redis_degraded_writes_total{write}`: writes Redis refused
+//!   (`finish`: a finishing step, retried; `promote`: a move of due
+//!   retries, retried) or that were left out under memory pressure
+//!   (`attempt_log`: delivery-log entries, dropped); see
+//!   [`crate::degraded`].
+//! - `postback_dead_trimmed_total`: dead letters removed by
+//!   `POSTBACK_DEAD_RETENTION`.
+//! - `postback_redis_memory_ratio`: Redis's used_memory / maxmemory at the
+//!   worker's last sample (every 500 ms).
 //!
 //! Sampled from Redis at each scrape (the same snapshot as
 //! `postbackctl status`; every worker reports the same values, so alert on
@@ -36,11 +45,13 @@
 //! their last values).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::prelude::Client;
 use postback_common::keys::Keys;
-use postback_common::metrics::{latency_histogram, render, status_class};
+use postback_common::metrics::{MemoryRatio, latency_histogram, render, status_class};
+use postback_common::redis_memory::MemoryWatch;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,6 +74,11 @@ struct AttemptLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    write: &'static str,
 }
 
 /// The gauges sampled from Redis.
@@ -91,6 +107,10 @@ pub(crate) struct DeliverMetrics {
     response: Histogram,
     end_to_end: Histogram,
     in_flight: Gauge,
+    degraded: Family<WriteLabels, Counter>,
+    dead_trimmed: Counter,
+    memory: MemoryRatio,
+    memory_watch: OnceLock<Arc<MemoryWatch>>,
     queue: QueueGauges,
 }
 
@@ -126,6 +146,15 @@ impl DeliverMetrics {
         r.register("end_to_end_seconds", "From accepted by ingest to delivered", end_to_end.clone());
         let in_flight = Gauge::default();
         r.register("deliveries_in_flight", "Attempts under way in this worker", in_flight.clone());
+        let degraded = Family::<WriteLabels, Counter>::default();
+        r.register(
+            "redis_degraded_writes",
+            "Writes Redis refused (retried) or left out under memory pressure, by write",
+            degraded.clone(),
+        );
+        let dead_trimmed = Counter::default();
+        r.register("dead_trimmed", "Dead letters removed by POSTBACK_DEAD_RETENTION", dead_trimmed.clone());
+        let memory = MemoryRatio::register(&mut r);
         let queue = QueueGauges::default();
         r.register("stream_length", "Entries in the stream", queue.stream_length.clone());
         r.register("stream_postbacks", "Postbacks in the stream's entries", queue.stream_postbacks.clone());
@@ -151,6 +180,10 @@ impl DeliverMetrics {
             response,
             end_to_end,
             in_flight,
+            degraded,
+            dead_trimmed,
+            memory,
+            memory_watch: OnceLock::new(),
             queue,
         }
     }
@@ -201,6 +234,21 @@ impl DeliverMetrics {
         }
     }
 
+    /// Counts `n` writes of kind `write` refused or left out.
+    pub(crate) fn degraded_writes(&self, write: &'static str, n: u64) {
+        self.degraded.get_or_create(&WriteLabels { write }).inc_by(n);
+    }
+
+    /// Counts dead letters trimmed.
+    pub(crate) fn dead_trimmed(&self, n: u64) {
+        self.dead_trimmed.inc_by(n);
+    }
+
+    /// The memory sample `postback_redis_memory_ratio` reports.
+    pub(crate) fn watch_memory(&self, watch: Arc<MemoryWatch>) {
+        let _ = self.memory_watch.set(watch);
+    }
+
     /// Counts entries taken over from other workers.
     pub(crate) fn claimed(&self, n: usize) {
         self.claimed.inc_by(n as u64);
@@ -236,6 +284,9 @@ impl DeliverMetrics {
                 tracing::debug!("no queue sample for /metrics within {SAMPLE_TIMEOUT:?}");
                 q.redis_up.set(0);
             }
+        }
+        if let Some(watch) = self.memory_watch.get() {
+            self.memory.set(watch);
         }
         render(&self.registry)
     }

@@ -12,13 +12,15 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fred::prelude::*;
+use postback_common::redis_memory::MemoryWatch;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::attempt_log::AttemptLog;
+use crate::attempt_log::{AttemptLog, Shedding};
 use crate::config::Config;
+use crate::degraded::Degraded;
 use crate::endpoints::Endpoints;
 use crate::finish::Finisher;
 use crate::guard::Guard;
@@ -28,6 +30,7 @@ use crate::intake::Intake;
 use crate::ledger::Ledger;
 use crate::metrics::DeliverMetrics;
 use crate::retry::RetryPolicy;
+use crate::scheduler::Scheduler;
 use crate::shared::Shared;
 use crate::worker::{EntrySizes, Worker};
 
@@ -103,15 +106,28 @@ impl Deliverer {
         }
 
         let config = &self.config;
+        let memory_stop = CancellationToken::new();
+        let memory = MemoryWatch::spawn(self.redis.clone(), memory_stop.clone(), || {
+            tracing::warn!(
+                "Redis has no maxmemory: nothing is shed before the machine's memory runs out (see ops/redis.conf)"
+            );
+        });
+        metrics.watch_memory(memory.clone());
+        let degraded = Arc::new(Degraded::new(metrics.clone()));
         let consumer = config.consumer_name();
         let ledger = Arc::new(Ledger::new(self.redis.clone(), keys.clone(), consumer.clone()));
         let ack_stop = CancellationToken::new();
         let (acks, acker) = crate::acker::spawn(ledger.clone(), metrics.clone(), ACK_GRACE, ack_stop.clone());
-        let finisher = Finisher::new(ledger, acks, metrics.clone(), shutdown.clone());
+        let finisher = Finisher::new(ledger, acks, metrics.clone(), degraded.clone(), shutdown.clone());
         let scheduler = tokio::spawn(crate::scheduler::run(
-            self.redis.clone(),
-            keys.clone(),
-            finisher.scheduled.clone(),
+            Scheduler {
+                redis: self.redis.clone(),
+                keys: keys.clone(),
+                wake: finisher.scheduled.clone(),
+                degraded: degraded.clone(),
+                retention: config.dead_retention,
+                metrics: metrics.clone(),
+            },
             shutdown.clone(),
         ));
         let janitor = tokio::spawn(crate::janitor::run(
@@ -123,7 +139,8 @@ impl Deliverer {
             shutdown.clone(),
         ));
         let (attempt_log, log_writer) = if config.attempt_log_maxlen > 0 {
-            let (log, task) = AttemptLog::spawn(self.redis.clone(), keys.log.clone(), config.attempt_log_maxlen);
+            let shed = Shedding { memory, at_percent: config.log_shed_percent(), degraded };
+            let (log, task) = AttemptLog::spawn(self.redis.clone(), keys.log.clone(), config.attempt_log_maxlen, shed);
             (log, Some(task))
         } else {
             (AttemptLog::disabled(), None)
@@ -188,6 +205,7 @@ impl Deliverer {
             // keep one alive, so do not wait long.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        memory_stop.cancel();
         admin_stop.cancel();
         let _ = admin.await;
         postback_common::redis::close(&self.reader).await;

@@ -25,6 +25,8 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_RETRY_BASE_MS", "700000"),
             ("POSTBACK_MAX_ATTEMPTS", "0"),
             ("POSTBACK_EGRESS_PROXY", "ftp://proxy.internal:21"),
+            ("POSTBACK_DEAD_RETENTION", "forever"),
+            ("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", "-1"),
         ],
     );
 }

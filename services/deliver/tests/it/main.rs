@@ -10,6 +10,7 @@ mod egress;
 mod faults;
 mod guard;
 mod helpers;
+mod memory;
 mod metrics;
 mod queue;
 mod request_entries;

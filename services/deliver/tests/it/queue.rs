@@ -1,6 +1,7 @@
 //! The queue side: acknowledgement, bad entries, pending recovery, a group
 //! that disappears, consumers that are gone.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -171,4 +172,40 @@ async fn an_idle_worker_costs_redis_only_a_few_commands_a_second() {
     assert!(spent <= 6 * 3, "an idle worker cost Redis {spent} commands in 6 s");
     shutdown.cancel();
     task.await.expect("join").expect("run");
+}
+
+#[tokio::test]
+async fn dead_letters_past_their_retention_are_trimmed_by_the_scheduler() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // 300 letters written "three days ago" (ids are times), 5 just now.
+    let old = postback_common::time::now_ms() - 3 * 86_400_000;
+    for i in 0..300u64 {
+        let id = format!("{old}-{i}");
+        let _: String = client.xadd("postbacks:dead", false, None, id.as_str(), ("reason", "old")).await.expect("XADD");
+    }
+    for _ in 0..5 {
+        let _: String = client.xadd("postbacks:dead", false, None, "*", ("reason", "new")).await.expect("XADD");
+    }
+    let p = Pipeline::start_on(redis, Sink::start().await, |c| {
+        c.dead_retention = Some(postback_deliver::Retention::parse("2d").expect("retention"));
+    })
+    .await;
+    // Trimming is approximate (whole stream nodes of 100), and runs as the
+    // scheduler starts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
+        if left <= 100 {
+            let newest: Vec<(String, HashMap<String, String>)> =
+                client.xrevrange("postbacks:dead", "+", "-", Some(5)).await.expect("XREVRANGE");
+            assert!(newest.iter().all(|(_, f)| f["reason"] == "new"), "the new letters are kept");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} letters left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = p.deliver_metrics().await;
+    let trimmed = postback_testkit::metric(&metrics, "postback_dead_trimmed_total", &[]).expect("counted");
+    assert!(trimmed >= 200.0, "{trimmed}");
 }

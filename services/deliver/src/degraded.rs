@@ -1,0 +1,114 @@
+//! Writes Redis refuses (out of memory, read-only after a failover,
+//! unreachable), and how deliver waits them out without spinning or
+//! flooding its log.
+//!
+//! - Every refused finishing step and retry move, and every delivery-log
+//!   entry not written, is counted in
+//!   `postback_redis_degraded_writes_total{write}`.
+//! - The log gets one line when refusals start, a summary at most every
+//!   [`SUMMARY_EVERY`] while they go on, and one line when a write lands
+//!   again: never one line per refusal.
+//! - While Redis refuses finishing steps, the worker's postbacks waiting to
+//!   be finished queue behind one of them (the probe), which retries with
+//!   growing delays (the shared backoff, up to 2 s); the others wait
+//!   without calling Redis, and go through as soon as the probe's step
+//!   lands. A full Redis costs a worker one script call per delay, however
+//!   many postbacks it holds, and each postback stays with the worker that
+//!   attempted it until its step lands. When the worker is shutting down
+//!   nobody queues: each step gets its last tries at once.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::MutexGuard;
+
+use crate::metrics::DeliverMetrics;
+
+/// Longest silence in the log while Redis keeps refusing writes.
+pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Refused writes, counted and summarised, and the probe finishing steps
+/// queue behind.
+pub(crate) struct Degraded {
+    metrics: Arc<DeliverMetrics>,
+    failing: AtomicBool,
+    probe: tokio::sync::Mutex<()>,
+    summary: Mutex<Summary>,
+}
+
+/// Refusals since the last line logged.
+#[derive(Default)]
+struct Summary {
+    logged_at: Option<Instant>,
+    counts: BTreeMap<&'static str, u64>,
+    total: u64,
+    last_error: String,
+}
+
+impl Degraded {
+    /// Counting into `metrics`.
+    pub(crate) fn new(metrics: Arc<DeliverMetrics>) -> Self {
+        Self {
+            metrics,
+            failing: AtomicBool::new(false),
+            probe: tokio::sync::Mutex::new(()),
+            summary: Mutex::new(Summary::default()),
+        }
+    }
+
+    /// Waits for this step's turn: at once while Redis takes writes (or
+    /// when `stopping`), else behind the probe. What it returns makes the
+    /// step the probe: hold it through every try and every wait until the
+    /// step lands.
+    pub(crate) async fn turn(&self, stopping: bool) -> Option<MutexGuard<'_, ()>> {
+        if stopping || !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let probe = self.probe.lock().await;
+        self.failing.load(Ordering::Relaxed).then_some(probe)
+    }
+
+    /// Counts `n` writes of kind `write` refused (or skipped) for `error`,
+    /// and logs a summary if one is due.
+    pub(crate) fn refused(&self, write: &'static str, n: u64, error: &dyn Display) {
+        self.metrics.degraded_writes(write, n);
+        if write != "attempt_log" {
+            self.failing.store(true, Ordering::Relaxed);
+        }
+        let mut summary = self.summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *summary.counts.entry(write).or_default() += n;
+        summary.total += n;
+        summary.last_error = error.to_string();
+        if summary.logged_at.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY) {
+            tracing::warn!(
+                refused = summary.total,
+                by_write = %format!("{:?}", summary.counts),
+                error = %summary.last_error,
+                "Redis is refusing writes; waiting with growing delays, one line every {} s while it lasts (an OOM \
+                 error: runbooks/redis-memory-high.md)",
+                SUMMARY_EVERY.as_secs()
+            );
+            summary.logged_at = Some(Instant::now());
+            summary.counts.clear();
+            summary.total = 0;
+        }
+    }
+
+    /// Counts `n` delivery-log entries left out under memory pressure (the
+    /// log writer says when shedding starts and stops).
+    pub(crate) fn skipped_log(&self, n: u64) {
+        self.metrics.degraded_writes("attempt_log", n);
+    }
+
+    /// A finishing step or a retry move landed: Redis takes writes.
+    pub(crate) fn landed(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            let mut summary = self.summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tracing::info!(refused_since_last_line = summary.total, "Redis accepts writes again");
+            *summary = Summary::default();
+        }
+    }
+}
