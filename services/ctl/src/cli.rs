@@ -1,5 +1,7 @@
 //! The command line of `postbackctl`.
 
+use std::time::SystemTime;
+
 use clap::{Parser, Subcommand};
 use postback_common::config::RedisArgs;
 
@@ -67,6 +69,20 @@ pub enum Dead {
         /// The dead letter's id (from `dead list`).
         id: String,
     },
+    /// Write dead letters as JSON lines (one letter per line, oldest first,
+    /// postbacks decoded) to stdout: what to keep before
+    /// POSTBACK_DEAD_RETENTION trims them.
+    Export {
+        /// Letters written at or after this time: RFC 3339
+        /// (`2026-11-01T00:00:00Z`) or an age (`30d`: that long ago).
+        /// Default: the oldest.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<SystemTime>,
+        /// Letters written at or before this time, the same way. Default:
+        /// now.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<SystemTime>,
+    },
     /// Put dead letters back into the stream as fresh postbacks (attempts
     /// start again), each exactly once. A letter that cannot go back (no
     /// postback in it, or its endpoint record gone) is named and skipped,
@@ -79,4 +95,14 @@ pub enum Dead {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// A point in time: RFC 3339, or an age back from now.
+fn parse_time(text: &str) -> Result<SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    let age = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-11-01T00:00:00Z) nor an age (30d, 12h)"))?;
+    Ok(SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH))
 }

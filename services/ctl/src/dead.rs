@@ -1,4 +1,8 @@
-//! `dead list`, `dead show` and `dead redrive`: the dead-letter stream.
+//! `dead list`, `dead show`, `dead export` and `dead redrive`: the
+//! dead-letter stream.
+
+use std::io::Write;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -18,6 +22,9 @@ pub enum DeadError {
     /// Redis failed (exit code 1).
     #[error("Redis: {0}")]
     Redis(#[from] Error),
+    /// The output could not be written (exit code 1).
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
     /// Some dead letters could not be redriven (exit code 4).
     #[error("{0}")]
     Skipped(String),
@@ -57,6 +64,42 @@ pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadErr
         return Err(DeadError::NotFound(format!("no dead letter {id} in {}", keys.dead)));
     };
     Ok(entry::fields_json(redis, keys, id, fields).await?)
+}
+
+/// Letters read per round trip by [`export`].
+const EXPORT_PAGE: u64 = 1_000;
+
+/// Writes the dead letters written from `since` to `until` (inclusive;
+/// letters' ids are the time they were written) to `out`, one JSON object
+/// per line, oldest first, a page at a time; how many.
+pub async fn export(
+    redis: &Client,
+    keys: &Keys,
+    since: SystemTime,
+    until: SystemTime,
+    out: &mut impl Write,
+) -> Result<u64, DeadError> {
+    let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let end = format!("{}", ms(until));
+    let mut start = format!("{}", ms(since));
+    let mut written = 0;
+    loop {
+        let page: Vec<Entry> = redis.xrange(&keys.dead, start.as_str(), end.as_str(), Some(EXPORT_PAGE)).await?;
+        let full = page.len() as u64 == EXPORT_PAGE;
+        let Some(last) = page.last().map(|(id, _)| id.clone()) else { break };
+        for (id, fields) in page {
+            let letter = entry::fields_json(redis, keys, id, fields).await?;
+            serde_json::to_writer(&mut *out, &letter).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+        if !full {
+            break;
+        }
+        start = format!("({last}");
+    }
+    out.flush()?;
+    Ok(written)
 }
 
 /// What one redrive did.

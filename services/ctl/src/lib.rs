@@ -3,12 +3,13 @@
 //! # Layout
 //! - [`cli`]: the command line.
 //! - [`queue`]: `status` and `pending`.
-//! - [`dead`]: `dead list`, `dead show`, `dead redrive`.
+//! - [`dead`]: `dead list`, `dead show`, `dead export`, `dead redrive`.
 //! - [`entry`]: `entry ID`, and entry values decoded as JSON.
 //! - [`attempts`]: `attempts ID`, from the delivery log stream.
 //! - [`output`]: tables and JSON.
 //!
-//! Exit codes: 0 done, 1 Redis failed or is unreachable, 2 bad usage,
+//! Exit codes: 0 done, 1 Redis failed or is unreachable (or the output
+//! could not be written), 2 bad usage,
 //! 3 not found (no such entry or dead letter, no attempts of that postback),
 //! 4 some dead letters could not be redriven (each is named; the others
 //! were).
@@ -57,6 +58,12 @@ pub async fn run(cli: Cli) -> ExitCode {
                 let rows = attempts::find(&redis, &keys, &id, scan).await?;
                 if cli.json { output::json(&rows) } else { attempts::print(&rows) }
             }
+            Command::Dead(Dead::Export { since, until }) => {
+                let since = since.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                let until = until.unwrap_or_else(std::time::SystemTime::now);
+                let written = dead::export(&redis, &keys, since, until, &mut std::io::stdout().lock()).await?;
+                eprintln!("{written} dead letters exported");
+            }
             Command::Dead(Dead::Show { id }) => output::json(&dead::show(&redis, &keys, &id).await?),
             Command::Dead(Dead::Redrive { ids, all }) => {
                 let (done, skipped) = dead::redrive(&redis, &keys, &ids, all).await?;
@@ -91,7 +98,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {what}");
             ExitCode::from(3)
         }
-        Err(DeadError::Redis(e)) => {
+        Err(e @ (DeadError::Redis(_) | DeadError::Output(_))) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }

@@ -272,3 +272,40 @@ async fn redrive_all_puts_whole_entries_back_counted_and_skips_what_cannot_go_ba
     let still: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
     assert_eq!(still, 2, "the letter without a postback and the orphan stay");
 }
+
+#[tokio::test]
+async fn dead_export_writes_a_time_range_as_json_lines_page_by_page() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // 2,500 letters a day old (more than two pages), 3 an hour old, 1 now.
+    let now = postback_common::time::now_ms();
+    for (age_ms, count, reason) in [(86_400_000, 2_500u64, "day"), (3_600_000, 3, "hour")] {
+        for i in 0..count {
+            let id = format!("{}-{i}", now - age_ms);
+            let fields = vec![("reason", bytes::Bytes::from(reason)), ("p", bytes::Bytes::from(postback(i as i64)))];
+            let _: String = client.xadd("postbacks:dead", false, None, id.as_str(), fields).await.expect("XADD");
+        }
+    }
+    let _: String = client.xadd("postbacks:dead", false, None, "*", ("reason", "now")).await.expect("XADD");
+
+    let lines = |output: Output| -> Vec<Json> {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8(output.stdout).expect("utf-8");
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+    };
+    let all = lines(ctl(&redis, &["dead", "export"]));
+    assert_eq!(all.len(), 2_504);
+    assert_eq!(all[0]["reason"], "day", "oldest first");
+    assert_eq!(all[0]["postback"]["data"]["n"], 0, "postbacks decoded");
+    assert_eq!(all[2_503]["reason"], "now");
+
+    let recent = lines(ctl(&redis, &["dead", "export", "--since", "2h", "--until", "30m"]));
+    assert_eq!(recent.iter().map(|l| l["reason"].as_str().expect("reason")).collect::<Vec<_>>(), ["hour"; 3]);
+
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - std::time::Duration::from_secs(60));
+    assert_eq!(lines(ctl(&redis, &["dead", "export", "--since", &since.to_string()])).len(), 1);
+
+    let bad = ctl(&redis, &["dead", "export", "--since", "yesterday-ish"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
+}
