@@ -40,6 +40,12 @@ async fn malformed_json_is_a_400() {
         let problem = problem(response).await;
         assert_eq!(problem["type"], "/problems/malformed-json", "{body:?}");
     }
+    // Said the way a person reads the body, with where.
+    let body = "{\n  \"endpoint\": {\"method\": \"GET\", \"url\": \"http://h/\"}\n  \"data\": [{}]\n}";
+    let detail = problem(app.post("/ingest.php", body).await).await["detail"].clone();
+    assert_eq!(detail, "malformed JSON: expected `,` or `}` at line 3 column 3");
+    let detail = problem(app.post("/ingest.php", vec![b'{', 0xff, b'}']).await).await["detail"].clone();
+    assert_eq!(detail, "malformed JSON: the body is not UTF-8");
     let deep = "[".repeat(100_000);
     let response = app.post("/ingest.php", deep).await;
     assert_eq!(response.status(), 400);
