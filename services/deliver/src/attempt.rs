@@ -220,7 +220,8 @@ fn transport_reason(error: &reqwest::Error) -> String {
 /// Logs an attempt as one JSON line: INFO when delivered, WARN when it will
 /// be retried, ERROR when the postback is given up.
 pub(crate) fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, attempt: &Attempt, outcome: &Outcome) {
-    let delivered_at = postback_common::time::rfc3339_ms(attempt.at);
+    let attempted_at = postback_common::time::rfc3339_ms(attempt.at);
+    let delivered_at = (*outcome == Outcome::Delivered).then_some(attempted_at.as_str());
     let queued_ms = attempt
         .at
         .duration_since(postback_common::time::from_ms(postback.accepted_at_ms))
@@ -246,7 +247,8 @@ pub(crate) fn log(postback: &Postback, number: u32, entry_id: &str, url: &str, a
                 attempt = number,
                 method = postback.method.as_str(),
                 url,
-                delivered_at = delivered_at.as_str(),
+                attempted_at = attempted_at.as_str(),
+                delivered_at,
                 status = attempt.status,
                 response_time_ms = attempt.response_time_ms,
                 response_body = attempt.response_body.as_str(),

@@ -68,8 +68,9 @@ async fn logs_each_attempt_as_one_json_line() {
     assert!(line["response_time_ms"].is_u64());
     assert!(line["error"].is_null());
     assert!(line["next_attempt_in_ms"].is_null());
-    let at = line["delivered_at"].as_str().expect("delivered_at");
+    let at = line["attempted_at"].as_str().expect("attempted_at");
     assert!(at.ends_with('Z') && at.len() == "2026-11-28T00:00:00.000Z".len(), "{at}");
+    assert_eq!(line["delivered_at"], at, "a delivered attempt says when it was delivered");
     assert_eq!(line["level"], "INFO");
 
     // A target that refuses the connection: no status, an error, still one line.
@@ -80,6 +81,7 @@ async fn logs_each_attempt_as_one_json_line() {
     .await;
     let line = deliver.line("delivery attempt").await;
     assert!(line["status"].is_null(), "{line}");
+    assert!(line["attempted_at"].is_string() && line["delivered_at"].is_null(), "{line}");
     assert_eq!(line["outcome"], "retry");
     assert_eq!(line["level"], "WARN");
     assert!(line["next_attempt_in_ms"].is_u64(), "{line}");
