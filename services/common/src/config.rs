@@ -12,7 +12,7 @@ use clap::{Args, Parser};
 
 use crate::keys::{DEFAULT_GROUP, DEFAULT_STREAM, Keys};
 
-/// Where the queue lives.
+/// Where the queue lives: what every binary needs.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis server URL: redis://[user:password@]host:port[/db] or rediss:// for TLS.
@@ -22,7 +22,20 @@ pub struct RedisArgs {
     /// Name of the Redis stream that holds postbacks awaiting delivery.
     #[arg(long, env = "POSTBACK_STREAM", default_value = DEFAULT_STREAM, value_parser = parse_key_name)]
     pub stream: String,
+}
 
+impl RedisArgs {
+    /// The Redis key names of the stream, with the default group and
+    /// dead-letter stream (for ingest, which uses neither).
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.stream, DEFAULT_GROUP)
+    }
+}
+
+/// Who reads the queue and where given-up postbacks go: for deliver and
+/// postbackctl, not ingest.
+#[derive(Debug, Clone, Args)]
+pub struct GroupArgs {
     /// Name of the consumer group the delivery workers share.
     #[arg(long, env = "POSTBACK_GROUP", default_value = DEFAULT_GROUP, value_parser = parse_key_name)]
     pub group: String,
@@ -32,10 +45,10 @@ pub struct RedisArgs {
     pub dead_stream: Option<String>,
 }
 
-impl RedisArgs {
-    /// The Redis key names these settings select.
-    pub fn keys(&self) -> Keys {
-        let keys = Keys::new(&self.stream, &self.group);
+impl GroupArgs {
+    /// The Redis key names these settings and `redis`'s select.
+    pub fn keys(&self, redis: &RedisArgs) -> Keys {
+        let keys = Keys::new(&redis.stream, &self.group);
         match &self.dead_stream {
             Some(dead) => keys.with_dead(dead),
             None => keys,
@@ -126,6 +139,8 @@ mod tests {
     struct Demo {
         #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        group: GroupArgs,
         /// A number.
         #[arg(long, env = "POSTBACK_DEMO_MS", default_value_t = 5)]
         demo_ms: u64,
@@ -149,6 +164,9 @@ mod tests {
     fn defaults_match_the_documented_names() {
         let demo = Demo::try_parse_from(["demo"]).expect("defaults parse");
         assert_eq!(demo.redis.keys(), Keys::new("postbacks", "deliver"));
+        assert_eq!(demo.group.keys(&demo.redis), Keys::new("postbacks", "deliver"));
+        let demo = Demo::try_parse_from(["demo", "--group", "g", "--dead-stream", "gone"]).expect("parse");
+        assert_eq!(demo.group.keys(&demo.redis), Keys::new("postbacks", "g").with_dead("gone"));
         assert_eq!(demo.redis.redis_url, "redis://127.0.0.1:6379");
     }
 }

@@ -7,7 +7,7 @@ use postback_common::keys::Keys;
 use serde_json::{Map, Value as Json};
 
 use crate::dead::DeadError;
-use crate::output;
+use crate::{entry, output};
 
 /// The attempts of postback `id` among the newest `scan` log entries.
 pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Vec<Json>, DeadError> {
@@ -16,8 +16,13 @@ pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Ve
         .into_iter()
         .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "postback_id" && v.as_ref() == id.as_bytes()))
         .map(|(_, fields)| {
-            let object: Map<String, Json> =
-                fields.into_iter().map(|(k, v)| (k, Json::from(String::from_utf8_lossy(&v).into_owned()))).collect();
+            let object: Map<String, Json> = fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = entry::text_field(&k, &v);
+                    (k, value)
+                })
+                .collect();
             Json::Object(object)
         })
         .collect();

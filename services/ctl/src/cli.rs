@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
-use postback_common::config::RedisArgs;
+use postback_common::config::{GroupArgs, RedisArgs};
 
 /// On-call view of the postback queue: what waits, who holds it, what was
 /// given up, and putting given-up postbacks back.
@@ -13,6 +13,10 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub redis: RedisArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub group: GroupArgs,
 
     /// Print JSON instead of tables, for scripts.
     #[arg(long, global = true)]

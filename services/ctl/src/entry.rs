@@ -49,10 +49,27 @@ pub async fn fields_json(redis: &Client, keys: &Keys, id: String, fields: Vec<(S
         if key == ENTRY_FIELD {
             out.extend(payload_json(redis, keys, &value).await?);
         } else {
-            out.insert(key, String::from_utf8_lossy(&value).into_owned().into());
+            let value = text_field(&key, &value);
+            out.insert(key, value);
         }
     }
     Ok(Json::Object(out))
+}
+
+/// Fields that hold whole numbers, in dead letters and in the delivery
+/// log: shown as JSON numbers, so both say `"attempts": 3` alike.
+const NUMBER_FIELDS: [&str; 5] = ["attempt", "attempts", "status", "last_status", "response_time_ms"];
+
+/// A text field of a stream entry as JSON: a number for the
+/// [`NUMBER_FIELDS`], else a string.
+pub fn text_field(key: &str, value: &[u8]) -> Json {
+    let text = String::from_utf8_lossy(value);
+    if NUMBER_FIELDS.contains(&key)
+        && let Ok(n) = text.parse::<u64>()
+    {
+        return n.into();
+    }
+    text.into_owned().into()
 }
 
 /// One entry of the stream, its postbacks decoded; for an entry of several

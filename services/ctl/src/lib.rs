@@ -31,7 +31,7 @@ use crate::dead::DeadError;
 
 /// Runs one command; the exit code says how it went.
 pub async fn run(cli: Cli) -> ExitCode {
-    let keys = cli.redis.keys();
+    let keys = cli.group.keys(&cli.redis);
     let redis = match connect(&cli.redis.redis_url).await {
         Ok(redis) => redis,
         Err(e) => {

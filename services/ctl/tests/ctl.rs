@@ -94,6 +94,8 @@ async fn dead_letters_are_listed_shown_and_redriven_exactly_once() {
 
     let shown = json(&ctl(&redis, &["dead", "show", &dead[0]]));
     assert_eq!(shown["reason"], "rejected: HTTP 404");
+    assert_eq!(shown["attempts"], 1, "a number, as in `attempts`");
+    assert_eq!(shown["last_status"], 404);
     assert_eq!(shown["postback"]["method"], "GET");
     assert_eq!(shown["postback"]["data"]["n"], 9);
 
@@ -153,9 +155,10 @@ async fn attempts_come_from_the_delivery_log() {
     let rows = json(&ctl(&redis, &["--json", "attempts", "0192-a"]));
     let rows = rows.as_array().expect("rows");
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["attempt"], "2", "newest first");
+    assert_eq!(rows[0]["attempt"], 2, "newest first; numbers as numbers");
     assert_eq!(rows[0]["outcome"], "delivered");
-    assert_eq!(rows[1]["status"], "503");
+    assert_eq!(rows[1]["status"], 503);
+    assert_eq!(rows[1]["response_time_ms"], 7);
     let table = ctl(&redis, &["attempts", "0192-a"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("delivered"));
     let none = ctl(&redis, &["attempts", "0192-zzz"]);

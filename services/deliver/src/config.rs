@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use postback_common::config::{ConfigError, RedisArgs};
+use postback_common::config::{ConfigError, GroupArgs, RedisArgs};
 
 use crate::guard::AllowList;
 
@@ -16,6 +16,10 @@ pub struct Config {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub redis: RedisArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub group: GroupArgs,
 
     /// Address of the admin listener (/healthz, /readyz).
     #[arg(long = "addr", env = "POSTBACK_DELIVER_ADDR", default_value = "127.0.0.1:8081")]

@@ -79,7 +79,7 @@ impl Deliverer {
     /// Delivers until `shutdown` is cancelled; returns once in-flight
     /// attempts are over and their acknowledgements are flushed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let keys = self.config.redis.keys();
+        let keys = self.config.group.keys(&self.config.redis);
         let group_ready = Arc::new(AtomicBool::new(false));
         let admin_stop = CancellationToken::new();
         let metrics = Arc::new(DeliverMetrics::new());

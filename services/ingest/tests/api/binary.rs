@@ -31,10 +31,12 @@ fn help_lists_every_setting() {
     let output = Command::new(BIN).arg("--help").output().expect("run binary");
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for var in
-        ["POSTBACK_REDIS_URL", "POSTBACK_STREAM", "POSTBACK_GROUP", "POSTBACK_INGEST_ADDR", "POSTBACK_MAX_BODY_BYTES"]
-    {
+    for var in ["POSTBACK_REDIS_URL", "POSTBACK_STREAM", "POSTBACK_INGEST_ADDR", "POSTBACK_MAX_BODY_BYTES"] {
         assert!(help.contains(var), "{var} missing from --help");
+    }
+    // Only what ingest uses: the group and the dead letters are deliver's.
+    for var in ["POSTBACK_GROUP", "POSTBACK_DEAD_STREAM", "POSTBACK_DELIVER_ADDR", "POSTBACK_CONSUMER"] {
+        assert!(!help.contains(var), "{var} is in ingest's --help");
     }
 }
 
