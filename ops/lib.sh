@@ -57,3 +57,34 @@ ensure_promtool() {
     fi
     export PROMTOOL
 }
+
+# Checks the files that run the services outside this repository:
+# ops/install.sh installs into a scratch root, `systemd-analyze verify`
+# reads both units (pointed at that root's binaries; any message at all is
+# a failure, since verify itself exits 0 on unknown keys), and
+# `docker-compose config -q` validates docker-compose.yml. systemd and
+# docker-compose come from the distribution's packages. Needs the debug
+# binaries (built by the tests) and $root.
+check_service_files() {
+    local tmp out
+    local missing=()
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]} from the distribution's packages"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    tmp=$(mktemp -d)
+    DESTDIR="$tmp/root" BIN_DIR="$root/target/debug" bash "$root/ops/install.sh" >/dev/null
+    for unit in "$tmp"/root/etc/systemd/system/*.service; do
+        local name
+        name=$(basename "$unit")
+        [ "$name" = "postback-deliver@.service" ] && name="postback-deliver@1.service"
+        sed "s#/usr/local/bin/#$tmp/root/usr/local/bin/#" "$unit" >"$tmp/$name"
+    done
+    out=$(systemd-analyze verify --man=no "$tmp"/*.service 2>&1) || { echo "$out"; return 1; }
+    [ -z "$out" ] || { echo "$out"; echo "error: systemd-analyze verify found problems in ops/systemd" >&2; return 1; }
+    docker-compose -f "$root/docker-compose.yml" config -q
+    rm -rf "$tmp"
+}

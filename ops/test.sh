@@ -6,7 +6,9 @@
 # Needs only a Rust toolchain: redis-server (which the tests start on their
 # own free ports, never touching 6379) is installed from the distribution's
 # packages if missing, and promtool (which checks the alert rules and lints
-# the services' /metrics) is unpacked from Debian's prometheus package.
+# the services' /metrics) is unpacked from Debian's prometheus package. Last,
+# the service files are checked (systemd-analyze verify, docker-compose
+# config; both installed from Debian's packages when missing).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,3 +34,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "==> service files: ops/install.sh, systemd-analyze verify, docker-compose config"
+check_service_files
