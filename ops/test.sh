@@ -20,6 +20,7 @@ ensure_promtool
 
 echo "==> promtool: alert rules and their unit tests"
 "$PROMTOOL" check config ops/prometheus/prometheus.yml
+"$PROMTOOL" check config ops/prometheus/prometheus-compose.yml
 "$PROMTOOL" test rules ops/prometheus/alerts.test.yml
 
 echo "==> cargo fmt --check"

@@ -31,6 +31,10 @@ pub struct Status {
     pub oldest_pending_age_ms: Option<u64>,
     /// Postbacks waiting in the retry schedule.
     pub scheduled_retries: u64,
+    /// How long the most overdue scheduled retry has been due without
+    /// being moved back into the stream (0 when none is due): the retry
+    /// schedulers are behind or stopped when this grows.
+    pub oldest_overdue_retry_ms: u64,
     /// Postbacks in the dead-letter stream.
     pub dead_letters: u64,
     /// The group's consumers.
@@ -54,6 +58,9 @@ pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
     let scheduled_retries: u64 = redis.zcard(&keys.retry).await?;
     let dead_letters: u64 = redis.xlen(&keys.dead).await?;
     let batched: Option<u64> = redis.get(&keys.batched).await?;
+    let first_due: Vec<(String, f64)> = redis.zrange(&keys.retry, 0, 0, None, false, None, true).await?;
+    let oldest_overdue_retry_ms =
+        first_due.first().map_or(0, |(_, due)| crate::time::now_ms().saturating_sub(due.max(0.0) as u64));
     let mut status = Status {
         stream: keys.stream.clone(),
         group: keys.group.clone(),
@@ -63,6 +70,7 @@ pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
         pending: 0,
         oldest_pending_age_ms: None,
         scheduled_retries,
+        oldest_overdue_retry_ms,
         dead_letters,
         consumers: Vec::new(),
     };

@@ -29,6 +29,9 @@
 //!   retries, retried) or that were left out under memory pressure
 //!   (`attempt_log`: delivery-log entries, dropped); see
 //!   [`crate::degraded`].
+//! - `postback_host_failures_total{host}`: failed attempts per target
+//!   host:port (no response, or a status other than 2xx), for the hosts
+//!   first seen up to [`MAX_HOST_LABELS`]; later ones count as `other`.
 //! - `postback_dead_trimmed_total`: dead letters removed by
 //!   `POSTBACK_DEAD_RETENTION`.
 //! - `postback_redis_memory_ratio`: Redis's used_memory / maxmemory at the
@@ -40,6 +43,8 @@
 //! `postback_stream_length`, `postback_stream_postbacks`, `postback_group_lag`,
 //! `postback_group_pending`,
 //! `postback_oldest_pending_age_seconds`, `postback_scheduled_retries`,
+//! `postback_retry_overdue_seconds` (how long the most overdue scheduled
+//! retry has waited past its time),
 //! `postback_dead_letters`, `postback_group_consumers`, and
 //! `postback_redis_up` (0 when the sample failed; the others then keep
 //! their last values).
@@ -62,6 +67,10 @@ use prometheus_client::registry::Registry;
 use crate::ledger::Recorded;
 use crate::outcome::RetryReason;
 
+/// Distinct `host` labels kept; more hosts than this share `other`, so
+/// many partners cannot blow up the metric's cardinality.
+pub(crate) const MAX_HOST_LABELS: usize = 500;
+
 /// How long a scrape waits for its Redis sample.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -74,6 +83,11 @@ struct AttemptLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    host: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +104,7 @@ struct QueueGauges {
     group_pending: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
     scheduled_retries: Gauge,
+    retry_overdue: Gauge<f64, AtomicU64>,
     dead_letters: Gauge,
     consumers: Gauge,
     redis_up: Gauge,
@@ -107,6 +122,8 @@ pub(crate) struct DeliverMetrics {
     response: Histogram,
     end_to_end: Histogram,
     in_flight: Gauge,
+    host_failures: Family<HostLabels, Counter>,
+    host_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     degraded: Family<WriteLabels, Counter>,
     dead_trimmed: Counter,
     memory: MemoryRatio,
@@ -146,6 +163,8 @@ impl DeliverMetrics {
         r.register("end_to_end_seconds", "From accepted by ingest to delivered", end_to_end.clone());
         let in_flight = Gauge::default();
         r.register("deliveries_in_flight", "Attempts under way in this worker", in_flight.clone());
+        let host_failures = Family::<HostLabels, Counter>::default();
+        r.register("host_failures", "Failed attempts per target host:port", host_failures.clone());
         let degraded = Family::<WriteLabels, Counter>::default();
         r.register(
             "redis_degraded_writes",
@@ -166,6 +185,11 @@ impl DeliverMetrics {
             queue.oldest_pending_age.clone(),
         );
         r.register("scheduled_retries", "Postbacks waiting in the retry schedule", queue.scheduled_retries.clone());
+        r.register(
+            "retry_overdue_seconds",
+            "How long the most overdue scheduled retry has waited past its time",
+            queue.retry_overdue.clone(),
+        );
         r.register("dead_letters", "Entries in the dead-letter stream", queue.dead_letters.clone());
         r.register("group_consumers", "Consumers in the group", queue.consumers.clone());
         r.register("redis_up", "1 when the Redis sample of this scrape succeeded, else 0", queue.redis_up.clone());
@@ -180,6 +204,8 @@ impl DeliverMetrics {
             response,
             end_to_end,
             in_flight,
+            host_failures,
+            host_labels: std::sync::Mutex::default(),
             degraded,
             dead_trimmed,
             memory,
@@ -234,6 +260,19 @@ impl DeliverMetrics {
         }
     }
 
+    /// Counts a failed attempt to `host` (host:port).
+    pub(crate) fn host_failed(&self, host: &str) {
+        let host = {
+            let mut seen = self.host_labels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.contains(host) || seen.len() < MAX_HOST_LABELS && seen.insert(host.to_owned()) {
+                host.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.host_failures.get_or_create(&HostLabels { host }).inc();
+    }
+
     /// Counts `n` writes of kind `write` refused or left out.
     pub(crate) fn degraded_writes(&self, write: &'static str, n: u64) {
         self.degraded.get_or_create(&WriteLabels { write }).inc_by(n);
@@ -272,6 +311,7 @@ impl DeliverMetrics {
                 q.group_pending.set(n(status.pending));
                 q.oldest_pending_age.set(status.oldest_pending_age_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
                 q.scheduled_retries.set(n(status.scheduled_retries));
+                q.retry_overdue.set(status.oldest_overdue_retry_ms as f64 / 1000.0);
                 q.dead_letters.set(n(status.dead_letters));
                 q.consumers.set(n(status.consumers.len() as u64));
                 q.redis_up.set(1);

@@ -67,6 +67,9 @@ pub(crate) async fn take(shared: &Shared, postback: &Postback, so_far: Tally, en
     });
     let response_time = attempt.status.map(|_| Duration::from_millis(attempt.response_time_ms));
     shared.metrics.attempted(outcome.as_str(), attempt.status, response_time, end_to_end);
+    if outcome != Outcome::Delivered && !matches!(attempt.failure, Some(crate::attempt::Failure::Refused(_))) {
+        shared.metrics.host_failed(&host);
+    }
     attempt::log(postback, number, entry_id, &url, &attempt, &outcome);
     let tally = Tally {
         attempts: number,
