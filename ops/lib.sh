@@ -24,6 +24,21 @@ ensure_redis_installed() {
     command -v redis-server >/dev/null 2>&1 || { echo "error: redis-server still missing after apt-get install" >&2; return 1; }
 }
 
+# Sends one HTTP/1.0 request (no curl needed) and prints the response's
+# status code; BODY, when given, is sent as application/json.
+#   http_status GET 127.0.0.1:8080 /readyz
+#   http_status POST 127.0.0.1:8080 /v1/postbacks '{"endpoint":…}'
+http_status() {
+    local method=$1 hostport=$2 path=$3 body=${4-} line LC_ALL=C
+    { exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}"; } 2>/dev/null || { echo 000; return 1; }
+    printf '%s %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+        "$method" "$path" "$hostport" "${#body}" "$body" >&3
+    IFS= read -r -t 5 line <&3 || line=
+    exec 3<&- 3>&-
+    line=${line#HTTP/1.? }
+    echo "${line%% *}"
+}
+
 # True when something at HOST:PORT answers PING with PONG (no redis-cli needed).
 redis_answers() {
     local host=$1 port=$2 reply

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline on this machine: Redis (started here with AOF when
-# none answers), postback-ingest and one postback-deliver worker.
+# none answers), postback-ingest, one postback-deliver worker and a demo
+# partner that prints what it receives, then sends one postback to it.
 #
 #   bash ops/run-local.sh
 #
@@ -18,6 +19,11 @@ export POSTBACK_REDIS_URL=${POSTBACK_REDIS_URL:-redis://127.0.0.1:6379}
 export POSTBACK_INGEST_ADDR=${POSTBACK_INGEST_ADDR:-127.0.0.1:8080}
 export POSTBACK_DELIVER_ADDR=${POSTBACK_DELIVER_ADDR:-127.0.0.1:8081}
 export RUST_LOG=${RUST_LOG:-info}
+# A stable name: a restarted worker takes back what it held.
+export POSTBACK_CONSUMER=${POSTBACK_CONSUMER:-local-1}
+# The demo partner gets a loopback address of its own (see its --help).
+partner=${POSTBACK_DEMO_PARTNER_ADDR:-127.0.0.2:9090}
+first='{"endpoint":{"method":"POST","url":"http://'"$partner"'/postback?title={mascot}"},"data":[{"mascot":"Gopher","location":"https://blog.golang.org/gopher/gopher.png"}]}'
 
 # host and port out of redis://[user:pass@]host:port[/db]
 hostport=${POSTBACK_REDIS_URL#*://}
@@ -45,8 +51,8 @@ else
     redis_answers "$redis_host" "$redis_port" || { echo "error: redis-server did not start; see $data/logs/redis.log" >&2; exit 1; }
 fi
 
-echo "==> building (release)"
-cargo build --release --locked -q -p postback-ingest -p postback-deliver -p postback-ctl
+echo "==> building (release; the first build takes a few minutes)"
+cargo build --release --locked -p postback-ingest -p postback-deliver -p postback-ctl -p postback-demo-partner
 
 pids=()
 stop() {
@@ -57,28 +63,56 @@ stop() {
 }
 trap stop INT TERM
 
-target/release/postback-ingest >>"$data/logs/ingest.log" 2>&1 & pids+=($!)
-target/release/postback-deliver >>"$data/logs/deliver.log" 2>&1 & pids+=($!)
+# Fails the start: says which service, shows the end of its log, stops the
+# others.
+give_up() {
+    echo "error: $1 is not running and ready; the end of $2:" >&2
+    tail -n 20 "$2" >&2 || true
+    stop
+    exit 1
+}
 
-for _ in $(seq 100); do
-    curl -fs "http://$POSTBACK_INGEST_ADDR/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
+# The demo partner prints every request it receives here, in this terminal.
+target/release/postback-demo-partner --addr "$partner" & pids+=($!)
+target/release/postback-ingest >>"$data/logs/ingest.log" 2>&1 & pids+=($!)
+ingest_pid=$!
+POSTBACK_TARGET_ALLOW=${POSTBACK_TARGET_ALLOW:-${partner%:*}} \
+    target/release/postback-deliver >>"$data/logs/deliver.log" 2>&1 & pids+=($!)
+deliver_pid=$!
+
+for service in ingest deliver; do
+    if [ "$service" = ingest ]; then addr=$POSTBACK_INGEST_ADDR pid=$ingest_pid; else addr=$POSTBACK_DELIVER_ADDR pid=$deliver_pid; fi
+    ready=
+    for _ in $(seq 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        [ "$(http_status GET "$addr" /readyz)" = 200 ] && { ready=1; break; }
+        sleep 0.2
+    done
+    [ -n "$ready" ] || give_up "postback-$service" "$data/logs/$service.log"
 done
 
 cat <<MSG
 ==> running
-    ingest   http://$POSTBACK_INGEST_ADDR   (log: .data/logs/ingest.log)
-    deliver  http://$POSTBACK_DELIVER_ADDR/readyz   (log: .data/logs/deliver.log, one JSON line per attempt)
+    ingest        http://$POSTBACK_INGEST_ADDR   (log: .data/logs/ingest.log)
+    deliver       http://$POSTBACK_DELIVER_ADDR/readyz   (log: .data/logs/deliver.log, one JSON line per attempt)
+    demo partner  http://$partner   (prints what it receives below; the SSRF guard lets exactly ${partner%:*} through)
+    postbackctl   $root/target/release/postbackctl   (or: export PATH="$root/target/release:\$PATH")
 
-Send the sample request from the specification:
+==> sending a first postback to the demo partner:
+    curl -i -X POST http://$POSTBACK_INGEST_ADDR/v1/postbacks \\
+      --data '$first'
+MSG
+echo "    -> HTTP $(http_status POST "$POSTBACK_INGEST_ADDR" /v1/postbacks "$first")"
+cat <<MSG
 
-    curl -i -X POST http://$POSTBACK_INGEST_ADDR/ingest.php --data @schemas/examples/seed-request.json
+The specification's own sample targets sample_domain_endpoint.com, which
+does not exist: deliver retries it (10 attempts over about a minute) and
+then dead-letters it. Follow it with
 
-then watch the delivery attempt, and the queue:
+    curl -s -X POST http://$POSTBACK_INGEST_ADDR/ingest.php --data @schemas/examples/seed-request.json
+    target/release/postbackctl attempts ID      # ID from the 202's "ids"
+    target/release/postbackctl dead list
 
-    tail -f .data/logs/deliver.log
-    target/release/postbackctl status
-
-Ctrl-C stops both services.
+Ctrl-C stops everything.
 MSG
 wait "${pids[@]}"
