@@ -73,6 +73,18 @@ ensure_promtool() {
     export PROMTOOL
 }
 
+# Sets CHROMIUM to Debian's chromium, installing it when missing: the
+# dashboard test loads /dashboard in it headless and saves a screenshot.
+ensure_chromium() {
+    if ! command -v chromium >/dev/null 2>&1; then
+        echo "==> chromium not found; installing it from the distribution's packages"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+    CHROMIUM=$(command -v chromium)
+    export CHROMIUM
+}
+
 # Checks the files that run the services outside this repository:
 # ops/install.sh installs into a scratch root, `systemd-analyze verify`
 # reads both units (pointed at that root's binaries; any message at all is

@@ -6,7 +6,8 @@
 # Needs only a Rust toolchain: redis-server (which the tests start on their
 # own free ports, never touching 6379) is installed from the distribution's
 # packages if missing, and promtool (which checks the alert rules and lints
-# the services' /metrics) is unpacked from Debian's prometheus package. Last,
+# the services' /metrics) is unpacked from Debian's prometheus package, and
+# chromium (for the /dashboard test) is installed from Debian's. Last,
 # the service files are checked (systemd-analyze verify, docker-compose
 # config; both installed from Debian's packages when missing).
 set -euo pipefail
@@ -17,6 +18,7 @@ cd "$root"
 
 ensure_redis_installed
 ensure_promtool
+ensure_chromium
 
 echo "==> promtool: alert rules and their unit tests"
 "$PROMTOOL" check config ops/prometheus/prometheus.yml

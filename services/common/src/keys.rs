@@ -60,6 +60,10 @@ pub struct Keys {
     /// scope, or `all` for `POSTBACK_INGEST_RATE`): one string each, the
     /// budget's theoretical arrival time, expiring once the budget is whole.
     pub rate: String,
+    /// Prefix of deliver's per-minute counts (`<stream>:minutes:`, then the
+    /// minute since the Unix epoch): hashes kept two hours, read by the
+    /// built-in dashboard.
+    pub minutes: String,
 }
 
 impl Keys {
@@ -77,6 +81,7 @@ impl Keys {
             finished: format!("{stream}:finished"),
             idempotency: format!("{stream}:idempotency:"),
             rate: format!("{stream}:rate:"),
+            minutes: format!("{stream}:minutes:"),
             group: group.into(),
             stream,
         }

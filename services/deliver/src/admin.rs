@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (Redis answers and
-//! the consumer group is in place) and `/metrics` (Prometheus; see
-//! [`crate::metrics`]).
+//! the consumer group is in place), `/metrics` (Prometheus; see
+//! [`crate::metrics`]) and `/dashboard` (a page for people; see
+//! [`crate::dashboard`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(crate::dashboard::page))
         .with_state(state)
 }
 

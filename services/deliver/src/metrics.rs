@@ -65,6 +65,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::ledger::Recorded;
+use crate::minutes::MinuteCounts;
 use crate::outcome::RetryReason;
 
 /// Distinct `host` labels kept; more hosts than this share `other`, so
@@ -128,6 +129,8 @@ pub(crate) struct DeliverMetrics {
     dead_trimmed: Counter,
     memory: MemoryRatio,
     memory_watch: OnceLock<Arc<MemoryWatch>>,
+    /// The same events, per minute, for the built-in dashboard.
+    pub(crate) minutes: Arc<MinuteCounts>,
     queue: QueueGauges,
 }
 
@@ -210,6 +213,7 @@ impl DeliverMetrics {
             dead_trimmed,
             memory,
             memory_watch: OnceLock::new(),
+            minutes: Arc::default(),
             queue,
         }
     }
@@ -224,6 +228,7 @@ impl DeliverMetrics {
         end_to_end: Option<Duration>,
     ) {
         self.attempts.get_or_create(&AttemptLabels { outcome, status_class: status_class(status) }).inc();
+        self.minutes.add(if outcome == "delivered" { "delivered" } else { "failed" }, 1);
         if let Some(took) = response_time {
             self.response.observe(took.as_secs_f64());
         }
@@ -249,6 +254,7 @@ impl DeliverMetrics {
     /// Counts `n` dead-lettered postbacks of a reason's `category`.
     pub(crate) fn dead_lettered(&self, category: &'static str, n: u64) {
         self.dead.get_or_create(&ReasonLabels { reason: category }).inc_by(n);
+        self.minutes.add(format!("dead:{category}"), n as i64);
     }
 
     /// Counts the entries a finishing step found no longer this worker's.
@@ -262,6 +268,7 @@ impl DeliverMetrics {
 
     /// Counts a failed attempt to `host` (host:port).
     pub(crate) fn host_failed(&self, host: &str) {
+        self.minutes.add(format!("host:{host}"), 1);
         let host = {
             let mut seen = self.host_labels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if seen.contains(host) || seen.len() < MAX_HOST_LABELS && seen.insert(host.to_owned()) {

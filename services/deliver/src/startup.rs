@@ -114,6 +114,12 @@ impl Deliverer {
         });
         metrics.watch_memory(memory.clone());
         let degraded = Arc::new(Degraded::new(metrics.clone()));
+        let minutes_stop = CancellationToken::new();
+        let minutes = {
+            let (counts, redis, prefix, stop) =
+                (metrics.minutes.clone(), self.redis.clone(), keys.minutes.clone(), minutes_stop.clone());
+            tokio::spawn(async move { counts.run(redis, prefix, stop).await })
+        };
         let consumer = config.consumer_name();
         let ledger = Arc::new(Ledger::new(self.redis.clone(), keys.clone(), consumer.clone()));
         let ack_stop = CancellationToken::new();
@@ -206,6 +212,8 @@ impl Deliverer {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         memory_stop.cancel();
+        minutes_stop.cancel();
+        let _ = minutes.await;
         admin_stop.cancel();
         let _ = admin.await;
         postback_common::redis::close(&self.reader).await;
