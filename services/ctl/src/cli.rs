@@ -40,6 +40,13 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         count: u64,
     },
+    /// The retry schedule, soonest first: when each postback is due (or
+    /// how late), its attempts so far and its target host.
+    Retries {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        count: u64,
+    },
     /// One stream entry, its postbacks decoded (a request's postbacks
     /// share one entry; ids come from `pending`).
     Entry {

@@ -49,6 +49,7 @@ pub fn print_list(letters: &[Json]) {
         &[
             ("dead letter", "id"),
             ("postback", "postback_id"),
+            ("target", "target"),
             ("attempts", "attempts"),
             ("status", "last_status"),
             ("last attempt", "last_attempt_at"),

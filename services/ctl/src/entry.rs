@@ -21,16 +21,29 @@ pub fn postback_json(p: &Postback) -> Json {
     })
 }
 
-/// A `p` value as JSON fields: `postback` for a single postback,
+/// The host (and port, if given) a URL template sends to: what is between
+/// `scheme://` and the path (placeholders never are, ingest refuses them
+/// there).
+pub fn target_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+}
+
+/// A `p` value as JSON fields (with `target`, the host it goes to): `postback` for a single postback,
 /// `postbacks` for a version 3 entry, `undecodable` (and the bytes as
 /// text) when it cannot be read.
 pub async fn payload_json(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Map<String, Json>, Error> {
     let mut out = Map::new();
     match entries::resolve(redis, keys, payload).await? {
         Ok(postbacks) if postbacks.len() == 1 && request_entry::postbacks_in(payload) == 1 => {
+            out.insert("target".into(), target_of(&postbacks[0].url).into());
             out.insert("postback".into(), postback_json(&postbacks[0]));
         }
         Ok(postbacks) => {
+            if let Some(first) = postbacks.first() {
+                out.insert("target".into(), target_of(&first.url).into());
+            }
             out.insert("postbacks".into(), postbacks.iter().map(postback_json).collect());
         }
         Err(why) => {

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: the command line.
 //! - [`queue`]: `status` and `pending`.
+//! - [`retries`]: `retries`, the retry schedule.
 //! - [`dead`]: `dead list`, `dead show`, `dead export`, `dead redrive`.
 //! - [`entry`]: `entry ID`, and entry values decoded as JSON.
 //! - [`attempts`]: `attempts ID`, from the delivery log stream.
@@ -20,6 +21,7 @@ mod dead;
 mod entry;
 mod output;
 mod queue;
+mod retries;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -48,6 +50,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Pending { count } => {
                 let rows = queue::pending(&redis, &keys, count).await?;
                 if cli.json { output::json(&rows) } else { queue::print_pending(&rows) }
+            }
+            Command::Retries { count } => {
+                let rows = retries::list(&redis, &keys, count).await?;
+                if cli.json { output::json(&rows) } else { retries::print(&rows) }
             }
             Command::Entry { id } => output::json(&entry::show(&redis, &keys, &id).await?),
             Command::Dead(Dead::List { count }) => {

@@ -29,7 +29,11 @@ pub fn object_table(objects: &[serde_json::Value], columns: &[(&str, &str)]) {
         .map(|o| {
             columns
                 .iter()
-                .map(|(_, key)| o.get(*key).and_then(serde_json::Value::as_str).unwrap_or("-").to_owned())
+                .map(|(_, key)| match o.get(*key) {
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    None | Some(serde_json::Value::Null) => "-".to_owned(),
+                    Some(other) => other.to_string(),
+                })
                 .collect()
         })
         .collect();

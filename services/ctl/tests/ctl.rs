@@ -312,3 +312,45 @@ async fn dead_export_writes_a_time_range_as_json_lines_page_by_page() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
 }
+
+#[tokio::test]
+async fn retries_are_listed_soonest_first_with_when_and_where() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let now = postback_common::time::now_ms();
+    let member = |attempts: u32, n: i64| {
+        let mut m = format!("{attempts}:{}:", now - 60_000).into_bytes();
+        m.extend(postback(n));
+        bytes::Bytes::from(m)
+    };
+    // One overdue by a minute, one due in an hour.
+    let _: u64 = client
+        .zadd(
+            "postbacks:retry",
+            None,
+            None,
+            false,
+            false,
+            vec![((now + 3_600_000) as f64, member(1, 1)), ((now - 60_000) as f64, member(3, 2))],
+        )
+        .await
+        .expect("ZADD");
+    let rows = json(&ctl(&redis, &["--json", "retries"]));
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["attempts"], 3, "soonest (overdue) first");
+    assert!(rows[0]["due_in_ms"].as_i64().expect("due_in_ms") < -50_000);
+    assert_eq!(rows[0]["target"], "h.example");
+    assert_eq!(rows[0]["postback"]["data"]["n"], 2);
+    assert_eq!(rows[0]["postback_id"], rows[0]["postback"]["id"]);
+    assert!(rows[1]["due_in_ms"].as_i64().expect("due_in_ms") > 3_500_000);
+    let table = String::from_utf8(ctl(&redis, &["retries"]).stdout).expect("utf-8");
+    assert!(table.contains("late") && table.contains("in 59m") && table.contains("h.example"), "{table}");
+
+    // Dead letters name their target too.
+    let (_, dead) = known_state(&redis).await;
+    let shown = json(&ctl(&redis, &["dead", "show", &dead[0]]));
+    assert_eq!(shown["target"], "h.example");
+    let list = String::from_utf8(ctl(&redis, &["dead", "list"]).stdout).expect("utf-8");
+    assert!(list.contains("h.example") && list.contains("404"), "{list}");
+}
