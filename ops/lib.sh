@@ -73,6 +73,19 @@ ensure_promtool() {
     export PROMTOOL
 }
 
+# Installs what the runbook tests run besides the project's binaries (the
+# pages' own commands: curl, ps), from the distribution's packages.
+ensure_runbook_tools() {
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v ps >/dev/null 2>&1 || missing+=(procps)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]} from the distribution's packages (the runbook tests run them)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
 # Sets CHROMIUM to Debian's chromium, installing it when missing: the
 # dashboard test loads /dashboard in it headless and saves a screenshot.
 ensure_chromium() {

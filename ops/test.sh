@@ -19,6 +19,7 @@ cd "$root"
 ensure_redis_installed
 ensure_promtool
 ensure_chromium
+ensure_runbook_tools
 
 echo "==> promtool: alert rules and their unit tests"
 "$PROMTOOL" check config ops/prometheus/prometheus.yml

@@ -17,4 +17,5 @@ mod metrics;
 mod queue;
 mod request_entries;
 mod retries;
+mod runbooks;
 mod trace;
