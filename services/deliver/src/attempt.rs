@@ -3,6 +3,8 @@
 //! GET and DELETE send no body, POST/PUT/PATCH send the data object as JSON.
 //! The only headers sent are fixed ones (`X-Postback-Id`, `Content-Type`,
 //! `User-Agent`): no part of a caller's data ever becomes a header.
+//! Targets listed in `POSTBACK_SIGNING_KEYS_FILE` also get the Standard
+//! Webhooks headers ([`crate::signing`]), over the exact body sent.
 //! Every request carries `X-Postback-Id`, so a receiver can drop the
 //! duplicates that at-least-once delivery allows; the id is the same on every
 //! attempt of a postback.
@@ -22,6 +24,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::http::{Egress, Outgoing, SendError};
 use crate::outcome::Outcome;
 use crate::retry::parse_retry_after;
+use crate::signing::SigningKeys;
 
 /// The header that carries the postback id.
 pub(crate) const POSTBACK_ID_HEADER: &str = "x-postback-id";
@@ -89,7 +92,13 @@ impl Attempt {
 
 /// Sends `postback` once to `url` (its expanded template) through
 /// `egress`, keeping at most `log_body_bytes` of the response body.
-pub(crate) async fn send(egress: &Egress, log_body_bytes: usize, postback: &Postback, url: &url::Url) -> Attempt {
+pub(crate) async fn send(
+    egress: &Egress,
+    signing: &SigningKeys,
+    log_body_bytes: usize,
+    postback: &Postback,
+    url: &url::Url,
+) -> Attempt {
     let at = SystemTime::now();
     let method = reqwest::Method::from_bytes(postback.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut headers = HeaderMap::new();
@@ -106,6 +115,11 @@ pub(crate) async fn send(egress: &Egress, log_body_bytes: usize, postback: &Post
             }
             Err(e) => return Attempt::failed(at, Failure::Unsendable(format!("JSON body: {e}"))),
         }
+    }
+    if let Some(keys) = signing.keys_for(url) {
+        let timestamp = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let id = postback.id.to_string();
+        crate::signing::sign(&mut headers, keys, &id, timestamp, body.as_deref().unwrap_or_default());
     }
     let started = Instant::now();
     let response = match egress.send(Outgoing { method, url: url.clone(), headers, body }).await {

@@ -125,6 +125,12 @@ pub struct Config {
     #[arg(long, env = "POSTBACK_EGRESS_PROXY", value_parser = parse_proxy)]
     pub egress_proxy: Option<url::Url>,
 
+    /// File of signing keys (Standard Webhooks): lines `HOST[:PORT]
+    /// whsec_BASE64 [whsec_BASE64 …]`; attempts to a listed target carry
+    /// webhook-id, webhook-timestamp and webhook-signature.
+    #[arg(long, env = "POSTBACK_SIGNING_KEYS_FILE")]
+    pub signing_keys_file: Option<std::path::PathBuf>,
+
     /// Redirects followed per attempt (each hop is checked by the guard).
     #[arg(long, env = "POSTBACK_MAX_REDIRECTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=20))]
@@ -194,6 +200,9 @@ impl Config {
                 "POSTBACK_RETRY_BASE_MS",
                 format!("{} ms exceeds POSTBACK_RETRY_MAX_MS ({} ms)", self.retry_base_ms, self.retry_max_ms),
             ));
+        }
+        if let Some(path) = &self.signing_keys_file {
+            crate::signing::SigningKeys::load(path).map_err(|e| ConfigError::new("POSTBACK_SIGNING_KEYS_FILE", e))?;
         }
         if let Some(name) = &self.consumer
             && (name.is_empty() || name.chars().any(char::is_control))

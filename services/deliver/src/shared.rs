@@ -19,6 +19,8 @@ use crate::retry::RetryPolicy;
 pub(crate) struct Shared {
     /// The outbound HTTP client and the route out.
     pub(crate) egress: crate::http::Egress,
+    /// Keys of the targets whose postbacks are signed.
+    pub(crate) signing: crate::signing::SigningKeys,
     /// Replacement for unmatched `{key}`s.
     pub(crate) unmatched_default: String,
     /// Body bytes kept for the log.

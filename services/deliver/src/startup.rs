@@ -32,6 +32,7 @@ use crate::metrics::DeliverMetrics;
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 use crate::shared::Shared;
+use crate::signing::SigningKeys;
 use crate::worker::{EntrySizes, Worker};
 
 /// Longest wait for a Redis reply to any non-blocking command.
@@ -48,6 +49,7 @@ pub struct Deliverer {
     reader: Client,
     egress: Egress,
     guard: Option<Arc<Guard>>,
+    signing: SigningKeys,
 }
 
 impl Deliverer {
@@ -68,7 +70,11 @@ impl Deliverer {
             guard: guard.clone(),
             proxy: config.egress_proxy.clone(),
         })?;
-        Ok(Self { config, admin_listener, redis, reader, egress, guard })
+        let signing = match &config.signing_keys_file {
+            Some(path) => SigningKeys::load(path).map_err(|e| anyhow::anyhow!("POSTBACK_SIGNING_KEYS_FILE: {e}"))?,
+            None => SigningKeys::default(),
+        };
+        Ok(Self { config, admin_listener, redis, reader, egress, guard, signing })
     }
 
     /// The admin listener's address (the real port when 0 was asked for).
@@ -178,6 +184,7 @@ impl Deliverer {
             shutdown_grace: config.shutdown_grace(),
             shared: Arc::new(Shared {
                 egress: self.egress,
+                signing: self.signing,
                 unmatched_default: config.unmatched_default.clone(),
                 log_body_bytes: config.log_body_bytes as usize,
                 policy: RetryPolicy {

@@ -55,8 +55,9 @@ pub(crate) async fn take(shared: &Shared, postback: &Postback, so_far: Tally, en
     let number = so_far.attempts + 1;
     let span = attempt::span(postback, number, &parsed);
     shared.metrics.in_flight(true);
-    let attempt =
-        attempt::send(&shared.egress, shared.log_body_bytes, postback, &parsed).instrument(span.clone()).await;
+    let attempt = attempt::send(&shared.egress, &shared.signing, shared.log_body_bytes, postback, &parsed)
+        .instrument(span.clone())
+        .await;
     shared.metrics.in_flight(false);
     attempt::record(&span, &attempt);
     drop(span);

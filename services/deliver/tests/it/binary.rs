@@ -26,6 +26,7 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_MAX_ATTEMPTS", "0"),
             ("POSTBACK_EGRESS_PROXY", "ftp://proxy.internal:21"),
             ("POSTBACK_DEAD_RETENTION", "forever"),
+            ("POSTBACK_SIGNING_KEYS_FILE", "/nonexistent/keys"),
             ("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", "-1"),
         ],
     );

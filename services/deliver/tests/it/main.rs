@@ -18,4 +18,5 @@ mod queue;
 mod request_entries;
 mod retries;
 mod runbooks;
+mod signing;
 mod trace;
