@@ -69,11 +69,15 @@ pub enum Command {
 /// Dead-letter subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Dead {
-    /// The newest dead letters with their reasons.
+    /// The newest dead letters with their reasons and targets, optionally
+    /// only those matching the filters.
     List {
-        /// How many.
-        #[arg(long, default_value_t = 20)]
+        /// How many at most.
+        #[arg(long, visible_alias = "limit", default_value_t = 20)]
         count: u64,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        filter: LetterFilter,
     },
     /// One dead letter in full, its postback decoded.
     Show {
@@ -100,11 +104,20 @@ pub enum Dead {
     /// and the others are redriven all the same (exit code 4).
     Redrive {
         /// Dead letter ids.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "host", "reason", "since", "until"], conflicts_with_all = ["all", "host", "reason", "since", "until"])]
         ids: Vec<String>,
-        /// Every dead letter.
+        /// Every dead letter (that matches the filters, if any).
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        filter: LetterFilter,
+        /// Redrive at most this many (oldest first).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Say which letters would be redriven; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -116,4 +129,23 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
     let age = humantime::parse_duration(text)
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-11-01T00:00:00Z) nor an age (30d, 12h)"))?;
     Ok(SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+/// Which dead letters a command takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LetterFilter {
+    /// Only letters whose postback goes to this host (or host:port).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only letters of this reason category: rejected, refused, exhausted
+    /// or poison.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only letters written at or after this time (RFC 3339, or an age
+    /// such as 2h).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<SystemTime>,
+    /// Only letters written at or before this time, the same way.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<SystemTime>,
 }

@@ -11,6 +11,7 @@ use postback_common::script::Script;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::cli::LetterFilter;
 use crate::{entry, output};
 
 /// Why a command failed.
@@ -32,12 +33,61 @@ pub enum DeadError {
 
 type Entry = (String, Vec<(String, Bytes)>);
 
-/// The newest `count` dead letters, newest first, their postbacks decoded.
-pub async fn list(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Json>, DeadError> {
-    let entries: Vec<Entry> = redis.xrevrange(&keys.dead, "+", "-", Some(count)).await?;
-    let mut out = Vec::with_capacity(entries.len());
-    for (id, fields) in entries {
-        out.push(entry::fields_json(redis, keys, id, fields).await?);
+/// The newest `count` dead letters that match `filter`, newest first,
+/// their postbacks decoded.
+pub async fn list(redis: &Client, keys: &Keys, count: u64, filter: &LetterFilter) -> Result<Vec<Json>, DeadError> {
+    select(redis, keys, filter, count, true).await
+}
+
+/// Whether `letter` (as [`entry::fields_json`] shows it) passes `filter`'s
+/// host and reason (its times are applied by the range read).
+fn matches(filter: &LetterFilter, letter: &Json) -> bool {
+    let host_ok = filter.host.as_deref().is_none_or(|want| {
+        let target = letter["target"].as_str().unwrap_or_default();
+        target.eq_ignore_ascii_case(want)
+            || target.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case(want))
+    });
+    let reason_ok = filter.reason.as_deref().is_none_or(|want| {
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        reason.split(':').next().is_some_and(|category| category.trim().eq_ignore_ascii_case(want))
+    });
+    host_ok && reason_ok
+}
+
+/// Up to `limit` letters that match `filter`, read a page at a time,
+/// newest first or oldest first.
+async fn select(
+    redis: &Client,
+    keys: &Keys,
+    filter: &LetterFilter,
+    limit: u64,
+    newest_first: bool,
+) -> Result<Vec<Json>, DeadError> {
+    let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis().to_string();
+    let (mut low, mut high) = (filter.since.map_or("-".to_owned(), ms), filter.until.map_or("+".to_owned(), ms));
+    let mut out = Vec::new();
+    while (out.len() as u64) < limit {
+        let page: Vec<Entry> = if newest_first {
+            redis.xrevrange(&keys.dead, high.as_str(), low.as_str(), Some(EXPORT_PAGE)).await?
+        } else {
+            redis.xrange(&keys.dead, low.as_str(), high.as_str(), Some(EXPORT_PAGE)).await?
+        };
+        let full = page.len() as u64 == EXPORT_PAGE;
+        let Some(last) = page.last().map(|(id, _)| id.clone()) else { break };
+        for (id, fields) in page {
+            let letter = entry::fields_json(redis, keys, id, fields).await?;
+            if matches(filter, &letter) && (out.len() as u64) < limit {
+                out.push(letter);
+            }
+        }
+        if !full {
+            break;
+        }
+        if newest_first {
+            high = format!("({last}");
+        } else {
+            low = format!("({last}");
+        }
     }
     Ok(out)
 }
@@ -65,6 +115,20 @@ pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadErr
         return Err(DeadError::NotFound(format!("no dead letter {id} in {}", keys.dead)));
     };
     Ok(entry::fields_json(redis, keys, id, fields).await?)
+}
+
+/// A progress line on stderr every this many letters of a long redrive.
+const PROGRESS_EVERY: usize = 500;
+
+/// The ids of the letters `redrive --all` and its filters select, oldest
+/// first, at most `limit`.
+pub async fn selected_ids(
+    redis: &Client,
+    keys: &Keys,
+    filter: &LetterFilter,
+    limit: Option<u64>,
+) -> Result<Vec<Json>, DeadError> {
+    select(redis, keys, filter, limit.unwrap_or(u64::MAX), false).await
 }
 
 /// Letters read per round trip by [`export`].
@@ -127,22 +191,14 @@ pub struct Skipped {
 /// Puts dead letters back into the stream, each exactly once; those that
 /// cannot be are skipped and returned with the reason, the others still
 /// redriven.
-pub async fn redrive(
-    redis: &Client,
-    keys: &Keys,
-    ids: &[String],
-    all: bool,
-) -> Result<(Vec<Redriven>, Vec<Skipped>), DeadError> {
-    let ids: Vec<String> = if all {
-        let entries: Vec<Entry> = redis.xrange(&keys.dead, "-", "+", None).await?;
-        entries.into_iter().map(|(id, _)| id).collect()
-    } else {
-        ids.to_vec()
-    };
+pub async fn redrive(redis: &Client, keys: &Keys, ids: &[String]) -> Result<(Vec<Redriven>, Vec<Skipped>), DeadError> {
     let script = Script::new(include_str!("lua_redrive.lua"));
     let script_keys = [keys.dead.as_str(), &keys.stream, &keys.endpoints, &keys.batched];
     let (mut done, mut skipped) = (Vec::with_capacity(ids.len()), Vec::new());
-    for id in ids {
+    for (n, id) in ids.iter().cloned().enumerate() {
+        if n > 0 && n % PROGRESS_EVERY == 0 {
+            eprintln!("redriving: {n} of {} done", ids.len());
+        }
         match script.call::<_, String>(redis, &script_keys, vec![id.as_str().into()]).await {
             Ok(entry_id) => done.push(Redriven { dead_id: id, entry_id }),
             Err(e) => match e.details().split_once(' ') {

@@ -56,8 +56,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 if cli.json { output::json(&rows) } else { retries::print(&rows) }
             }
             Command::Entry { id } => output::json(&entry::show(&redis, &keys, &id).await?),
-            Command::Dead(Dead::List { count }) => {
-                let letters = dead::list(&redis, &keys, count).await?;
+            Command::Dead(Dead::List { count, filter }) => {
+                let letters = dead::list(&redis, &keys, count, &filter).await?;
                 if cli.json { output::json(&letters) } else { dead::print_list(&letters) }
             }
             Command::Attempts { id, scan } => {
@@ -71,8 +71,27 @@ pub async fn run(cli: Cli) -> ExitCode {
                 eprintln!("{written} dead letters exported");
             }
             Command::Dead(Dead::Show { id }) => output::json(&dead::show(&redis, &keys, &id).await?),
-            Command::Dead(Dead::Redrive { ids, all }) => {
-                let (done, skipped) = dead::redrive(&redis, &keys, &ids, all).await?;
+            Command::Dead(Dead::Redrive { ids, all: _, filter, limit, dry_run }) => {
+                let ids = if ids.is_empty() {
+                    let letters = dead::selected_ids(&redis, &keys, &filter, limit).await?;
+                    if dry_run {
+                        if cli.json {
+                            output::json(&letters)
+                        } else {
+                            dead::print_list(&letters)
+                        }
+                        eprintln!("{} dead letters would be redriven (--dry-run: nothing changed)", letters.len());
+                        return Ok(());
+                    }
+                    letters.iter().filter_map(|l| l["id"].as_str().map(str::to_owned)).collect()
+                } else if dry_run {
+                    ids.iter().for_each(|id| println!("would redrive {id}"));
+                    eprintln!("{} dead letters would be redriven (--dry-run: nothing changed)", ids.len());
+                    return Ok(());
+                } else {
+                    ids
+                };
+                let (done, skipped) = dead::redrive(&redis, &keys, &ids).await?;
                 if cli.json {
                     output::json(&done)
                 } else {

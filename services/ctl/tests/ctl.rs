@@ -354,3 +354,99 @@ async fn retries_are_listed_soonest_first_with_when_and_where() {
     let list = String::from_utf8(ctl(&redis, &["dead", "list"]).stdout).expect("utf-8");
     assert!(list.contains("h.example") && list.contains("404"), "{list}");
 }
+
+#[tokio::test]
+async fn dead_letters_are_filtered_by_host_reason_and_time_for_list_and_redrive() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let now = postback_common::time::now_ms();
+    let letter = |host: &str, reason: &str| {
+        let p = Postback {
+            id: uuid_v7(),
+            accepted_at_ms: now,
+            method: Method::Get,
+            url: format!("http://{host}/{{n}}"),
+            data: Data(vec![("n".into(), Scalar::Int(1))]),
+            trace: None,
+        };
+        vec![("reason", bytes::Bytes::from(reason.to_owned())), ("p", bytes::Bytes::from(wire::encode(&p)))]
+    };
+    // A day ago: 3 exhausted for a.example. Now: 2 exhausted for b.example:8080,
+    // 1 rejected for a.example.
+    for i in 0..3 {
+        let id = format!("{}-{i}", now - 86_400_000);
+        let _: String = client
+            .xadd("postbacks:dead", false, None, id.as_str(), letter("a.example", "exhausted: gave up"))
+            .await
+            .expect("XADD");
+    }
+    for (host, reason) in [
+        ("b.example:8080", "exhausted: gave up"),
+        ("b.example:8080", "exhausted: gave up"),
+        ("a.example", "rejected: HTTP 404"),
+    ] {
+        let _: String = client.xadd("postbacks:dead", false, None, "*", letter(host, reason)).await.expect("XADD");
+    }
+    let ids = |out: &Output| -> Vec<String> {
+        json(out)
+            .as_array()
+            .expect("letters")
+            .iter()
+            .map(|l| l["target"].as_str().expect("target").to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&ctl(&redis, &["--json", "dead", "list", "--host", "b.example"])), ["b.example:8080"; 2]);
+    assert_eq!(
+        ids(&ctl(&redis, &["--json", "dead", "list", "--host", "a.example", "--reason", "rejected"])),
+        ["a.example"]
+    );
+    assert_eq!(ids(&ctl(&redis, &["--json", "dead", "list", "--reason", "exhausted", "--until", "1h"])).len(), 3);
+    assert_eq!(ids(&ctl(&redis, &["--json", "dead", "list", "--reason", "exhausted", "--limit", "1"])).len(), 1);
+
+    // A dry run changes nothing.
+    let dry = ctl(&redis, &["--json", "dead", "redrive", "--all", "--host", "a.example", "--dry-run"]);
+    assert_eq!(ids(&dry).len(), 4);
+    let left: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
+    assert_eq!(left, 6);
+    // The two oldest exhausted letters of a.example go back; the rest stay.
+    let redriven = json(&ctl(
+        &redis,
+        &["--json", "dead", "redrive", "--all", "--host", "a.example", "--reason", "exhausted", "--limit", "2"],
+    ));
+    assert_eq!(redriven.as_array().expect("redriven").len(), 2);
+    let left: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
+    assert_eq!(left, 4);
+    let queued: u64 = client.xlen("postbacks").await.expect("XLEN");
+    assert_eq!(queued, 2);
+    let usage = ctl(&redis, &["dead", "redrive", "some-id", "--host", "a.example"]);
+    assert_eq!(usage.status.code(), Some(2), "ids and filters do not mix");
+}
+
+#[tokio::test]
+async fn a_long_redrive_reports_progress() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let pipeline = client.pipeline();
+    for n in 0..1_100 {
+        let _: () = pipeline
+            .xadd(
+                "postbacks:dead",
+                false,
+                None,
+                "*",
+                vec![("reason", bytes::Bytes::from_static(b"exhausted: x")), ("p", bytes::Bytes::from(postback(n)))],
+            )
+            .await
+            .expect("queue XADD");
+    }
+    let _: Vec<Value> = pipeline.all().await.expect("XADDs");
+    let out = ctl(&redis, &["dead", "redrive", "--all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("redriving: 500 of 1100 done") && progress.contains("redriving: 1000 of 1100 done"),
+        "{progress}"
+    );
+    let queued: u64 = client.xlen("postbacks").await.expect("XLEN");
+    assert_eq!(queued, 1_100);
+}
