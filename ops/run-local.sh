@@ -106,7 +106,7 @@ echo "    -> HTTP $(http_status POST "$POSTBACK_INGEST_ADDR" /v1/postbacks "$fir
 cat <<MSG
 
 The specification's own sample targets sample_domain_endpoint.com, which
-does not exist: deliver retries it (10 attempts, about four minutes with the
+does not exist: deliver retries it (25 attempts, 12 to 24 hours with the
 defaults) and then dead-letters it. Follow it with
 
     curl -s -X POST http://$POSTBACK_INGEST_ADDR/ingest.php --data @schemas/examples/seed-request.json

@@ -61,18 +61,18 @@ pub struct Config {
 
     /// Attempts per postback in all, the first included; then it is
     /// dead-lettered.
-    #[arg(long, env = "POSTBACK_MAX_ATTEMPTS", default_value_t = 10,
+    #[arg(long, env = "POSTBACK_MAX_ATTEMPTS", default_value_t = 25,
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_attempts: u32,
 
-    /// Delay before the first retry; each further retry doubles it (full
-    /// jitter: the actual delay is random between 0 and that).
+    /// Delay before the first retry; each further retry doubles it (equal
+    /// jitter: the actual delay is random between half of that and all).
     #[arg(long, env = "POSTBACK_RETRY_BASE_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub retry_base_ms: u64,
 
     /// Longest delay between two attempts (also caps a target's Retry-After).
-    #[arg(long, env = "POSTBACK_RETRY_MAX_MS", default_value_t = 600_000,
+    #[arg(long, env = "POSTBACK_RETRY_MAX_MS", default_value_t = 7_200_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub retry_max_ms: u64,
 
@@ -278,6 +278,21 @@ mod tests {
         for bad in ["proxy:3128", "ftp://proxy:21", "http://", "http://proxy:3128/path", "http://proxy?x=1", ""] {
             assert!(parse_proxy(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_retry_window_outlasts_a_twelve_hour_outage() {
+        let config = Config::defaults();
+        let policy = crate::retry::RetryPolicy {
+            max_attempts: config.max_attempts,
+            base: Duration::from_millis(config.retry_base_ms),
+            max: Duration::from_millis(config.retry_max_ms),
+        };
+        let (shortest, longest) = policy.window();
+        assert!(shortest >= Duration::from_secs(12 * 3_600), "{shortest:?}");
+        assert!(longest <= Duration::from_secs(25 * 3_600), "{longest:?}");
+        // What the README states.
+        assert_eq!((shortest.as_secs() / 60, longest.as_secs() / 60), (728, 1_456));
     }
 
     #[test]

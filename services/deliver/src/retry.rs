@@ -2,10 +2,12 @@
 //!
 //! * 2xx: delivered.
 //! * No response (connection error, timeout), 408, 425, 429 and 5xx: worth
-//!   another attempt, after an exponential delay with full jitter
+//!   another attempt, after an exponential delay with equal jitter
 //!   (`POSTBACK_RETRY_BASE_MS` doubling up to `POSTBACK_RETRY_MAX_MS`, the
-//!   actual delay random between 0 and that), or after the target's
-//!   `Retry-After` (capped by the maximum delay).
+//!   actual delay random between half of that and all of it, so the
+//!   retry window can never collapse), or after the target's `Retry-After`
+//!   (capped by the maximum delay). [`RetryPolicy::window`] says how long a
+//!   failing postback is retried; with the defaults, 12 to 24 hours.
 //! * Any other status (other 4xx, a 3xx left after following redirects),
 //!   or a postback that cannot even be sent: final.
 //! * After `POSTBACK_MAX_ATTEMPTS` attempts in all: given up.
@@ -68,14 +70,26 @@ impl RetryPolicy {
             .with_factor(2.0)
             .without_max_times()
             .build();
-        delays.nth(failed.saturating_sub(1) as usize).unwrap_or(self.max).min(self.max)
+        let ceiling = delays.nth(failed.saturating_sub(1) as usize).unwrap_or(self.max).min(self.max);
+        // Whole milliseconds: backon's float arithmetic leaves dust.
+        Duration::from_millis(ceiling.as_millis() as u64)
     }
 
-    /// Full jitter: uniformly random between zero and the ceiling, so that
-    /// postbacks that failed together do not come back together.
+    /// Equal jitter: uniformly random between half the ceiling and the
+    /// ceiling, so that postbacks that failed together do not come back
+    /// together, and every wait is at least half its step.
     pub(crate) fn jittered(&self, failed: u32) -> Duration {
         let ceiling = self.ceiling(failed).as_millis() as u64;
-        Duration::from_millis(fastrand::u64(0..=ceiling))
+        Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))
+    }
+
+    /// From the first attempt to the dead letter of a postback that keeps
+    /// failing (without `Retry-After`): the shortest and the longest it can
+    /// take, the sum of the waits' lower and upper bounds.
+    pub(crate) fn window(&self) -> (Duration, Duration) {
+        (1..self.max_attempts)
+            .map(|failed| self.ceiling(failed))
+            .fold((Duration::ZERO, Duration::ZERO), |(low, high), c| (low + c / 2, high + c))
     }
 }
 
@@ -131,12 +145,14 @@ mod tests {
     }
 
     #[test]
-    fn delays_double_up_to_the_max_with_full_jitter() {
+    fn delays_double_up_to_the_max_with_equal_jitter() {
         let ceilings: Vec<_> = (1..=6).map(|n| POLICY.ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1_000, 1_000]);
         for n in 1..=6 {
             for _ in 0..50 {
-                assert!(POLICY.jittered(n) <= POLICY.ceiling(n));
+                let wait = POLICY.jittered(n);
+                let ceiling = POLICY.ceiling(n);
+                assert!(wait <= ceiling && wait >= ceiling / 2, "{wait:?} for {n}, ceiling {ceiling:?}");
             }
         }
         let spread: std::collections::HashSet<_> = (0..50).map(|_| POLICY.jittered(3)).collect();

@@ -157,6 +157,18 @@ impl Deliverer {
         } else {
             (AttemptLog::disabled(), None)
         };
+        let policy = RetryPolicy {
+            max_attempts: config.max_attempts,
+            base: Duration::from_millis(config.retry_base_ms),
+            max: Duration::from_millis(config.retry_max_ms),
+        };
+        let (shortest, longest) = policy.window();
+        tracing::info!(
+            max_attempts = config.max_attempts,
+            shortest = %humantime::format_duration(Duration::from_secs(shortest.as_secs())),
+            longest = %humantime::format_duration(Duration::from_secs(longest.as_secs())),
+            "retry window: a postback that keeps failing is dead-lettered this long after its first attempt"
+        );
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         // An entry of several postbacks stays pending while they wait for
         // slots; it must be finished well before POSTBACK_CLAIM_IDLE_MS, or
@@ -187,11 +199,7 @@ impl Deliverer {
                 signing: self.signing,
                 unmatched_default: config.unmatched_default.clone(),
                 log_body_bytes: config.log_body_bytes as usize,
-                policy: RetryPolicy {
-                    max_attempts: config.max_attempts,
-                    base: Duration::from_millis(config.retry_base_ms),
-                    max: Duration::from_millis(config.retry_max_ms),
-                },
+                policy,
                 hosts: HostLimits::new(config.per_host_concurrency as usize),
                 max_deliveries: config.max_deliveries,
                 guard: self.guard,

@@ -22,7 +22,7 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_GROUP", ""),
             // Not longer than the 10 s default HTTP timeout: refused.
             ("POSTBACK_CLAIM_IDLE_MS", "10000"),
-            ("POSTBACK_RETRY_BASE_MS", "700000"),
+            ("POSTBACK_RETRY_BASE_MS", "8000000"),
             ("POSTBACK_MAX_ATTEMPTS", "0"),
             ("POSTBACK_EGRESS_PROXY", "ftp://proxy.internal:21"),
             ("POSTBACK_DEAD_RETENTION", "forever"),
