@@ -5,9 +5,9 @@ use std::time::Duration;
 use postback_testkit::{RedisServer, Reply, Sink};
 use serde_json::json;
 
-use crate::helpers::{Running, WAIT, enqueue};
+use crate::helpers::{DELIVER_BIN, Running, WAIT, deliver_env, enqueue};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+const BIN: &str = DELIVER_BIN;
 
 #[test]
 fn a_bad_setting_names_its_variable_and_exits_non_zero() {
@@ -33,16 +33,8 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
 }
 
 /// The deliver binary on `redis`, admin on a free port, loopback allowed.
-fn spawn(redis: &RedisServer, envs: &[(&str, String)]) -> Running {
-    let mut all = vec![
-        ("POSTBACK_REDIS_URL", redis.url()),
-        ("POSTBACK_DELIVER_ADDR", "127.0.0.1:0".into()),
-        ("POSTBACK_READ_BLOCK_MS", "200".into()),
-        ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
-        ("RUST_LOG", "info".into()),
-    ];
-    all.extend(envs.iter().map(|(k, v)| (*k, v.clone())));
-    Running::spawn(BIN, &all)
+fn spawn(redis: &RedisServer, envs: &[(&'static str, String)]) -> Running {
+    Running::spawn(BIN, &deliver_env(redis, envs))
 }
 
 #[tokio::test]

@@ -8,9 +8,7 @@ use std::time::Duration;
 use postback_testkit::{RecordingProxy, RedisServer, Reply, Sink};
 use serde_json::json;
 
-use crate::helpers::{Pipeline, Running, WAIT, enqueue, wait_dead};
-
-const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+use crate::helpers::{DELIVER_BIN, Pipeline, Running, WAIT, deliver_env, enqueue, wait_dead};
 
 #[tokio::test]
 async fn through_the_proxy_private_targets_never_reach_it_and_allowed_ones_do() {
@@ -74,19 +72,11 @@ async fn proxy_variables_in_the_environment_are_ignored() {
     let redis = RedisServer::start();
     let proxy = RecordingProxy::start().await;
     let sink = Sink::start_with(|_, _| Reply::status(200)).await;
-    let mut envs = vec![
-        ("POSTBACK_REDIS_URL", redis.url()),
-        ("POSTBACK_DELIVER_ADDR", "127.0.0.1:0".into()),
-        ("POSTBACK_READ_BLOCK_MS", "200".into()),
-        ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
-        ("RUST_LOG", "info".into()),
-        ("NO_PROXY", String::new()),
-        ("no_proxy", String::new()),
-    ];
+    let mut proxies = vec![("NO_PROXY", String::new()), ("no_proxy", String::new())];
     for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
-        envs.push((name, proxy.url()));
+        proxies.push((name, proxy.url()));
     }
-    let mut deliver = Running::spawn(BIN, &envs);
+    let mut deliver = Running::spawn(DELIVER_BIN, &deliver_env(&redis, &proxies));
     let ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": sink.base_url()}, "data": [{}]})).await;
     let line = deliver.line("delivery attempt").await;
     assert_eq!(line["postback_id"], ids[0]);

@@ -244,6 +244,32 @@ pub async fn assert_none_lost(sink: &Sink, redis: &RedisServer, accepted: &[Stri
     duplicates
 }
 
+/// The real `postback-deliver` binary.
+pub const DELIVER_BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+
+/// What the deliver binary runs with in tests, `extra` last (so it wins):
+/// `redis`, an admin address on a free port, fast reads, loopback allowed,
+/// INFO logs.
+pub fn deliver_env(redis: &RedisServer, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut envs: Vec<(&'static str, String)> = vec![
+        ("POSTBACK_REDIS_URL", redis.url()),
+        ("POSTBACK_DELIVER_ADDR", format!("127.0.0.1:{}", postback_testkit::free_port())),
+        ("POSTBACK_READ_BLOCK_MS", "200".into()),
+        ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
+        ("RUST_LOG", "info".into()),
+    ];
+    for (name, value) in extra {
+        envs.retain(|(k, _)| k != name);
+        envs.push((name, value.clone()));
+    }
+    envs
+}
+
+/// The admin address in a [`deliver_env`].
+pub fn admin_of(envs: &[(&str, String)]) -> String {
+    envs.iter().find(|(k, _)| *k == "POSTBACK_DELIVER_ADDR").map(|(_, v)| v.clone()).expect("admin address")
+}
+
 /// A service binary running as a child process, its JSON log lines read
 /// from stdout.
 pub struct Running {

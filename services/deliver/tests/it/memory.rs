@@ -16,10 +16,24 @@ use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+use crate::helpers::{DELIVER_BIN, admin_of, deliver_env};
 
 /// Deliver's stdout, line by line, with when each arrived.
 type Lines = Arc<Mutex<Vec<(Instant, Json)>>>;
+
+/// The deliver binary on `redis` with retries that never run out, `extra`
+/// on top, and its stdout collected.
+fn spawn_deliver(redis: &RedisServer, extra: &[(&'static str, String)]) -> (tokio::process::Child, Lines, String) {
+    let envs = deliver_env(redis, &[&[("POSTBACK_MAX_ATTEMPTS", "1000".to_owned())], extra].concat());
+    let mut child = tokio::process::Command::new(DELIVER_BIN)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn deliver");
+    let lines = collect_lines(&mut child);
+    (child, lines, admin_of(&envs))
+}
 
 fn collect_lines(child: &mut tokio::process::Child) -> Lines {
     let lines: Lines = Arc::default();
@@ -71,21 +85,8 @@ async fn a_full_redis_is_refused_at_the_door_and_drains_once_the_partner_is_back
     let ingest_url = format!("http://{}/v1/postbacks", app.local_addr());
     tokio::spawn(app.run(stop.clone()));
 
-    let admin_port = postback_testkit::free_port();
-    let mut deliver = tokio::process::Command::new(BIN)
-        .env("POSTBACK_REDIS_URL", redis.url())
-        .env("POSTBACK_DELIVER_ADDR", format!("127.0.0.1:{admin_port}"))
-        .env("POSTBACK_ALLOW_PRIVATE_TARGETS", "true")
-        .env("POSTBACK_READ_BLOCK_MS", "200")
-        .env("POSTBACK_RETRY_BASE_MS", "500")
-        .env("POSTBACK_RETRY_MAX_MS", "2000")
-        .env("POSTBACK_MAX_ATTEMPTS", "1000")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn deliver");
-    let lines = collect_lines(&mut deliver);
+    let (_deliver, lines, admin_addr) =
+        spawn_deliver(&redis, &[("POSTBACK_RETRY_BASE_MS", "500".into()), ("POSTBACK_RETRY_MAX_MS", "2000".into())]);
 
     // Traffic: 10 postbacks of 4 KiB each per request, every 20 ms, until
     // ingest has refused for 5 s.
@@ -157,7 +158,7 @@ async fn a_full_redis_is_refused_at_the_door_and_drains_once_the_partner_is_back
     assert!(other.len() as f64 / elapsed < 3.0, "{other:?}");
     assert!(!other.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("refusing writes"))), "{other:?}");
 
-    let metrics = http.get(format!("http://127.0.0.1:{admin_port}/metrics")).send().await.expect("scrape");
+    let metrics = http.get(format!("http://{admin_addr}/metrics")).send().await.expect("scrape");
     let metrics = metrics.text().await.expect("text");
     let shed = postback_testkit::metric(&metrics, "postback_redis_degraded_writes_total", &[("write", "attempt_log")]);
     assert!(shed.is_some_and(|n| n > 0.0), "no delivery-log entry was shed:\n{metrics}");
@@ -197,22 +198,15 @@ async fn deliver_waits_out_refused_writes_quietly_and_finishes_them_itself() {
             json!({"endpoint": {"method": "GET", "url": format!("{}/r?i={{i}}", sink.base_url())}, "data": data});
         ids.extend(crate::helpers::enqueue(&redis, body).await);
     }
-    let mut deliver = tokio::process::Command::new(BIN)
-        .env("POSTBACK_REDIS_URL", redis.url())
-        .env("POSTBACK_DELIVER_ADDR", "127.0.0.1:0")
-        .env("POSTBACK_ALLOW_PRIVATE_TARGETS", "true")
-        .env("POSTBACK_READ_BLOCK_MS", "200")
-        .env("POSTBACK_DELIVER_CONCURRENCY", "256")
-        .env("POSTBACK_PER_HOST_CONCURRENCY", "256")
-        .env("POSTBACK_RETRY_BASE_MS", "200")
-        .env("POSTBACK_RETRY_MAX_MS", "1000")
-        .env("POSTBACK_MAX_ATTEMPTS", "1000")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn deliver");
-    let lines = collect_lines(&mut deliver);
+    let (_deliver, lines, _) = spawn_deliver(
+        &redis,
+        &[
+            ("POSTBACK_DELIVER_CONCURRENCY", "256".into()),
+            ("POSTBACK_PER_HOST_CONCURRENCY", "256".into()),
+            ("POSTBACK_RETRY_BASE_MS", "200".into()),
+            ("POSTBACK_RETRY_MAX_MS", "1000".into()),
+        ],
+    );
     sink.wait_for(200, Duration::from_secs(10)).await;
     // Every postback is in its first attempt: now no write can land.
     let _: String = command(&admin, "CONFIG", &["SET", "maxmemory", "1"]).await;

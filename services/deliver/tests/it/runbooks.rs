@@ -16,9 +16,7 @@ use fred::prelude::*;
 use postback_testkit::{RedisServer, Reply, Sink};
 use serde_json::json;
 
-use crate::helpers::{Pipeline, Running, WAIT, enqueue, wait_dead};
-
-const DELIVER: &str = env!("CARGO_BIN_EXE_postback-deliver");
+use crate::helpers::{DELIVER_BIN, Pipeline, Running, WAIT, admin_of, deliver_env, enqueue, wait_dead};
 
 fn page(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../runbooks").join(name);
@@ -109,17 +107,9 @@ impl Shell {
 }
 
 /// The deliver binary on `redis` with its admin on a free port.
-fn deliver(redis: &RedisServer, extra: &[(&str, String)]) -> (Running, String) {
-    let admin = format!("127.0.0.1:{}", postback_testkit::free_port());
-    let mut envs = vec![
-        ("POSTBACK_REDIS_URL", redis.url()),
-        ("POSTBACK_DELIVER_ADDR", admin.clone()),
-        ("POSTBACK_READ_BLOCK_MS", "200".into()),
-        ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
-        ("RUST_LOG", "warn".into()),
-    ];
-    envs.extend(extra.iter().cloned());
-    (Running::spawn(DELIVER, &envs), admin)
+fn deliver(redis: &RedisServer, extra: &[(&'static str, String)]) -> (Running, String) {
+    let envs = deliver_env(redis, &[&[("RUST_LOG", "warn".to_owned())], extra].concat());
+    (Running::spawn(DELIVER_BIN, &envs), admin_of(&envs))
 }
 
 async fn wait_ready(admin: &str) {

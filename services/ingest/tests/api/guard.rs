@@ -1,10 +1,7 @@
 //! Hostile or oversized input at the door: bearer tokens and the request
 //! limits, each answered with a clear error and nothing enqueued.
 
-use crate::helpers::{SEED, TestApp, problem};
-
-// printf %s secret | sha256sum
-const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+use crate::helpers::{SECRET_HASH, SEED, TestApp, problem};
 
 #[tokio::test]
 async fn with_tokens_configured_ingest_needs_a_bearer_token() {

@@ -11,6 +11,10 @@ use postback_ingest::{Application, Config};
 use postback_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
 
+/// The SHA-256 of the bearer token `secret` (`printf %s secret | sha256sum`),
+/// as a tokens file lists it.
+pub const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
 /// The sample request of the original specification.
 pub const SEED: &str = include_str!("../../../../schemas/examples/seed-request.json");
 

@@ -123,7 +123,7 @@ async fn a_trickled_body_gets_408_when_its_time_is_up() {
     let head = format!("POST /v1/postbacks HTTP/1.1\r\nHost: ingest\r\nContent-Length: {}\r\n\r\n", SEED.len());
     stream.write_all(head.as_bytes()).await.expect("head");
     let started = Instant::now();
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
     let trickle = tokio::spawn(async move {
         for byte in SEED.as_bytes() {
             if writer.write_all(&[*byte]).await.is_err() {
@@ -132,12 +132,7 @@ async fn a_trickled_body_gets_408_when_its_time_is_up() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer))
-        .await
-        .expect("answered and closed in time")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = answer_of(reader).await;
     println!("answered after {:?}: {answer}", started.elapsed());
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("/problems/body-timeout"), "{answer}");
@@ -183,6 +178,17 @@ async fn connections_past_the_cap_wait_their_turn() {
     assert!(took < Duration::from_secs(6), "{took:?}");
 }
 
+/// Everything the server sends until it closes the connection, at most
+/// 5 s.
+async fn answer_of(mut from: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), from.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn redis_has_stream(redis: &RedisServer) -> bool {
     use fred::prelude::KeysInterface;
     redis.client().await.exists::<u32, _>("postbacks").await.expect("EXISTS") == 1
@@ -200,12 +206,7 @@ async fn a_request_head_with_too_many_header_lines_gets_431() {
         }
         head.push_str("Content-Length: 2\r\n\r\n{}");
         stream.write_all(head.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-            .await
-            .expect("answered and closed")
-            .expect("read");
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = answer_of(stream).await;
         assert!(answer.starts_with("HTTP/1.1 431"), "{lines} lines of {size} bytes: {answer}");
     }
     assert!(!redis_has_stream(&redis).await, "nothing queued");

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use postback_testkit::RedisServer;
 use serde_json::json;
 
-use crate::helpers::{Process, SEED, TestApp, problem};
-
-// printf %s secret | sha256sum
-const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+use crate::helpers::{Process, SECRET_HASH, SEED, TestApp, problem};
 
 #[tokio::test]
 async fn two_ingest_processes_share_one_callers_rate() {
