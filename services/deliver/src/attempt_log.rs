@@ -4,7 +4,10 @@
 //!
 //! It is a log, not data: it is capped (`POSTBACK_ATTEMPT_LOG_MAXLEN`,
 //! approximate trimming, so the oldest entries go first) and written in
-//! batches by one task per worker, off the delivery path. If Redis is away
+//! batches by one task per worker, off the delivery path: the first entry
+//! of a batch waits [`LINGER`] for others, and a batch is one script call
+//! (`lua/log.lua`), so a worker delivering a few postbacks a second sends
+//! Redis a few log writes a second, not one per attempt. If Redis is away
 //! or refuses them the entries of that moment are dropped (counted and
 //! summarised by [`crate::degraded`]), never retried at the cost of
 //! delivery. It is also the first thing shed when Redis fills up: at
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::streams::{XCapKind, XCapTrim};
+use postback_common::script::Script;
 use postback_common::redis_memory::MemoryWatch;
 use tokio::sync::mpsc;
 
@@ -23,6 +26,9 @@ use crate::degraded::Degraded;
 
 /// Entries written per round trip, at most.
 const BATCH: usize = 512;
+
+/// How long the first entry of a batch waits for others.
+const LINGER: Duration = Duration::from_millis(250);
 
 /// One attempt, as written to the log.
 #[derive(Debug, Clone)]
@@ -86,9 +92,19 @@ pub(crate) struct Shedding {
 }
 
 async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: mpsc::Receiver<LoggedAttempt>) {
+    let script = Script::new(include_str!("lua/log.lua"));
     let mut batch = Vec::with_capacity(BATCH);
     let mut shedding = false;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            tokio::select! {
+                () = &mut linger => break,
+                got = rx.recv_many(&mut batch, room) => if got == 0 { break },
+            }
+        }
         if shed.memory.at_or_over(shed.at_percent) != shedding {
             shedding = !shedding;
             let percent = shed.at_percent;
@@ -98,13 +114,14 @@ async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: 
                 tracing::info!(percent, "Redis memory is below the mark again: writing the delivery log");
             }
         }
+        let n = batch.len() as u64;
         if shedding {
-            shed.degraded.skipped_log(batch.len() as u64);
+            shed.degraded.skipped_log(n);
             batch.clear();
             continue;
         }
-        let pipeline = redis.pipeline();
-        let pipeline_len = batch.len() as u64;
+        let mut args: Vec<Value> = Vec::with_capacity(1 + batch.len() * 17);
+        args.push(maxlen.to_string().into());
         for a in batch.drain(..) {
             let mut fields: Vec<(&str, String)> = vec![
                 ("postback_id", a.postback_id),
@@ -120,11 +137,13 @@ async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: 
             if let Some(error) = a.error {
                 fields.push(("error", error));
             }
-            let cap = (XCapKind::MaxLen, XCapTrim::AlmostExact, maxlen as i64, None::<i64>);
-            let _: Result<(), _> = pipeline.xadd(&key, false, cap, "*", fields).await;
+            args.push((fields.len() as i64).into());
+            for (name, value) in fields {
+                args.push(name.into());
+                args.push(value.into());
+            }
         }
-        let n = pipeline_len;
-        match tokio::time::timeout(Duration::from_secs(5), pipeline.all::<Vec<Value>>()).await {
+        match tokio::time::timeout(Duration::from_secs(5), script.call::<_, Value>(&redis, &[&key], args)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => shed.degraded.refused("attempt_log", n, &e),
             Err(_) => shed.degraded.refused("attempt_log", n, &"no answer within 5 s"),
