@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use postback_common::script::Script;
 use postback_common::redis_memory::MemoryWatch;
+use postback_common::script::Script;
 use tokio::sync::mpsc;
 
 use crate::degraded::Degraded;

@@ -11,10 +11,9 @@
 //! 3. If it was handed out more than `POSTBACK_MAX_DELIVERIES` times, it is
 //!    what keeps killing workers: its postbacks left are dead-lettered as
 //!    poison, each alone.
-//! 4. Otherwise each postback left takes a worker slot (the first the one
-//!    the entry was read with; the others wait at most `slot_patience`, or
-//!    go back to the schedule without an attempt), takes its turn
-//!    ([`crate::turn`]) and is finished on its own ([`crate::finish`]).
+//! 4. Otherwise each postback left takes its turn ([`crate::turn`]; the
+//!    first with the worker slot the entry was read with, the others wait
+//!    for one) and is finished on its own ([`crate::finish`]).
 //!
 //! Nothing here can stop the worker: whatever goes wrong with one entry
 //! ends in a dead letter, or leaves the entry pending to be handled again.
@@ -31,7 +30,7 @@ use crate::endpoints::Lookup;
 use crate::finish::Finishing;
 use crate::intake::Taken;
 use crate::ledger::{Held, Position};
-use crate::outcome::{DeadReason, Ending, Outcome, RetryReason, Tally};
+use crate::outcome::{DeadReason, Ending, Outcome, Tally};
 use crate::reply::Entry;
 use crate::shared::Shared;
 
@@ -150,7 +149,10 @@ async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: Owned
         let slot = first.take();
         let tally = tally.clone();
         async move {
-            let ending = turn(shared, postback, tally, &unpacked.held.id, slot).await;
+            // Boxed: a postback waiting for its slot holds a small future,
+            // not the space of a whole attempt, and spawning the entry's
+            // task copies little.
+            let ending = Box::pin(crate::turn::take(shared, postback, tally, &unpacked.held.id, slot)).await;
             let payload = if ending.outcome == Outcome::Delivered { Bytes::new() } else { unpacked.bytes_of(postback) };
             let finishing =
                 Finishing { position: Position::At(*i), postback_id: Some(postback.id.to_string()), payload, ending };
@@ -158,33 +160,6 @@ async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: Owned
         }
     });
     futures::future::join_all(turns).await;
-}
-
-/// One postback's turn once it has a slot: the one given, or one that frees
-/// up within `slot_patience`, or none and back to the schedule.
-async fn turn(
-    shared: &Shared,
-    postback: &Postback,
-    tally: Tally,
-    entry_id: &str,
-    slot: Option<OwnedSemaphorePermit>,
-) -> Ending {
-    let slot = match slot {
-        Some(slot) => Some(slot),
-        None => tokio::time::timeout(shared.slot_patience, shared.slots.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok),
-    };
-    let Some(slot) = slot else {
-        tracing::debug!(postback_id = %postback.id, "worker at its limit; rescheduling without an attempt");
-        return crate::turn::busy(tally, RetryReason::WorkerBusy);
-    };
-    // Boxed: a postback waiting for its slot holds a small future, not the
-    // space of a whole attempt, and spawning the entry's task copies little.
-    let ending = Box::pin(crate::turn::take(shared, postback, tally, entry_id)).await;
-    drop(slot);
-    ending
 }
 
 /// An entry's postbacks with their positions, and whether it is a single

@@ -1,24 +1,97 @@
-//! Per-host limits: at most `POSTBACK_PER_HOST_CONCURRENCY` attempts in
-//! flight to one host:port, on top of the worker's global limit.
+//! Per-host concurrency and pacing: at most `POSTBACK_PER_HOST_CONCURRENCY`
+//! attempts in flight to one host:port in this worker, and a paced queue in
+//! the retry schedule for the postbacks that find it full.
 //!
 //! A slow or dead target would otherwise fill every slot of the worker with
-//! attempts waiting for their timeout, and postbacks to healthy targets would
-//! queue behind them. A postback whose host is at its limit waits a moment
-//! for a slot (a busy but healthy host frees one quickly); if none frees up,
-//! it goes back to the retry schedule without using up an attempt.
+//! attempts waiting for their timeout, and postbacks to healthy targets
+//! would queue behind them. A postback whose host is full waits a moment
+//! for a slot only when the host is fast (a slot frees within
+//! milliseconds); otherwise it goes straight back to the retry schedule,
+//! without using up an attempt, and holds no worker slot meanwhile.
+//!
+//! How long it waits there is what keeps a slow host cheap. Each host keeps
+//! the mean time of its attempts lately, hence its pace (one slot frees
+//! every `mean / concurrency`), and a virtual queue: each postback sent
+//! back is given the next free turn at that pace, so the postbacks waiting
+//! for a host come back about when it can take them, in the order they
+//! were turned away, instead of all cycling through Redis every few hundred
+//! milliseconds. A host answering in 8 s with 16 slots takes 2 postbacks a
+//! second, and its overflow costs Redis about as many reschedules a second,
+//! whatever the backlog (the delivery integration test measures it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Above this many tracked hosts, idle ones are forgotten.
 const PRUNE_ABOVE: usize = 4_096;
 
-/// The in-flight counters of every host seen lately.
+/// How long a postback for a full but fast host waits for a slot in the
+/// worker before it goes back to the schedule.
+pub(crate) const HOST_PATIENCE: Duration = Duration::from_millis(100);
+
+/// A host whose attempts take longer than this on average is not waited
+/// for: a slot is unlikely to free within [`HOST_PATIENCE`].
+const FAST_HOST: Duration = Duration::from_secs(1);
+
+/// The shortest wait in the schedule for a full host (also the pace of a
+/// host whose attempt time is not known yet).
+const MIN_DEFER: Duration = Duration::from_millis(250);
+
+/// The longest wait in the schedule for a full host, however long its
+/// virtual queue.
+const MAX_DEFER: Duration = Duration::from_secs(3_600);
+
+/// Weight of the newest attempt in a host's mean attempt time.
+const MEAN_WEIGHT: f64 = 0.2;
+
+/// The hosts seen lately, with their slots and pace.
 pub(crate) struct HostLimits {
     per_host: usize,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+}
+
+/// One host's slots and pace.
+struct Host {
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    pace: Mutex<Pace>,
+}
+
+#[derive(Default)]
+struct Pace {
+    /// Mean time of an attempt lately, once one has ended.
+    mean: Option<Duration>,
+    /// The next free turn of the virtual queue.
+    next: Option<Instant>,
+}
+
+/// Whether a postback may go to its host now.
+pub(crate) enum Entry {
+    /// Yes: one of the host's slots, held until the attempt ends.
+    Slot(HostSlot),
+    /// No: back to the schedule for this long.
+    Full(Duration),
+}
+
+/// One of a host's slots.
+pub(crate) struct HostSlot {
+    _permit: OwnedSemaphorePermit,
+    host: Arc<Host>,
+}
+
+impl HostSlot {
+    /// Notes how long the attempt made with this slot took.
+    pub(crate) fn took(&self, elapsed: Duration) {
+        let mut pace = self.host.pace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pace.mean = Some(match pace.mean {
+            None => elapsed,
+            Some(mean) => mean.mul_f64(1.0 - MEAN_WEIGHT) + elapsed.mul_f64(MEAN_WEIGHT),
+        });
+    }
 }
 
 impl HostLimits {
@@ -27,33 +100,54 @@ impl HostLimits {
         Self { per_host, hosts: Mutex::default() }
     }
 
-    /// A slot for one attempt to `host`, waiting at most `patience` for one
-    /// to free up: a busy but healthy host frees slots within milliseconds,
-    /// a hanging one does not, and its postbacks should not wait here.
-    pub(crate) async fn acquire_within(
-        &self,
-        host: &str,
-        patience: std::time::Duration,
-    ) -> Option<OwnedSemaphorePermit> {
-        let semaphore = self.semaphore(host);
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Some(permit);
+    /// A slot for one attempt to `host`, or how long to wait in the
+    /// schedule for one.
+    pub(crate) async fn enter(&self, host: &str) -> Entry {
+        let host = self.host(host);
+        if let Ok(permit) = host.slots.clone().try_acquire_owned() {
+            return Entry::Slot(HostSlot { _permit: permit, host });
         }
-        tokio::time::timeout(patience, semaphore.acquire_owned()).await.ok()?.ok()
+        let fast = host.pace().mean.is_some_and(|mean| mean <= FAST_HOST);
+        if fast && let Ok(Ok(permit)) = tokio::time::timeout(HOST_PATIENCE, host.slots.clone().acquire_owned()).await {
+            return Entry::Slot(HostSlot { _permit: permit, host });
+        }
+        Entry::Full(host.next_turn(Instant::now()))
     }
 
-    /// A slot for one attempt to `host`, or `None` when it is at its limit.
-    #[cfg(test)]
-    fn try_acquire(&self, host: &str) -> Option<OwnedSemaphorePermit> {
-        self.semaphore(host).try_acquire_owned().ok()
-    }
-
-    fn semaphore(&self, host: &str) -> Arc<Semaphore> {
+    fn host(&self, host: &str) -> Arc<Host> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if hosts.len() > PRUNE_ABOVE {
-            hosts.retain(|_, s| s.available_permits() < self.per_host);
+            let now = Instant::now();
+            hosts.retain(|_, h| h.slots.available_permits() < h.capacity || h.pace().next.is_some_and(|n| n > now));
         }
-        hosts.entry(host.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone()
+        hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Host {
+                    slots: Arc::new(Semaphore::new(self.per_host)),
+                    capacity: self.per_host,
+                    pace: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+impl Host {
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        self.pace.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The wait for the next free turn after `now`, which it takes: at
+    /// least one pace step away, and with up to half a step of jitter so
+    /// that postbacks turned away together are read back apart.
+    fn next_turn(&self, now: Instant) -> Duration {
+        let mut pace = self.pace();
+        let step = pace.mean.map_or(MIN_DEFER, |mean| mean / self.capacity as u32);
+        let turn = pace.next.filter(|next| *next > now).unwrap_or(now).max(now + step);
+        pace.next = Some((turn + step).min(now + MAX_DEFER));
+        let jitter = Duration::from_millis(fastrand::u64(0..=step.as_millis() as u64 / 2));
+        (turn - now + jitter).clamp(MIN_DEFER, MAX_DEFER)
     }
 }
 
@@ -66,30 +160,81 @@ pub(crate) fn host_key(url: &url::Url) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn limits_each_host_separately() {
-        let limits = HostLimits::new(2);
-        let a1 = limits.try_acquire("a:80");
-        let a2 = limits.try_acquire("a:80");
-        assert!(a1.is_some() && a2.is_some());
-        assert!(limits.try_acquire("a:80").is_none(), "third slot for a");
-        assert!(limits.try_acquire("b:80").is_some(), "b is not held up by a");
-        drop(a1);
-        assert!(limits.try_acquire("a:80").is_some(), "a slot comes back when an attempt ends");
+    fn slot(entry: Entry) -> Option<HostSlot> {
+        match entry {
+            Entry::Slot(slot) => Some(slot),
+            Entry::Full(_) => None,
+        }
+    }
+
+    fn wait(entry: Entry) -> Duration {
+        match entry {
+            Entry::Slot(_) => panic!("expected a full host"),
+            Entry::Full(after) => after,
+        }
     }
 
     #[tokio::test]
-    async fn waits_a_little_for_a_slot() {
+    async fn limits_each_host_separately() {
+        let limits = HostLimits::new(2);
+        let a1 = slot(limits.enter("a:80").await);
+        let a2 = slot(limits.enter("a:80").await);
+        assert!(a1.is_some() && a2.is_some());
+        assert!(slot(limits.enter("a:80").await).is_none(), "third slot for a");
+        assert!(slot(limits.enter("b:80").await).is_some(), "b is not held up by a");
+        drop(a1);
+        assert!(slot(limits.enter("a:80").await).is_some(), "a slot comes back when an attempt ends");
+    }
+
+    #[tokio::test]
+    async fn waits_a_little_for_a_fast_host_only() {
         let limits = Arc::new(HostLimits::new(1));
-        let held = limits.try_acquire("a:80").expect("first slot");
-        let patience = std::time::Duration::from_millis(50);
-        assert!(limits.acquire_within("a:80", patience).await.is_none(), "nothing frees up");
+        let held = slot(limits.enter("a:80").await).expect("first slot");
+        held.took(Duration::from_millis(5));
         let release = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
             drop(held);
         });
-        assert!(limits.acquire_within("a:80", std::time::Duration::from_secs(5)).await.is_some());
+        assert!(slot(limits.enter("a:80").await).is_some(), "a fast host's slot is waited for");
         release.await.expect("join");
+
+        let held = slot(limits.enter("slow:80").await).expect("first slot");
+        held.took(Duration::from_secs(8));
+        let started = std::time::Instant::now();
+        assert!(slot(limits.enter("slow:80").await).is_none());
+        assert!(started.elapsed() < HOST_PATIENCE, "a slow host's slot is not waited for");
+    }
+
+    #[tokio::test]
+    async fn full_hosts_hand_out_turns_at_their_pace() {
+        let limits = HostLimits::new(16);
+        let held: Vec<_> = futures::future::join_all((0..16).map(|_| limits.enter("slow:80"))).await;
+        let held: Vec<_> = held.into_iter().map(|e| slot(e).expect("slot")).collect();
+        held[0].took(Duration::from_secs(8));
+        // 16 slots of 8 s each: a turn every 500 ms.
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            waits.push(wait(limits.enter("slow:80").await));
+        }
+        for (i, w) in waits.iter().enumerate() {
+            let turn = Duration::from_millis(500 * (i as u64 + 1));
+            // A few milliseconds pass between the calls.
+            let early = turn - Duration::from_millis(20);
+            assert!(*w >= early && *w <= turn + Duration::from_millis(250), "turn {i}: {w:?}");
+        }
+        assert!(wait(limits.enter("slow:80").await) > waits[9], "the queue goes on growing");
+    }
+
+    #[test]
+    fn turns_stay_within_bounds() {
+        let host = Host { slots: Arc::new(Semaphore::new(1)), capacity: 1, pace: Mutex::new(Pace::default()) };
+        let now = Instant::now();
+        assert!(host.next_turn(now) >= MIN_DEFER, "unknown pace");
+        host.pace().mean = Some(Duration::from_secs(7_200));
+        for _ in 0..3 {
+            assert!(host.next_turn(now) <= MAX_DEFER);
+        }
+        assert!(host.pace().next.expect("queue") <= now + MAX_DEFER);
     }
 
     #[test]

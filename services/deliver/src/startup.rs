@@ -175,7 +175,7 @@ impl Deliverer {
         // another worker would take it over and deliver the unfinished
         // ones again.
         let slot_patience =
-            (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::turn::HOST_PATIENCE);
+            (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::hosts::HOST_PATIENCE);
         let intake = Intake::new(
             (self.reader.clone(), self.redis.clone()),
             keys.clone(),

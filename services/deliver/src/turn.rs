@@ -1,32 +1,40 @@
 //! One postback's turn: expand its URL, check it, wait for its host to have
-//! room, attempt it once, and decide what comes next. The attempt is logged
-//! (a JSON line, the delivery-log stream, metrics); what the turn decided
-//! is returned, for [`crate::finish`] to carry out.
+//! room and then for a worker slot, attempt it once, and decide what comes
+//! next. The attempt is logged (a JSON line, the delivery-log stream,
+//! metrics); what the turn decided is returned, for [`crate::finish`] to
+//! carry out.
+//!
+//! The host is asked first: a postback turned away by its host
+//! ([`crate::hosts`]) never holds a worker slot.
 
 use std::time::Duration;
 
 use postback_common::{Postback, template};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::attempt;
 use crate::attempt_log::LoggedAttempt;
-use crate::hosts::host_key;
+use crate::hosts::{Entry, host_key};
 use crate::outcome::{DeadReason, Ending, Outcome, RetryReason, Tally};
 use crate::shared::Shared;
 
-/// How long a postback whose host is at its limit waits for a slot in the
-/// worker before it goes back to the schedule.
-pub(crate) const HOST_PATIENCE: Duration = Duration::from_millis(100);
+/// How long a postback that found no worker slot waits in the schedule
+/// before it is read again (plus up to four times as much of jitter). It
+/// keeps its attempt count.
+const WORKER_BUSY_DELAY: Duration = Duration::from_millis(250);
 
-/// How long a postback whose host stayed at its limit waits in the
-/// schedule before it is read again (plus up to four times as much of
-/// jitter, which spreads a hanging host's backlog out). It keeps its
-/// attempt count.
-const HOST_BUSY_DELAY: Duration = Duration::from_millis(250);
-
-/// Takes `postback`'s turn; `so_far` is its tally before this turn and
-/// `entry_id` the stream entry it came in (for the log line).
-pub(crate) async fn take(shared: &Shared, postback: &Postback, so_far: Tally, entry_id: &str) -> Ending {
+/// Takes `postback`'s turn; `so_far` is its tally before this turn,
+/// `entry_id` the stream entry it came in (for the log line) and `slot` the
+/// worker slot it was read with, if it has one (else it waits for one for
+/// at most `POSTBACK_CLAIM_IDLE_MS`-derived patience, see [`Shared`]).
+pub(crate) async fn take(
+    shared: &Shared,
+    postback: &Postback,
+    so_far: Tally,
+    entry_id: &str,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Ending {
     let give_up = |reason: DeadReason| {
         tracing::error!(postback_id = %postback.id, reason = %reason, "dead-lettering a postback that cannot be sent");
         Ending { outcome: Outcome::Dead(reason), tally: so_far.clone() }
@@ -47,17 +55,34 @@ pub(crate) async fn take(shared: &Shared, postback: &Postback, so_far: Tally, en
         return give_up(DeadReason::Refused(refused.to_string()));
     }
     let host = host_key(&parsed);
-    let Some(_host_slot) = shared.hosts.acquire_within(&host, HOST_PATIENCE).await else {
-        tracing::debug!(postback_id = %postback.id, host, "host at its limit; rescheduling without an attempt");
-        return busy(so_far, RetryReason::HostBusy);
+    let host_slot = match shared.hosts.enter(&host).await {
+        Entry::Slot(slot) => slot,
+        Entry::Full(after) => {
+            tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host full; rescheduling without an attempt");
+            return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostBusy }, tally: so_far };
+        }
+    };
+    let slot = match slot {
+        Some(slot) => Some(slot),
+        None => tokio::time::timeout(shared.slot_patience, shared.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    let Some(_slot) = slot else {
+        tracing::debug!(postback_id = %postback.id, "worker at its limit; rescheduling without an attempt");
+        return busy(so_far, RetryReason::WorkerBusy);
     };
 
     let number = so_far.attempts + 1;
     let span = attempt::span(postback, number, &parsed);
     shared.metrics.in_flight(true);
+    let started = tokio::time::Instant::now();
     let attempt = attempt::send(&shared.egress, &shared.signing, shared.log_body_bytes, postback, &parsed)
         .instrument(span.clone())
         .await;
+    host_slot.took(started.elapsed());
+    drop(host_slot);
     shared.metrics.in_flight(false);
     attempt::record(&span, &attempt);
     drop(span);
@@ -95,11 +120,11 @@ pub(crate) async fn take(shared: &Shared, postback: &Postback, so_far: Tally, en
     Ending { outcome, tally }
 }
 
-/// Back to the schedule without an attempt (the host, or the worker, had
-/// no room), keeping the tally, after [`HOST_BUSY_DELAY`] and up to four
-/// times as much of jitter.
-pub(crate) fn busy(so_far: Tally, reason: RetryReason) -> Ending {
+/// Back to the schedule without an attempt (the worker had no room),
+/// keeping the tally, after [`WORKER_BUSY_DELAY`] and up to four times as
+/// much of jitter.
+fn busy(so_far: Tally, reason: RetryReason) -> Ending {
     debug_assert!(!reason.attempted());
-    let jitter = Duration::from_millis(fastrand::u64(0..=4 * HOST_BUSY_DELAY.as_millis() as u64));
-    Ending { outcome: Outcome::Retry { after: HOST_BUSY_DELAY + jitter, reason }, tally: so_far }
+    let jitter = Duration::from_millis(fastrand::u64(0..=4 * WORKER_BUSY_DELAY.as_millis() as u64));
+    Ending { outcome: Outcome::Retry { after: WORKER_BUSY_DELAY + jitter, reason }, tally: so_far }
 }

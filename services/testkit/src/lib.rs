@@ -5,12 +5,13 @@
 //! [`Sink`] is a real HTTP server on 127.0.0.1 that records every request it
 //! receives; [`RecordingProxy`] is a forward proxy on 127.0.0.1 that
 //! records and forwards nothing; [`Collector`] is a real OTLP/HTTP trace
-//! receiver.
+//! receiver; [`CommandMonitor`] counts the commands a Redis receives.
 
 #![allow(missing_docs, clippy::expect_used)]
 
 pub mod collector;
 pub mod metrics;
+mod monitor;
 mod proxy;
 mod redis_server;
 mod settings;
@@ -18,6 +19,7 @@ mod sink;
 
 pub use collector::{Collector, ExportedSpan};
 pub use metrics::{expect_metric, lint_with_promtool, metric};
+pub use monitor::CommandMonitor;
 pub use proxy::{Proxied, RecordingProxy};
 pub use redis_server::RedisServer;
 pub use settings::assert_bad_settings_are_named;

@@ -12,6 +12,7 @@ mod egress;
 mod faults;
 mod guard;
 mod helpers;
+mod hosts;
 mod memory;
 mod metrics;
 mod queue;
