@@ -11,6 +11,7 @@
 //! - [`redis`]: Redis clients that reconnect on their own.
 //! - [`queue_status`]: a snapshot of the stream, group, schedule and dead letters.
 //! - [`script`]: Lua scripts run by SHA1, loaded on demand.
+//! - [`gcra`]: rate budgets in Redis, shared by every process charging them.
 //! - [`telemetry`]: JSON-lines logging and the OpenTelemetry trace exporter.
 //! - [`trace_context`]: the W3C trace context a postback carries.
 //! - [`metrics`]: the Prometheus text encoding and shared histogram buckets.
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod data;
 pub mod entries;
+pub mod gcra;
 pub mod keys;
 pub mod method;
 pub mod metrics;

@@ -6,10 +6,8 @@
 //! rate of their own (all of them when no tokens are configured), from
 //! `POSTBACK_INGEST_RATE`, one budget for them all. A request costs its
 //! number of postbacks. The budget is kept in Redis
-//! (`<stream>:rate:<scope>`) by one GCRA script (`rate.lua`) on Redis's
-//! clock, so two instances behind a load balancer give a caller the rate
-//! once, not twice. A request larger than the burst passes when the
-//! caller's budget is whole, and the following seconds pay for it. The
+//! (`<stream>:rate:<scope>`, [`postback_common::gcra`]), so two instances
+//! behind a load balancer give a caller the rate once, not twice. The
 //! check runs before the enqueue script, so a replayed request (a repeated
 //! `Idempotency-Key`) is charged too.
 //!
@@ -25,30 +23,15 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use fred::prelude::*;
-use postback_common::script::Script;
+use postback_common::gcra::Gcra;
 
-/// A rate: postbacks per second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate(f64);
+/// A caller's rate; its burst is one second's worth, and at least one
+/// postback.
+pub use postback_common::gcra::Rate;
 
-impl Rate {
-    /// Parses a positive, finite number of postbacks per second.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text.trim().parse::<f64>() {
-            Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 1e9 => Ok(Self(rate)),
-            _ => Err(format!("{text:?} is not a rate: expected postbacks per second, a number above 0")),
-        }
-    }
-
-    /// Postbacks per second.
-    pub fn per_second(self) -> f64 {
-        self.0
-    }
-
-    /// The burst: one second's worth, and at least one postback.
-    pub fn burst(self) -> f64 {
-        self.0.max(1.0)
-    }
+/// The burst of a caller's `rate`.
+fn burst(rate: Rate) -> f64 {
+    rate.per_second().max(1.0)
 }
 
 /// What the budget said about one request.
@@ -74,7 +57,7 @@ impl Verdict {
 
     /// Adds the `RateLimit-*` headers.
     pub fn add_headers(&self, headers: &mut HeaderMap) {
-        let limit = self.rate.burst().floor() as u64;
+        let limit = burst(self.rate).floor() as u64;
         let reset = self.reset.as_secs_f64().ceil() as u64;
         let pairs = [
             ("ratelimit-policy", format!("{limit};w=1")),
@@ -93,10 +76,10 @@ impl Verdict {
     }
 }
 
-/// Runs the rate script.
+/// Charges callers' budgets.
 #[derive(Debug)]
 pub struct Limiter {
-    script: Script,
+    gcra: Gcra,
     options: Options,
 }
 
@@ -104,22 +87,18 @@ impl Limiter {
     /// A limiter whose Redis calls give up after `timeout`.
     pub fn new(timeout: Duration) -> Self {
         let options = Options { fail_fast: true, max_attempts: Some(1), timeout: Some(timeout), ..Options::default() };
-        Self { script: Script::new(include_str!("rate.lua")), options }
+        Self { gcra: Gcra::default(), options }
     }
 
     /// Charges `cost` postbacks to the budget under `key`.
     pub async fn check(&self, client: &Client, key: &str, rate: Rate, cost: usize) -> Result<Verdict, Error> {
-        let interval = 1e6 / rate.per_second();
-        let args = vec![Value::from(interval), Value::from(rate.burst()), Value::from(cost as i64)];
-        let (allowed, wait_us, remaining, reset_us): (i64, i64, i64, i64) =
-            self.script.call(&client.with_options(&self.options), &[key], args).await?;
-        let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
+        let charge = self.gcra.charge(&client.with_options(&self.options), key, rate, burst(rate), cost).await?;
         Ok(Verdict {
             rate,
-            allowed: allowed == 1,
-            retry_after: micros(wait_us),
-            remaining: remaining.max(0) as u64,
-            reset: micros(reset_us),
+            allowed: charge.allowed,
+            retry_after: charge.wait,
+            remaining: charge.remaining,
+            reset: charge.reset,
         })
     }
 }
@@ -129,19 +108,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_are_positive_numbers() {
-        assert_eq!(Rate::parse("50").map(Rate::per_second), Ok(50.0));
-        assert_eq!(Rate::parse("0.5").map(Rate::burst), Ok(1.0));
-        assert_eq!(Rate::parse("2.5").map(Rate::burst), Ok(2.5));
-        for bad in ["0", "-1", "fast", "", "inf", "NaN"] {
-            assert!(Rate::parse(bad).is_err(), "{bad}");
-        }
+    fn a_callers_burst_is_one_seconds_worth_and_at_least_one() {
+        let burst_of = |text| Rate::parse(text).map(burst);
+        assert_eq!(burst_of("0.5"), Ok(1.0));
+        assert_eq!(burst_of("2.5"), Ok(2.5));
     }
 
     #[test]
     fn headers_follow_the_ietf_draft() {
         let verdict = Verdict {
-            rate: Rate(20.0),
+            rate: Rate::parse("20").expect("rate"),
             allowed: false,
             retry_after: Duration::from_millis(1_200),
             remaining: 3,

@@ -1,9 +1,10 @@
--- One caller's rate, by GCRA (the generic cell rate algorithm), on Redis's
--- clock so that every ingest instance shares one budget.
--- KEYS[1]  the caller's theoretical arrival time, in microseconds (string)
+-- One rate budget, by GCRA (the generic cell rate algorithm), on Redis's
+-- clock so that every process charging it shares one budget: a caller's at
+-- ingest, a target host's at deliver.
+-- KEYS[1]  the budget's theoretical arrival time, in microseconds (string)
 -- ARGV[1]  T, microseconds per postback (1e6 / rate)
 -- ARGV[2]  the burst, in postbacks
--- ARGV[3]  this request's cost, in postbacks
+-- ARGV[3]  this charge, in postbacks
 -- Returns  {allowed (1 or 0), microseconds until it would be allowed,
 --           postbacks left in the burst after this request, microseconds
 --           until the burst is whole again}
