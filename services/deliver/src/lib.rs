@@ -22,6 +22,7 @@
 //! - [`group`]: creating the consumer group.
 //! - [`endpoints`]: endpoint records of version 3 entries, cached.
 //! - [`hosts`]: per-host in-flight limits.
+//! - [`target_file`]: the `HOST[:PORT] …` files (signing keys).
 //! - [`guard`]: the SSRF guard (address ranges, resolver, redirects).
 //! - [`http`]: the outbound HTTP client and capped body reads.
 //! - [`attempt_log`]: the capped delivery-log stream in Redis.
@@ -59,6 +60,7 @@ mod scheduler;
 mod shared;
 mod signing;
 mod startup;
+mod target_file;
 mod turn;
 mod worker;
 

@@ -1,10 +1,9 @@
 //! Signed postbacks, the Standard Webhooks v1 way.
 //!
 //! `POSTBACK_SIGNING_KEYS_FILE` lists, one target per line,
-//! `HOST[:PORT] whsec_BASE64 [whsec_BASE64 …]` (blank lines and `#`
-//! comments ignored). A line with a port matches that host and port only;
-//! one without matches the host on any port; host names compare without
-//! case. Several keys on a line are for rotation: each gives one signature.
+//! `HOST[:PORT] whsec_BASE64 [whsec_BASE64 …]` (how targets match:
+//! [`crate::target_file`]). Several keys on a line are for rotation: each
+//! gives one signature.
 //!
 //! Every attempt to a matching target carries
 //! - `webhook-id`: the postback id (the same on every attempt, like
@@ -18,7 +17,6 @@
 //! receiver checks them, and how to rotate a key:
 //! `runbooks/signing-keys.md`.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -27,62 +25,49 @@ use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
+use crate::target_file::TargetFile;
+
 /// The keys of each target.
 #[derive(Debug, Clone, Default)]
-pub struct SigningKeys {
-    /// `host` or `host:port`, lower case → keys.
-    targets: HashMap<String, Vec<Vec<u8>>>,
-}
+pub struct SigningKeys(TargetFile<Vec<Vec<u8>>>);
 
 impl SigningKeys {
     /// Reads a keys file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        TargetFile::load(path, keys).map(Self)
     }
 
     /// Parses a keys file's text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut targets = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let mut columns = line.split_whitespace();
-            let Some(target) = columns.next().filter(|c| !c.starts_with('#')) else { continue };
-            let line_no = n + 1;
-            if target.contains('/') || target.contains("://") {
-                return Err(format!("line {line_no}: {target:?} is a URL; give HOST or HOST:PORT"));
-            }
-            let mut keys = Vec::new();
-            for key in columns {
-                let encoded = key
-                    .strip_prefix("whsec_")
-                    .ok_or_else(|| format!("line {line_no}: a key must start with whsec_ (then base64)"))?;
-                let bytes = STANDARD.decode(encoded).map_err(|e| format!("line {line_no}: key is not base64: {e}"))?;
-                if bytes.is_empty() {
-                    return Err(format!("line {line_no}: empty key"));
-                }
-                keys.push(bytes);
-            }
-            if keys.is_empty() {
-                return Err(format!("line {line_no}: {target} has no key"));
-            }
-            if targets.insert(target.to_ascii_lowercase(), keys).is_some() {
-                return Err(format!("line {line_no}: {target} is listed twice"));
-            }
-        }
-        Ok(Self { targets })
+        TargetFile::parse(text, keys).map(Self)
     }
 
     /// Whether no target is signed for.
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.0.is_empty()
     }
 
     /// The keys for a target URL, if it is listed.
     pub(crate) fn keys_for(&self, url: &url::Url) -> Option<&[Vec<u8>]> {
-        let host = url.host_str()?.to_ascii_lowercase();
-        let port = url.port_or_known_default()?;
-        self.targets.get(&format!("{host}:{port}")).or_else(|| self.targets.get(&host)).map(Vec::as_slice)
+        self.0.get(url).map(|(_, keys)| keys.as_slice())
     }
+}
+
+/// A line's keys.
+fn keys(columns: &[&str]) -> Result<Vec<Vec<u8>>, String> {
+    let mut keys = Vec::new();
+    for key in columns {
+        let encoded = key.strip_prefix("whsec_").ok_or("a key must start with whsec_ (then base64)")?;
+        let bytes = STANDARD.decode(encoded).map_err(|e| format!("key is not base64: {e}"))?;
+        if bytes.is_empty() {
+            return Err("empty key".into());
+        }
+        keys.push(bytes);
+    }
+    if keys.is_empty() {
+        return Err("no key".into());
+    }
+    Ok(keys)
 }
 
 /// `webhook-signature`'s value for `id`, `timestamp` and `body` under
@@ -131,16 +116,13 @@ mod tests {
     }
 
     #[test]
-    fn one_signature_per_key_and_targets_matched_by_host_and_port() {
+    fn one_signature_per_key() {
         let a = STANDARD.encode(b"key-a");
         let b = STANDARD.encode(b"key-b");
-        let text = format!("# partners\n\nHooks.Example:8443 whsec_{a} whsec_{b}\nother.example whsec_{a}\n");
+        let text = format!("Hooks.Example:8443 whsec_{a} whsec_{b}\nother.example whsec_{a}\n");
         let keys = SigningKeys::parse(&text).expect("parse");
         let at = |u: &str| url::Url::parse(u).expect("url");
         assert_eq!(keys.keys_for(&at("https://hooks.example:8443/x")).map(<[_]>::len), Some(2));
-        assert!(keys.keys_for(&at("https://hooks.example/x")).is_none(), "another port");
-        assert!(keys.keys_for(&at("http://other.example:9000/x")).is_some(), "any port");
-        assert!(keys.keys_for(&at("http://third.example/x")).is_none());
         let two = signature(keys.keys_for(&at("https://hooks.example:8443/")).expect("keys"), "id", 1, b"");
         assert_eq!(two.split(' ').count(), 2);
         assert!(two.split(' ').all(|s| s.starts_with("v1,")));
@@ -149,11 +131,10 @@ mod tests {
     #[test]
     fn bad_files_say_which_line() {
         for (text, says) in [
-            ("h.example", "line 1: h.example has no key"),
+            ("h.example", "line 1: no key"),
             ("h.example secret", "line 1: a key must start with whsec_"),
             ("h.example whsec_!!!", "line 1: key is not base64"),
-            ("https://h.example whsec_YQ==", "line 1: \"https://h.example\" is a URL"),
-            ("h.example whsec_YQ==\nH.example whsec_YQ==", "line 2: H.example is listed twice"),
+            ("h.example whsec_", "line 1: empty key"),
         ] {
             let error = SigningKeys::parse(text).expect_err(text);
             assert!(error.contains(says), "{text}: {error}");
