@@ -60,6 +60,14 @@ pub struct Keys {
     /// scope, or `all` for `POSTBACK_INGEST_RATE`): one string each, the
     /// budget's theoretical arrival time, expiring once the budget is whole.
     pub rate: String,
+    /// Prefix of deliver's per-host rate budgets (`<stream>:hostrate:`,
+    /// then the target as `POSTBACK_HOST_LIMITS_FILE` lists it), like
+    /// ingest's.
+    pub host_rate: String,
+    /// Prefix of deliver's per-host circuit breakers (`<stream>:breaker:`,
+    /// then `host:port` for a host's record, or `open` for the set of hosts
+    /// not closed; [`crate::breaker`]).
+    pub breaker: String,
     /// Prefix of deliver's per-minute counts (`<stream>:minutes:`, then the
     /// minute since the Unix epoch): hashes kept two hours, read by the
     /// built-in dashboard.
@@ -81,6 +89,8 @@ impl Keys {
             finished: format!("{stream}:finished"),
             idempotency: format!("{stream}:idempotency:"),
             rate: format!("{stream}:rate:"),
+            host_rate: format!("{stream}:hostrate:"),
+            breaker: format!("{stream}:breaker:"),
             minutes: format!("{stream}:minutes:"),
             group: group.into(),
             stream,

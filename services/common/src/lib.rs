@@ -12,6 +12,7 @@
 //! - [`queue_status`]: a snapshot of the stream, group, schedule and dead letters.
 //! - [`script`]: Lua scripts run by SHA1, loaded on demand.
 //! - [`gcra`]: rate budgets in Redis, shared by every process charging them.
+//! - [`breaker`]: per-host circuit breakers in Redis.
 //! - [`telemetry`]: JSON-lines logging and the OpenTelemetry trace exporter.
 //! - [`trace_context`]: the W3C trace context a postback carries.
 //! - [`metrics`]: the Prometheus text encoding and shared histogram buckets.
@@ -19,6 +20,7 @@
 //! - [`runtime`]: the Tokio runtime of a binary, with a bounded exit.
 //! - [`time`]: wall-clock helpers.
 
+pub mod breaker;
 pub mod config;
 pub mod data;
 pub mod entries;

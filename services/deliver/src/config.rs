@@ -103,6 +103,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub per_host_concurrency: u32,
 
+    /// Consecutive failed attempts (no response, 408, 429, 5xx) after which
+    /// a host is paused for all workers; 0 turns the circuit breaker off.
+    #[arg(long, env = "POSTBACK_BREAKER_FAILURES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub breaker_failures: u32,
+
+    /// How long a failing host is first paused; doubled after each failed
+    /// probe, up to an hour.
+    #[arg(long, env = "POSTBACK_BREAKER_PAUSE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub breaker_pause_ms: u64,
+
     /// Consumers idle this long and holding nothing are removed from the group.
     #[arg(long, env = "POSTBACK_CONSUMER_GONE_MS", default_value_t = 3_600_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000 * 30))]
@@ -130,6 +142,12 @@ pub struct Config {
     /// webhook-id, webhook-timestamp and webhook-signature.
     #[arg(long, env = "POSTBACK_SIGNING_KEYS_FILE")]
     pub signing_keys_file: Option<std::path::PathBuf>,
+
+    /// File of per-host limits: lines `HOST[:PORT] RATE_PER_SECOND
+    /// [CONCURRENCY]`; the rate is shared by all workers, the concurrency
+    /// (per worker) replaces POSTBACK_PER_HOST_CONCURRENCY for that host.
+    #[arg(long, env = "POSTBACK_HOST_LIMITS_FILE")]
+    pub host_limits_file: Option<std::path::PathBuf>,
 
     /// Redirects followed per attempt (each hop is checked by the guard).
     #[arg(long, env = "POSTBACK_MAX_REDIRECTS", default_value_t = 5,
@@ -203,6 +221,9 @@ impl Config {
         }
         if let Some(path) = &self.signing_keys_file {
             crate::signing::SigningKeys::load(path).map_err(|e| ConfigError::new("POSTBACK_SIGNING_KEYS_FILE", e))?;
+        }
+        if let Some(path) = &self.host_limits_file {
+            crate::host_rates::load(path).map_err(|e| ConfigError::new("POSTBACK_HOST_LIMITS_FILE", e))?;
         }
         if let Some(name) = &self.consumer
             && (name.is_empty() || name.chars().any(char::is_control))

@@ -21,8 +21,10 @@
 //! - [`janitor`]: removing consumers that are gone.
 //! - [`group`]: creating the consumer group.
 //! - [`endpoints`]: endpoint records of version 3 entries, cached.
-//! - [`hosts`]: per-host in-flight limits.
-//! - [`target_file`]: the `HOST[:PORT] …` files (signing keys).
+//! - [`breaker`]: per-host circuit breakers.
+//! - [`hosts`]: per-host in-flight limits and pacing.
+//! - [`host_rates`]: per-host rate budgets (`POSTBACK_HOST_LIMITS_FILE`).
+//! - [`target_file`]: the `HOST[:PORT] …` files (limits, signing keys).
 //! - [`guard`]: the SSRF guard (address ranges, resolver, redirects).
 //! - [`http`]: the outbound HTTP client and capped body reads.
 //! - [`attempt_log`]: the capped delivery-log stream in Redis.
@@ -37,6 +39,7 @@ mod admin;
 mod attempt;
 mod attempt_log;
 mod backoff;
+mod breaker;
 mod config;
 mod dashboard;
 mod degraded;
@@ -45,6 +48,7 @@ mod entry;
 mod finish;
 mod group;
 mod guard;
+mod host_rates;
 mod hosts;
 mod http;
 mod intake;

@@ -7,8 +7,10 @@
 //!   status class (`2xx` … `5xx`, `none` when no response came).
 //! - `postback_retries_scheduled_total{reason}`: postbacks put in the retry
 //!   schedule, after a failed attempt (`failed_attempt`), or without an
-//!   attempt because their host was at its concurrency limit (`host_busy`)
-//!   or the worker had no slot for them in time (`worker_busy`).
+//!   attempt because their host was at its concurrency limit
+//!   (`host_busy`), over its rate (`host_rate_limited`), paused by its
+//!   circuit breaker (`host_paused`), or the worker had no slot for them in
+//!   time (`worker_busy`).
 //! - `postback_dead_lettered_total{reason}`: postbacks moved to the
 //!   dead-letter stream: `rejected` (a final status, or a URL that cannot be
 //!   built), `refused` (the SSRF guard refused the target), `exhausted`
@@ -32,6 +34,11 @@
 //! - `postback_host_failures_total{host}`: failed attempts per target
 //!   host:port (no response, or a status other than 2xx), for the hosts
 //!   first seen up to [`MAX_HOST_LABELS`]; later ones count as `other`.
+//! - `postback_breaker_transitions_total{state}`: hosts' circuit breakers
+//!   moved to `open`, `half_open` (a probe sent), `closed` or `paused` (by
+//!   hand), as seen by this worker ([`crate::breaker`]).
+//! - `postback_breaker_hosts_not_closed`: hosts open, half-open or paused,
+//!   at this worker's last look (every second).
 //! - `postback_dead_trimmed_total`: dead letters removed by
 //!   `POSTBACK_DEAD_RETENTION`.
 //! - `postback_redis_memory_ratio`: Redis's used_memory / maxmemory at the
@@ -92,6 +99,11 @@ struct HostLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     write: &'static str,
 }
@@ -127,6 +139,8 @@ pub(crate) struct DeliverMetrics {
     host_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     degraded: Family<WriteLabels, Counter>,
     dead_trimmed: Counter,
+    breaker_moves: Family<StateLabels, Counter>,
+    not_closed: Gauge,
     memory: MemoryRatio,
     memory_watch: OnceLock<Arc<MemoryWatch>>,
     /// The same events, per minute, for the built-in dashboard.
@@ -176,6 +190,18 @@ impl DeliverMetrics {
         );
         let dead_trimmed = Counter::default();
         r.register("dead_trimmed", "Dead letters removed by POSTBACK_DEAD_RETENTION", dead_trimmed.clone());
+        let breaker_moves = Family::<StateLabels, Counter>::default();
+        r.register(
+            "breaker_transitions",
+            "Hosts' circuit breakers moved to a state, as seen by this worker",
+            breaker_moves.clone(),
+        );
+        let not_closed = Gauge::default();
+        r.register(
+            "breaker_hosts_not_closed",
+            "Hosts whose circuit breaker is open, half-open or paused by hand",
+            not_closed.clone(),
+        );
         let memory = MemoryRatio::register(&mut r);
         let queue = QueueGauges::default();
         r.register("stream_length", "Entries in the stream", queue.stream_length.clone());
@@ -211,6 +237,8 @@ impl DeliverMetrics {
             host_labels: std::sync::Mutex::default(),
             degraded,
             dead_trimmed,
+            breaker_moves,
+            not_closed,
             memory,
             memory_watch: OnceLock::new(),
             minutes: Arc::default(),
@@ -266,6 +294,18 @@ impl DeliverMetrics {
         }
     }
 
+    /// Counts an attempt to `host` (host:port) for `postbackctl hosts`:
+    /// in the per-minute counts, the attempt and its response time's bucket.
+    pub(crate) fn host_attempted(&self, host: &str, response_time: Option<Duration>) {
+        self.minutes.add(format!("sent:{host}"), 1);
+        if let Some(time) = response_time {
+            let ms = time.as_millis() as u64;
+            let le = crate::minutes::RESPONSE_BUCKETS_MS.iter().find(|le| ms <= **le);
+            let le = le.map_or_else(|| "inf".to_owned(), u64::to_string);
+            self.minutes.add(format!("rt:{host}:{le}"), 1);
+        }
+    }
+
     /// Counts a failed attempt to `host` (host:port).
     pub(crate) fn host_failed(&self, host: &str) {
         self.minutes.add(format!("host:{host}"), 1);
@@ -278,6 +318,16 @@ impl DeliverMetrics {
             }
         };
         self.host_failures.get_or_create(&HostLabels { host }).inc();
+    }
+
+    /// Counts a breaker moved to `state`.
+    pub(crate) fn breaker_moved(&self, state: postback_common::breaker::State) {
+        self.breaker_moves.get_or_create(&StateLabels { state: state.as_str() }).inc();
+    }
+
+    /// Sets the number of hosts not closed.
+    pub(crate) fn hosts_not_closed(&self, n: usize) {
+        self.not_closed.set(n as i64);
     }
 
     /// Counts `n` writes of kind `write` refused or left out.

@@ -6,8 +6,11 @@
 //! adds its counts to Redis every [`FLUSH_EVERY`] with one pipelined round
 //! trip: `HINCRBY <stream>:minutes:<unix minute> <field> <n>` per field,
 //! and an expiry of [`KEEP`] on each minute's hash. Any worker's page then
-//! shows the whole system. Fields: `delivered`, `failed`, `host:<host:port>`
-//! (failed attempts), `dead:<reason>`. What one flush fails to write is
+//! shows the whole system, and `postbackctl hosts` the per-host figures.
+//! Fields: `delivered`, `failed`, `dead:<reason>`; per target host:port,
+//! `sent:<host:port>` (attempts), `host:<host:port>` (failed attempts) and
+//! `rt:<host:port>:<le>` (attempts answered within `le` ms, one of
+//! [`RESPONSE_BUCKETS_MS`], or `inf`; not cumulative). What one flush fails to write is
 //! dropped (the dashboard is a view, not data; `/metrics` keeps the exact
 //! counts).
 
@@ -24,6 +27,9 @@ pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a minute's counts are kept.
 pub(crate) const KEEP: Duration = Duration::from_secs(2 * 3_600);
+
+/// Upper bounds (ms) of the per-host response-time buckets.
+pub(crate) const RESPONSE_BUCKETS_MS: [u64; 11] = [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000];
 
 /// The Redis key of minute `minute` (minutes since the Unix epoch) under
 /// `prefix` (`Keys::minutes`).

@@ -41,8 +41,14 @@ impl Outcome {
 pub(crate) enum RetryReason {
     /// Its attempt failed and another is due.
     FailedAttempt,
-    /// Its host was at its limit; no attempt was made.
+    /// Its host was at its concurrency; no attempt was made.
     HostBusy,
+    /// Its host was over its rate (`POSTBACK_HOST_LIMITS_FILE`); no
+    /// attempt was made.
+    HostRateLimited,
+    /// Its host's circuit breaker was open (or paused by hand); no attempt
+    /// was made.
+    HostPaused,
     /// The worker had no free slot for it in time (a postback of an entry
     /// that holds several); no attempt was made.
     WorkerBusy,
@@ -54,6 +60,8 @@ impl RetryReason {
         match self {
             RetryReason::FailedAttempt => "failed_attempt",
             RetryReason::HostBusy => "host_busy",
+            RetryReason::HostRateLimited => "host_rate_limited",
+            RetryReason::HostPaused => "host_paused",
             RetryReason::WorkerBusy => "worker_busy",
         }
     }

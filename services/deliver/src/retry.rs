@@ -26,6 +26,18 @@ fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 425 | 429 | 500..=599)
 }
 
+/// How an attempt counts for its host's circuit breaker: `Some(true)` when
+/// the host failed it (no response, or a status worth retrying), `Some(false)`
+/// when the host answered, `None` when it was never sent to the host (the
+/// guard refused it, or it could not be built).
+pub(crate) fn host_failed(attempt: &Attempt) -> Option<bool> {
+    match (&attempt.failure, attempt.status) {
+        (Some(Failure::Refused(_) | Failure::Unsendable(_)), _) => None,
+        (Some(Failure::Transport(_)), _) | (None, None) => Some(true),
+        (None, Some(status)) => Some(retryable_status(status)),
+    }
+}
+
 /// The retry settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryPolicy {

@@ -29,6 +29,10 @@ pub(crate) struct Shared {
     pub(crate) policy: RetryPolicy,
     /// Per-host in-flight limits.
     pub(crate) hosts: HostLimits,
+    /// Per-host circuit breakers.
+    pub(crate) breaker: Arc<crate::breaker::Breaker>,
+    /// Per-host rate budgets.
+    pub(crate) rates: crate::host_rates::HostRates,
     /// Hand-overs after which an entry is poison.
     pub(crate) max_deliveries: u64,
     /// The SSRF guard, unless private targets are allowed.

@@ -50,6 +50,7 @@ pub struct Deliverer {
     egress: Egress,
     guard: Option<Arc<Guard>>,
     signing: SigningKeys,
+    host_limits: Arc<crate::host_rates::HostLimitsFile>,
 }
 
 impl Deliverer {
@@ -74,7 +75,13 @@ impl Deliverer {
             Some(path) => SigningKeys::load(path).map_err(|e| anyhow::anyhow!("POSTBACK_SIGNING_KEYS_FILE: {e}"))?,
             None => SigningKeys::default(),
         };
-        Ok(Self { config, admin_listener, redis, reader, egress, guard, signing })
+        let host_limits = match &config.host_limits_file {
+            Some(path) => {
+                crate::host_rates::load(path).map_err(|e| anyhow::anyhow!("POSTBACK_HOST_LIMITS_FILE: {e}"))?
+            }
+            None => Default::default(),
+        };
+        Ok(Self { config, admin_listener, redis, reader, egress, guard, signing, host_limits: Arc::new(host_limits) })
     }
 
     /// The admin listener's address (the real port when 0 was asked for).
@@ -169,6 +176,21 @@ impl Deliverer {
             longest = %humantime::format_duration(Duration::from_secs(longest.as_secs())),
             "retry window: a postback that keeps failing is dead-lettered this long after its first attempt"
         );
+        let breaker = Arc::new(crate::breaker::Breaker::new(
+            postback_common::breaker::Breakers::new(&keys),
+            self.redis.clone(),
+            crate::breaker::Settings {
+                failures: config.breaker_failures,
+                pause: Duration::from_millis(config.breaker_pause_ms),
+                probe_lease: config.http_timeout() + COMMAND_TIMEOUT,
+            },
+            metrics.clone(),
+        ));
+        let breaker_stop = CancellationToken::new();
+        let breaker_task = {
+            let (breaker, stop) = (breaker.clone(), breaker_stop.clone());
+            tokio::spawn(async move { breaker.run(stop).await })
+        };
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         // An entry of several postbacks stays pending while they wait for
         // slots; it must be finished well before POSTBACK_CLAIM_IDLE_MS, or
@@ -200,7 +222,9 @@ impl Deliverer {
                 unmatched_default: config.unmatched_default.clone(),
                 log_body_bytes: config.log_body_bytes as usize,
                 policy,
-                hosts: HostLimits::new(config.per_host_concurrency as usize),
+                breaker,
+                hosts: HostLimits::new(config.per_host_concurrency as usize, self.host_limits.clone()),
+                rates: crate::host_rates::HostRates::new(self.host_limits, self.redis.clone(), keys.host_rate.clone()),
                 max_deliveries: config.max_deliveries,
                 guard: self.guard,
                 attempt_log,
@@ -226,6 +250,8 @@ impl Deliverer {
             // keep one alive, so do not wait long.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        breaker_stop.cancel();
+        let _ = breaker_task.await;
         memory_stop.cancel();
         minutes_stop.cancel();
         let _ = minutes.await;

@@ -4,8 +4,11 @@
 //! metrics); what the turn decided is returned, for [`crate::finish`] to
 //! carry out.
 //!
-//! The host is asked first: a postback turned away by its host
-//! ([`crate::hosts`]) never holds a worker slot.
+//! The host is asked first, in three steps, each of which can send the
+//! postback back to the schedule without an attempt: its circuit breaker
+//! ([`crate::breaker`]), its concurrency ([`crate::hosts`]) and its rate
+//! ([`crate::host_rates`]). A postback turned away by its host never holds
+//! a worker slot.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use tracing::Instrument;
 
 use crate::attempt;
 use crate::attempt_log::LoggedAttempt;
+use crate::breaker::Pass;
 use crate::hosts::{Entry, host_key};
 use crate::outcome::{DeadReason, Ending, Outcome, RetryReason, Tally};
 use crate::shared::Shared;
@@ -55,13 +59,24 @@ pub(crate) async fn take(
         return give_up(DeadReason::Refused(refused.to_string()));
     }
     let host = host_key(&parsed);
-    let host_slot = match shared.hosts.enter(&host).await {
+    let probe = match shared.breaker.pass(&host).await {
+        Pass::Go { probe } => probe,
+        Pass::Wait(after) => {
+            tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host paused by its circuit breaker; rescheduling without an attempt");
+            return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostPaused }, tally: so_far };
+        }
+    };
+    let host_slot = match shared.hosts.enter(&parsed).await {
         Entry::Slot(slot) => slot,
         Entry::Full(after) => {
             tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host full; rescheduling without an attempt");
             return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostBusy }, tally: so_far };
         }
     };
+    if let Err(after) = shared.rates.admit(&parsed).await {
+        tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host over its rate; rescheduling without an attempt");
+        return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostRateLimited }, tally: so_far };
+    }
     let slot = match slot {
         Some(slot) => Some(slot),
         None => tokio::time::timeout(shared.slot_patience, shared.slots.clone().acquire_owned())
@@ -93,6 +108,10 @@ pub(crate) async fn take(
     });
     let response_time = attempt.status.map(|_| Duration::from_millis(attempt.response_time_ms));
     shared.metrics.attempted(outcome.as_str(), attempt.status, response_time, end_to_end);
+    if let Some(failed) = crate::retry::host_failed(&attempt) {
+        shared.metrics.host_attempted(&host, response_time);
+        shared.breaker.answered(&host, failed, probe).await;
+    }
     if outcome != Outcome::Delivered && !matches!(attempt.failure, Some(crate::attempt::Failure::Refused(_))) {
         shared.metrics.host_failed(&host);
     }

@@ -27,6 +27,7 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_EGRESS_PROXY", "ftp://proxy.internal:21"),
             ("POSTBACK_DEAD_RETENTION", "forever"),
             ("POSTBACK_SIGNING_KEYS_FILE", "/nonexistent/keys"),
+            ("POSTBACK_HOST_LIMITS_FILE", "/nonexistent/limits"),
             ("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", "-1"),
         ],
     );

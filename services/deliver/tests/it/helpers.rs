@@ -37,6 +37,9 @@ pub fn deliver_config(redis: &RedisServer) -> DeliverConfig {
     config.shutdown_grace_ms = 5_000;
     // The sinks are on loopback, which the SSRF guard refuses.
     config.allow_private_targets = true;
+    // Tests of failing partners would otherwise pause them for a minute;
+    // the breaker's own tests turn it on.
+    config.breaker_failures = 0;
     config
 }
 
@@ -249,13 +252,14 @@ pub const DELIVER_BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
 
 /// What the deliver binary runs with in tests, `extra` last (so it wins):
 /// `redis`, an admin address on a free port, fast reads, loopback allowed,
-/// INFO logs.
+/// no circuit breaker (as in [`deliver_config`]), INFO logs.
 pub fn deliver_env(redis: &RedisServer, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut envs: Vec<(&'static str, String)> = vec![
         ("POSTBACK_REDIS_URL", redis.url()),
         ("POSTBACK_DELIVER_ADDR", format!("127.0.0.1:{}", postback_testkit::free_port())),
         ("POSTBACK_READ_BLOCK_MS", "200".into()),
         ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
+        ("POSTBACK_BREAKER_FAILURES", "0".into()),
         ("RUST_LOG", "info".into()),
     ];
     for (name, value) in extra {
