@@ -56,6 +56,17 @@ pub enum Command {
     /// The dead-letter stream.
     #[command(subcommand)]
     Dead(Dead),
+    /// Target hosts: each one's circuit breaker (closed, open, half_open,
+    /// paused) and, across all workers, its attempts, failures and response
+    /// times lately; or pause and resume one by hand.
+    Hosts {
+        #[command(subcommand)]
+        #[allow(missing_docs)]
+        action: Option<HostsAction>,
+        /// Minutes of attempts to count.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=120))]
+        minutes: u64,
+    },
     /// The recent attempts of one postback, from the delivery log stream.
     Attempts {
         /// The postback id (X-Postback-Id, or an id from the 202).
@@ -63,6 +74,25 @@ pub enum Command {
         /// How many of the newest log entries to search.
         #[arg(long, default_value_t = 10_000)]
         scan: u64,
+    },
+}
+
+/// Pausing a host by hand.
+#[derive(Debug, Subcommand)]
+pub enum HostsAction {
+    /// Stop every worker sending to HOST:PORT until `hosts resume`; its
+    /// postbacks wait in the retry schedule without spending attempts.
+    Pause {
+        /// The target, as `postbackctl hosts` lists it: HOST:PORT.
+        #[arg(value_parser = crate::hosts::parse_host)]
+        host: String,
+    },
+    /// Let workers send to HOST:PORT again (also closes an open breaker);
+    /// its waiting postbacks come back within ten minutes.
+    Resume {
+        /// The target: HOST:PORT.
+        #[arg(value_parser = crate::hosts::parse_host)]
+        host: String,
     },
 }
 

@@ -7,6 +7,7 @@
 //! - [`dead`]: `dead list`, `dead show`, `dead export`, `dead redrive`.
 //! - [`entry`]: `entry ID`, and entry values decoded as JSON.
 //! - [`attempts`]: `attempts ID`, from the delivery log stream.
+//! - [`hosts`]: `hosts`, `hosts pause|resume HOST:PORT`.
 //! - [`output`]: tables and JSON.
 //!
 //! Exit codes: 0 done, 1 Redis failed or is unreachable (or the output
@@ -19,6 +20,7 @@ mod attempts;
 pub mod cli;
 mod dead;
 mod entry;
+pub mod hosts;
 mod output;
 mod queue;
 mod retries;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 
-use crate::cli::{Cli, Command, Dead};
+use crate::cli::{Cli, Command, Dead, HostsAction};
 use crate::dead::DeadError;
 
 /// Runs one command; the exit code says how it went.
@@ -59,6 +61,26 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Dead(Dead::List { count, filter }) => {
                 let letters = dead::list(&redis, &keys, count, &filter).await?;
                 if cli.json { output::json(&letters) } else { dead::print_list(&letters) }
+            }
+            Command::Hosts { action: None, minutes } => {
+                let rows = hosts::list(&redis, &keys, minutes).await?;
+                if cli.json { output::json(&rows) } else { hosts::print(&rows, minutes) }
+            }
+            Command::Hosts { action: Some(action), .. } => {
+                let (host, pause) = match action {
+                    HostsAction::Pause { host } => (host, true),
+                    HostsAction::Resume { host } => (host, false),
+                };
+                let status = hosts::set(&redis, &keys, &host, pause).await?;
+                let what = if pause { "paused by hand" } else { "resumed (closed)" };
+                let now = if status.changed { what.to_owned() } else { format!("already {}", status.state) };
+                if cli.json {
+                    output::json(
+                        &serde_json::json!({"host": host, "state": status.state.as_str(), "changed": status.changed}),
+                    )
+                } else {
+                    println!("{host}: {now}");
+                }
             }
             Command::Attempts { id, scan } => {
                 let rows = attempts::find(&redis, &keys, &id, scan).await?;
