@@ -233,6 +233,65 @@ async fn a_single_slow_partner_shows_as_slots_full_and_host_busy() {
         !waiting.is_empty() && waiting.iter().all(|l| l.contains(" 0 ")),
         "attempts 0, waiting for a slot: {retries}"
     );
+    // Once the first attempts are answered (8 s) and counted (every 2 s),
+    // the host's response times show: 8 s falls in the 10000 ms bucket.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = shell.run(&command(page, "postbackctl hosts")).await;
+        let line = hosts.lines().find(|l| l.starts_with(&host)).unwrap_or_default().to_owned();
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        if columns.len() == 7 && columns[5] == "10000" && columns[6] == "10000" {
+            assert_eq!(columns[1], "closed", "{hosts}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{hosts}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_partner_down_for_hours_shows_as_open_and_can_be_paused_by_hand() {
+    let redis = RedisServer::start();
+    let down = Sink::start_with(|_, _| Reply::status(503)).await;
+    let (_worker, admin) = deliver(&redis, &[("POSTBACK_BREAKER_FAILURES", "3".into())]);
+    enqueue(&redis, request(format!("{}/down?i={{i}}", down.base_url()), 10)).await;
+    let shell = Shell { admin: Some(admin), ..Shell::new(&redis) };
+    let page = "partner-down.md";
+    let host = down.addr().to_string();
+    let row = |text: &str| text.lines().find(|l| l.starts_with(&host)).unwrap_or_default().to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let hosts = shell.run(&command(page, "postbackctl hosts")).await;
+        if row(&hosts).contains(" open until ") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{hosts}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = down.received().len();
+    let retries = shell.run(&command(page, "postbackctl retries --count 50")).await;
+    assert_eq!(retries.lines().filter(|l| l.contains(&host)).count(), 10, "all ten wait: {retries}");
+    let metrics = shell.run(&command(page, "curl -s 127.0.0.1:8081/metrics | grep -E '^postback_breaker'")).await;
+    assert!(metrics.contains("postback_breaker_transitions_total{state=\"open\"} 1"), "{metrics}");
+
+    let by_hand = |start: &str| command(page, start).replace("partner.example:443", &host);
+    let paused = shell.run(&by_hand("postbackctl hosts pause")).await;
+    assert_eq!(paused.trim(), format!("{host}: paused by hand"));
+    assert!(row(&shell.run("postbackctl hosts").await).contains(" paused "));
+    let resumed = shell.run(&by_hand("postbackctl hosts resume")).await;
+    assert_eq!(resumed.trim(), format!("{host}: resumed (closed)"));
+    // Listed by its attempts (counted every 2 s) now that its breaker is gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let listed = loop {
+        let listed = row(&shell.run("postbackctl hosts").await);
+        if !listed.is_empty() || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(listed.contains(" closed "), "{listed}");
+    // Nothing was sent while it was open (its pause is a minute).
+    assert_eq!(down.received().len(), seen);
 }
 
 #[tokio::test]
