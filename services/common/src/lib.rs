@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`keys`]: Redis key names and the stream entry layout (a contract).
 //! - [`method`], [`scalar`], [`data`]: the parts of one postback.
+//! - [`delivery`]: a request's delivery policy (attempts, delay, timeout).
 //! - [`wire`]: the versioned MessagePack encoding of a postback.
 //! - [`request_entry`]: wire version 3, a request's postbacks in one entry.
 //! - [`entries`]: stream entries read back as postbacks, records resolved.
@@ -23,6 +24,7 @@
 pub mod breaker;
 pub mod config;
 pub mod data;
+pub mod delivery;
 pub mod entries;
 pub mod gcra;
 pub mod keys;

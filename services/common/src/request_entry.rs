@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::data::Data;
+use crate::delivery::Delivery;
 use crate::method::Method;
 use crate::scalar::Scalar;
 use crate::trace_context::TraceContext;
@@ -45,6 +46,8 @@ pub struct Endpoint {
     pub url: String,
     /// The data keys, in request order; each row holds one value per key.
     pub keys: Vec<String>,
+    /// The request's delivery policy, if it gave one.
+    pub delivery: Option<Delivery>,
 }
 
 /// A record's content address: the first 8 bytes of the SHA-256 of its
@@ -58,13 +61,16 @@ impl std::fmt::Display for EndpointRef {
     }
 }
 
-/// The record as stored: `[1, method, url, [keys…]]`.
+/// The record as stored: `[1, method, url, [keys…]]`, or `[2, method, url,
+/// [keys…], delivery]` for a request with a delivery policy.
 #[derive(Serialize)]
 struct RecordOut<'a> {
     version: u8,
     method: &'a str,
     url: &'a str,
     keys: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<&'a Delivery>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +79,8 @@ struct RecordIn {
     method: String,
     url: String,
     keys: Vec<String>,
+    #[serde(default)]
+    delivery: Option<Delivery>,
 }
 
 impl Endpoint {
@@ -82,12 +90,19 @@ impl Endpoint {
             method: postback.method,
             url: postback.url.clone(),
             keys: postback.data.0.iter().map(|(k, _)| k.clone()).collect(),
+            delivery: postback.delivery,
         }
     }
 
     /// The record's bytes, as stored in the endpoint hash.
     pub fn encode(&self) -> Vec<u8> {
-        let record = RecordOut { version: 1, method: self.method.as_str(), url: &self.url, keys: &self.keys };
+        let record = RecordOut {
+            version: if self.delivery.is_some() { 2 } else { 1 },
+            method: self.method.as_str(),
+            url: &self.url,
+            keys: &self.keys,
+            delivery: self.delivery.as_ref(),
+        };
         let mut out = Vec::with_capacity(16 + self.url.len() + 16 * self.keys.len());
         wire::write_msgpack(&mut out, &record);
         out
@@ -98,11 +113,16 @@ impl Endpoint {
         let malformed =
             |reason: String| WireError::Malformed { version: 3, reason: format!("endpoint record: {reason}") };
         let record: RecordIn = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-        if record.version != 1 {
-            return Err(malformed(format!("unknown record version {}", record.version)));
+        match (record.version, record.delivery) {
+            (1, None) | (2, Some(_)) => {}
+            (version @ (1 | 2), _) => return Err(malformed(format!("record version {version} with the wrong fields"))),
+            (version, _) => return Err(malformed(format!("unknown record version {version}"))),
+        }
+        if record.delivery.is_some_and(|d| !d.is_valid()) {
+            return Err(malformed(format!("delivery policy out of range: {:?}", record.delivery)));
         }
         let method = record.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-        Ok(Self { method, url: record.url, keys: record.keys })
+        Ok(Self { method, url: record.url, keys: record.keys, delivery: record.delivery })
     }
 
     /// The content address of an encoded record.
@@ -154,6 +174,7 @@ impl RequestEntry {
                     url: endpoint.url.clone(),
                     data: Data(endpoint.keys.iter().cloned().zip(row.iter().cloned()).collect()),
                     trace: self.trace,
+                    delivery: endpoint.delivery,
                 })
             })
             .collect()
@@ -230,6 +251,7 @@ fn run_length(postbacks: &[Postback]) -> usize {
         p.method == first.method
             && p.url == first.url
             && p.trace == first.trace
+            && p.delivery == first.delivery
             && p.accepted_at_ms == first.accepted_at_ms
             && p.data.len() == first.data.len()
             && p.data.0.iter().zip(&first.data.0).all(|((a, _), (b, _))| a == b)
@@ -362,6 +384,7 @@ mod tests {
                 .into_iter()
                 .collect(),
                 trace: None,
+                delivery: None,
             })
             .collect()
     }
@@ -486,7 +509,7 @@ mod tests {
     fn refuses_an_entry_that_does_not_match_its_record() {
         let packed = pack(&request(2, 1_764_288_000_000));
         let Decoded::Request(entry) = decode_entry(&packed[0].payload).expect("decodes") else { panic!("version 3") };
-        let narrower = Endpoint { method: Method::Get, url: URL.into(), keys: vec!["mascot".into()] };
+        let narrower = Endpoint { method: Method::Get, url: URL.into(), keys: vec!["mascot".into()], delivery: None };
         assert!(matches!(entry.postbacks(&narrower), Err(WireError::Malformed { version: 3, .. })));
         let mut zero = packed[0].payload.clone();
         zero[30] = 0;
@@ -512,6 +535,7 @@ mod tests {
                     url: "http://h/{k0}".into(),
                     data: (0..*keys).map(|k| (format!("k{k}"), Scalar::Int(i as i64))).collect(),
                     trace: None,
+                    delivery: None,
                 })
                 .collect();
             let packed = pack(&postbacks);
@@ -532,13 +556,37 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_are_content_addressed() {
-        let endpoint =
-            Endpoint { method: Method::Post, url: "http://h/{a}".into(), keys: vec!["a".into(), "b".into()] };
+        let endpoint = Endpoint {
+            method: Method::Post,
+            url: "http://h/{a}".into(),
+            keys: vec!["a".into(), "b".into()],
+            delivery: None,
+        };
         let bytes = endpoint.encode();
         assert_eq!(Endpoint::decode(&bytes).expect("decodes"), endpoint);
         let other = Endpoint { keys: vec!["b".into(), "a".into()], ..endpoint.clone() };
         assert_ne!(Endpoint::reference(&bytes), Endpoint::reference(&other.encode()));
         assert_eq!(Endpoint::reference(&bytes).to_string().len(), 16);
-        assert!(Endpoint::decode(b"\x94\x02\xa3GET\xa0\x90").is_err(), "unknown record version");
+        assert!(Endpoint::decode(b"\x94\x02\xa3GET\xa0\x90").is_err(), "version 2 without a policy");
+        assert!(Endpoint::decode(b"\x94\x03\xa3GET\xa0\x90").is_err(), "unknown record version");
+    }
+
+    #[test]
+    fn a_delivery_policy_goes_into_the_record_and_back_to_every_postback() {
+        let policy = Delivery { max_attempts: Some(2), delay_ms: Some(1_000), timeout_ms: None };
+        let postbacks: Vec<_> =
+            request(3, 1_764_288_000_000).into_iter().map(|p| Postback { delivery: Some(policy), ..p }).collect();
+        let packed = pack(&postbacks);
+        assert_eq!(packed.len(), 1, "one entry");
+        let (reference, record) = packed[0].endpoint.clone().expect("a record");
+        assert_eq!(record[..2], [0x95, 0x02], "record version 2: five elements");
+        let endpoint = Endpoint::decode(&record).expect("record");
+        assert_eq!(endpoint.delivery, Some(policy));
+        let plain = Endpoint { delivery: None, ..endpoint.clone() };
+        assert_ne!(Endpoint::reference(&plain.encode()), reference, "a policy is part of the address");
+        let crate::wire::Decoded::Request(entry) = crate::wire::decode_entry(&packed[0].payload).expect("entry") else {
+            panic!("version 3")
+        };
+        assert_eq!(entry.postbacks(&endpoint).expect("postbacks"), postbacks);
     }
 }

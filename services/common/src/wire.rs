@@ -17,9 +17,13 @@
 //! Version 3: several postbacks of one request in one entry, their shared
 //! endpoint stored once elsewhere; see [`crate::request_entry`].
 //!
-//! [`encode`] writes version 1 when the postback has no trace context (no
-//! exporter configured) and version 2 when it has one; [`decode`] reads
-//! both, and [`decode_entry`] reads all three. Ingest writes version 3 (see
+//! Version 4: version 2 (the trace context nil when there is none) plus an
+//! eighth element, the request's delivery policy ([`Delivery`]).
+//!
+//! [`encode`] writes version 1 when the postback has neither a trace
+//! context (no exporter configured) nor a delivery policy, 2 when it has
+//! only a trace context, and 4 when it has a policy; [`decode`] reads
+//! them, and [`decode_entry`] reads all four. Ingest writes version 3 (see
 //! [`crate::request_entry::pack`]); the retry schedule and the dead-letter
 //! stream hold single postbacks (versions 1 and 2), which need nothing else to be
 //! read. Rolling upgrades: deploy deliver (the reader) before ingest (the
@@ -29,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::data::Data;
+use crate::delivery::Delivery;
 use crate::method::Method;
 use crate::request_entry::{self, RequestEntry};
 use crate::trace_context::TraceContext;
@@ -51,6 +56,8 @@ pub struct Postback {
     /// Ingest's span for this postback, when traces are exported: the
     /// parent of every delivery attempt's span.
     pub trace: Option<TraceContext>,
+    /// The request's delivery policy, if it gave one.
+    pub delivery: Option<Delivery>,
 }
 
 /// Why a stream entry could not be decoded into a [`Postback`].
@@ -86,8 +93,11 @@ struct Fields<'a> {
     method: &'a str,
     url: &'a str,
     data: &'a Data,
+    /// Left out in version 1; nil in version 4 without a trace context.
     #[serde(skip_serializing_if = "Option::is_none")]
-    trace: Option<&'a serde_bytes::Bytes>,
+    trace: Option<Option<&'a serde_bytes::Bytes>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<&'a Delivery>,
 }
 
 /// What [`decode`] reads, either version (the array's length is checked
@@ -103,20 +113,31 @@ struct Stored {
     data: Data,
     #[serde(default)]
     trace: Option<serde_bytes::ByteBuf>,
+    #[serde(default)]
+    delivery: Option<Delivery>,
 }
 
-/// Encodes a postback (version 1 without a trace context, 2 with one),
-/// appending to `out`.
+/// Encodes a postback (version 1 without a trace context, 2 with one, 4
+/// with a delivery policy), appending to `out`.
 pub fn encode_into(postback: &Postback, out: &mut Vec<u8>) {
     let trace = postback.trace.map(|t| t.to_bytes());
+    let version = match (postback.delivery, trace) {
+        (Some(_), _) => 4,
+        (None, Some(_)) => 2,
+        (None, None) => 1,
+    };
     let fields = Fields {
-        version: if trace.is_some() { 2 } else { 1 },
+        version,
         id: postback.id.as_bytes(),
         accepted_at_ms: postback.accepted_at_ms,
         method: postback.method.as_str(),
         url: &postback.url,
         data: &postback.data,
-        trace: trace.as_ref().map(|t| serde_bytes::Bytes::new(t)),
+        trace: match (version, &trace) {
+            (1, _) => None,
+            (_, trace) => Some(trace.as_ref().map(|t| serde_bytes::Bytes::new(t))),
+        },
+        delivery: postback.delivery.as_ref(),
     };
     write_msgpack(out, &fields);
 }
@@ -129,8 +150,8 @@ pub(crate) fn write_msgpack(out: &mut Vec<u8>, value: &impl Serialize) {
     rmp_serde::encode::write(out, value).expect("encoding into memory cannot fail");
 }
 
-/// Encodes a single postback: version 1, or 2 when it carries a trace
-/// context.
+/// Encodes a single postback: version 1, 2 when it carries a trace
+/// context, 4 when it carries a delivery policy.
 pub fn encode(postback: &Postback) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + postback.url.len() + 32 * postback.data.len());
     encode_into(postback, &mut out);
@@ -140,7 +161,7 @@ pub fn encode(postback: &Postback) -> Vec<u8> {
 /// What a stream entry's value holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
-    /// One postback (versions 1 and 2).
+    /// One postback (versions 1, 2 and 4).
     Single(Postback),
     /// Several, whose endpoint record is still to be looked up (version 3).
     Request(RequestEntry),
@@ -150,17 +171,17 @@ pub enum Decoded {
 pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, WireError> {
     let (version, len) = header(bytes)?;
     match (version, len) {
-        (1, 6) | (2, 7) => decode_known(version as u8, bytes).map(Decoded::Single),
-        (1 | 2, _) => Err(WireError::Malformed {
+        (1, 6) | (2, 7) | (4, 8) => decode_known(version as u8, bytes).map(Decoded::Single),
+        (1 | 2 | 4, _) => Err(WireError::Malformed {
             version: version as u8,
-            reason: format!("{len} elements, not {}", if version == 1 { 6 } else { 7 }),
+            reason: format!("{len} elements, not {}", version + 5 - u64::from(version == 4)),
         }),
         (3, _) => request_entry::decode(bytes, len).map(Decoded::Request),
         (other, _) => Err(WireError::UnknownVersion(other)),
     }
 }
 
-/// Decodes a single postback (version 1 or 2), as the retry schedule and
+/// Decodes a single postback (version 1, 2 or 4), as the retry schedule and
 /// the dead-letter stream hold them.
 pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
     match decode_entry(bytes)? {
@@ -194,7 +215,12 @@ pub fn check_fuzz_input(bytes: &[u8]) {
         Ok(Decoded::Request(entry)) => {
             let width = entry.values.len().checked_div(entry.count).unwrap_or(0);
             let keys = (0..width).map(|i| format!("k{i}")).collect();
-            let endpoint = crate::request_entry::Endpoint { method: crate::Method::Get, url: "http://h/".into(), keys };
+            let endpoint = crate::request_entry::Endpoint {
+                method: crate::Method::Get,
+                url: "http://h/".into(),
+                keys,
+                delivery: None,
+            };
             if let Ok(postbacks) = entry.postbacks(&endpoint) {
                 for packed in request_entry::pack(&postbacks) {
                     assert!(decode_entry(&packed.payload).is_ok(), "a decoded version 3 entry re-encodes");
@@ -222,6 +248,9 @@ fn decode_known(version: u8, bytes: &[u8]) -> Result<Postback, WireError> {
     let stored: Stored = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     let method = stored.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
     let trace = trace_from(stored.trace.as_ref().map(|b| b.as_slice())).map_err(malformed)?;
+    if stored.delivery.is_some_and(|d| !d.is_valid()) {
+        return Err(malformed(format!("delivery policy out of range: {:?}", stored.delivery)));
+    }
     Ok(Postback {
         id: Uuid::from_bytes(stored.id),
         accepted_at_ms: stored.accepted_at_ms,
@@ -229,6 +258,7 @@ fn decode_known(version: u8, bytes: &[u8]) -> Result<Postback, WireError> {
         url: stored.url,
         data: stored.data,
         trace,
+        delivery: stored.delivery,
     })
 }
 
@@ -251,6 +281,7 @@ mod tests {
             .into_iter()
             .collect(),
             trace: None,
+            delivery: None,
         }
     }
 
@@ -297,6 +328,23 @@ mod tests {
         assert!(bytes.ends_with(&tail), "the context is a 25-byte bin at the end");
         assert_eq!(bytes.len(), encode(&seed()).len() + 27);
         assert_eq!(decode(&bytes).expect("decode"), p);
+    }
+
+    #[test]
+    fn carries_a_delivery_policy_as_version_4() {
+        let policy = Delivery { max_attempts: Some(3), delay_ms: None, timeout_ms: Some(2_500) };
+        let p = Postback { delivery: Some(policy), ..seed() };
+        let bytes = encode(&p);
+        assert_eq!(&bytes[..2], &[0x98, 0x04], "eight elements, version 4");
+        assert!(bytes.ends_with(&[0xc0, 0x93, 0x03, 0xc0, 0xcd, 0x09, 0xc4]), "nil trace, then [3, nil, 2500]");
+        assert_eq!(decode(&bytes).expect("decode"), p);
+        let traced = Postback { delivery: Some(policy), ..traced() };
+        assert_eq!(decode(&encode(&traced)).expect("decode"), traced);
+        let out_of_range = Postback { delivery: Some(Delivery { max_attempts: Some(0), ..policy }), ..seed() };
+        assert!(matches!(decode(&encode(&out_of_range)), Err(WireError::Malformed { version: 4, .. })));
+        let mut short = bytes.clone();
+        short[0] = 0x97;
+        assert!(matches!(decode_entry(&short), Err(WireError::Malformed { version: 4, .. })));
     }
 
     #[test]
@@ -384,9 +432,15 @@ mod tests {
             url in ".*",
             pairs in prop::collection::vec((".*", scalar()), 0..8),
             trace in prop::option::of((1..=u128::MAX, 1..=u64::MAX, any::<u8>())),
+            delivery in prop::option::of((
+                prop::option::of(1..=50u32),
+                prop::option::of(0..=3_600_000u32),
+                prop::option::of(100..=60_000u32),
+            )),
         ) {
             let trace = trace.map(|(t, s, flags)| TraceContext { trace_id: t.to_be_bytes(), span_id: s.to_be_bytes(), flags });
-            let p = Postback { id: Uuid::from_u128(id), accepted_at_ms: at, method, url, data: Data(pairs), trace };
+            let delivery = delivery.map(|(max_attempts, delay_ms, timeout_ms)| Delivery { max_attempts, delay_ms, timeout_ms });
+            let p = Postback { id: Uuid::from_u128(id), accepted_at_ms: at, method, url, data: Data(pairs), trace, delivery };
             prop_assert_eq!(decode(&encode(&p)).expect("decode"), p);
         }
 

@@ -28,6 +28,7 @@ fn postback(n: i64) -> Vec<u8> {
         url: "http://h.example/{n}".into(),
         data: Data(vec![("n".into(), Scalar::Int(n))]),
         trace: None,
+        delivery: None,
     })
 }
 
@@ -177,6 +178,7 @@ async fn queue_request_entry(client: &Client, items: i64) -> (String, Vec<String
             url: "http://h.example/{n}".into(),
             data: Data(vec![("n".into(), Scalar::Int(n))]),
             trace: None,
+            delivery: None,
         })
         .collect();
     let packed = postback_common::request_entry::pack(&postbacks);
@@ -368,6 +370,7 @@ async fn dead_letters_are_filtered_by_host_reason_and_time_for_list_and_redrive(
             url: format!("http://{host}/{{n}}"),
             data: Data(vec![("n".into(), Scalar::Int(1))]),
             trace: None,
+            delivery: None,
         };
         vec![("reason", bytes::Bytes::from(reason.to_owned())), ("p", bytes::Bytes::from(wire::encode(&p)))]
     };

@@ -97,6 +97,7 @@ async fn a_lost_group_is_recreated_and_delivery_goes_on() {
         url: p.target("/after"),
         data: Data::default(),
         trace: None,
+        delivery: None,
     };
     let trx = client.multi();
     let _: () = trx.flushall(false).await.expect("queue FLUSHALL");

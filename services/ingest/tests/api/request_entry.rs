@@ -87,6 +87,7 @@ async fn another_record_under_the_same_address_falls_back_to_single_postbacks() 
         method: postback_common::Method::Post,
         url: "http://h.example/{mascot}".into(),
         keys: vec!["mascot".into(), "n".into()],
+        delivery: None,
     };
     let address = Endpoint::reference(&endpoint.encode()).to_string();
     let client = app.redis.client().await;
