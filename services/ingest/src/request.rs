@@ -8,13 +8,15 @@
 //! Accepted shape (see `schemas/ingest-request.schema.json`):
 //! `{"endpoint": {"method": "GET", "url": "http://…{key}…"}, "data": [{…}, …]}`
 //! with `data` a non-empty array of flat objects whose values are strings,
-//! numbers, booleans or null. Unknown fields are refused, so a misspelt
+//! numbers, booleans or null, and optionally `"delivery": {"max_attempts",
+//! "delay_ms", "timeout_ms"}` ([`postback_common::delivery`]). Unknown fields are refused, so a misspelt
 //! field never passes silently.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+use postback_common::delivery::{self, Delivery};
 use postback_common::{Data, Method, Postback, Scalar, request_entry, template};
 
 use crate::json::Json;
@@ -75,7 +77,8 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Resul
         report.add("body", format!("must be a JSON object, got {}", body.kind()));
         return Err(Invalid(report.0));
     };
-    let [endpoint, data] = take_fields(fields, ["endpoint", "data"], "", &mut report);
+    let [endpoint, data, policy] = take_fields(fields, ["endpoint", "data", "delivery"], "", &mut report);
+    let policy = policy.and_then(|value| check_delivery(value, &mut report));
     let endpoint =
         required(endpoint, "endpoint", &mut report).and_then(|value| check_endpoint(value, limits, &mut report));
     let items =
@@ -112,11 +115,42 @@ pub fn postbacks(body: &Json<'_>, accepted_at_ms: u64, limits: &Limits) -> Resul
                     url: url.to_owned(),
                     data,
                     trace: None,
+                    delivery: policy,
                 })
                 .collect())
         }
         _ => Err(Invalid(report.0)),
     }
+}
+
+/// The delivery policy, each field an integer within its range.
+fn check_delivery(value: &Json<'_>, report: &mut Report) -> Option<Delivery> {
+    let Json::Object(fields) = value else {
+        report.add("delivery", format!("must be an object, got {}", value.kind()));
+        return None;
+    };
+    let before = report.0.len();
+    let [max_attempts, delay_ms, timeout_ms] =
+        take_fields(fields, ["max_attempts", "delay_ms", "timeout_ms"], "delivery", report);
+    let mut number = |value: Option<&Json<'_>>, name: &str, range: std::ops::RangeInclusive<u64>| {
+        let got = match value? {
+            Json::UInt(n) if range.contains(n) => return Some(*n as u32),
+            Json::Int(n) if u64::try_from(*n).is_ok_and(|n| range.contains(&n)) => return Some(*n as u32),
+            Json::Int(n) => n.to_string(),
+            Json::UInt(n) => n.to_string(),
+            other => other.kind().to_owned(),
+        };
+        let (low, high) = range.into_inner();
+        report.add(format!("delivery.{name}"), format!("must be a whole number from {low} to {high}, got {got}"));
+        None
+    };
+    let policy = Delivery {
+        max_attempts: number(max_attempts, "max_attempts", delivery::MAX_ATTEMPTS),
+        delay_ms: number(delay_ms, "delay_ms", delivery::DELAY_MS),
+        timeout_ms: number(timeout_ms, "timeout_ms", delivery::TIMEOUT_MS),
+    };
+    // An empty object asks for nothing: stored as no policy at all.
+    (report.0.len() == before && policy != Delivery::default()).then_some(policy)
 }
 
 /// Picks the fields called `names` out of an object's pairs, reporting
@@ -367,6 +401,33 @@ mod tests {
         for (body, field) in cases {
             let found = fields(&body);
             assert_eq!(found[0].0, field, "{body} -> {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_delivery_policy_is_checked_and_carried_by_every_postback() {
+        let ok = r#""endpoint":{"method":"GET","url":"http://h/"},"data":[{},{}]"#;
+        let postbacks = check(&format!(r#"{{{ok},"delivery":{{"max_attempts":3,"delay_ms":0,"timeout_ms":2500}}}}"#))
+            .expect("valid");
+        let policy = Delivery { max_attempts: Some(3), delay_ms: Some(0), timeout_ms: Some(2_500) };
+        assert!(postbacks.iter().all(|p| p.delivery == Some(policy)));
+        let partial = check(&format!(r#"{{{ok},"delivery":{{"delay_ms":3600000}}}}"#)).expect("valid");
+        assert_eq!(partial[0].delivery, Some(Delivery { delay_ms: Some(3_600_000), ..Delivery::default() }));
+        assert_eq!(check(&format!(r#"{{{ok},"delivery":{{}}}}"#)).expect("valid")[0].delivery, None);
+        for (policy, field, says) in [
+            (r#"[]"#, "delivery", "must be an object, got an array"),
+            (r#"{"max_attempts":0}"#, "delivery.max_attempts", "must be a whole number from 1 to 50, got 0"),
+            (r#"{"max_attempts":51}"#, "delivery.max_attempts", "from 1 to 50, got 51"),
+            (r#"{"max_attempts":2.5}"#, "delivery.max_attempts", "from 1 to 50, got a number"),
+            (r#"{"delay_ms":-1}"#, "delivery.delay_ms", "from 0 to 3600000, got -1"),
+            (r#"{"delay_ms":"soon"}"#, "delivery.delay_ms", "got a string"),
+            (r#"{"timeout_ms":99}"#, "delivery.timeout_ms", "from 100 to 60000, got 99"),
+            (r#"{"timeout_ms":60001}"#, "delivery.timeout_ms", "from 100 to 60000, got 60001"),
+            (r#"{"retries":3}"#, "delivery.retries", "unknown field"),
+        ] {
+            let found = fields(&format!(r#"{{{ok},"delivery":{policy}}}"#));
+            assert_eq!(found[0].0, field, "{policy} -> {found:?}");
+            assert!(found[0].1.contains(says), "{policy} -> {found:?}");
         }
     }
 
