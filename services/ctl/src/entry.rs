@@ -10,15 +10,20 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::dead::DeadError;
 
-/// One postback as JSON.
+/// One postback as JSON (with `delivery`, the request's policy, when it
+/// gave one).
 pub fn postback_json(p: &Postback) -> Json {
-    json!({
+    let mut json = json!({
         "id": p.id.to_string(),
         "accepted_at": postback_common::time::rfc3339_ms(postback_common::time::from_ms(p.accepted_at_ms)),
         "method": p.method.as_str(),
         "url": p.url,
         "data": p.data,
-    })
+    });
+    if let Some(d) = p.delivery {
+        json["delivery"] = json!({"max_attempts": d.max_attempts, "delay_ms": d.delay_ms, "timeout_ms": d.timeout_ms});
+    }
+    json
 }
 
 /// The host (and port, if given) a URL template sends to: what is between

@@ -91,13 +91,15 @@ impl Attempt {
 }
 
 /// Sends `postback` once to `url` (its expanded template) through
-/// `egress`, keeping at most `log_body_bytes` of the response body.
+/// `egress`, keeping at most `log_body_bytes` of the response body, within
+/// `timeout` when given (else the client's).
 pub(crate) async fn send(
     egress: &Egress,
     signing: &SigningKeys,
     log_body_bytes: usize,
     postback: &Postback,
     url: &url::Url,
+    timeout: Option<Duration>,
 ) -> Attempt {
     let at = SystemTime::now();
     let method = reqwest::Method::from_bytes(postback.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
@@ -122,7 +124,7 @@ pub(crate) async fn send(
         crate::signing::sign(&mut headers, keys, &id, timestamp, body.as_deref().unwrap_or_default());
     }
     let started = Instant::now();
-    let response = match egress.send(Outgoing { method, url: url.clone(), headers, body }).await {
+    let response = match egress.send(Outgoing { method, url: url.clone(), headers, body, timeout }).await {
         Ok(response) => response,
         Err(e) => {
             let failure = match e {

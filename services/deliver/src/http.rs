@@ -52,6 +52,8 @@ pub(crate) struct Outgoing {
     pub(crate) url: url::Url,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Option<Bytes>,
+    /// This request's timeout, if not the client's.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// Why a request got no response.
@@ -133,6 +135,7 @@ impl Egress {
                 url: request.url.clone(),
                 headers: request.headers.clone(),
                 body: request.body.clone(),
+                timeout: request.timeout,
             };
             let response = self.send_once(next).await?;
             let Some(location) = redirect_location(&response) else { return Ok(response) };
@@ -148,6 +151,9 @@ impl Egress {
         let mut builder = self.client.request(request.method, request.url).headers(request.headers);
         if let Some(body) = request.body {
             builder = builder.body(body);
+        }
+        if let Some(timeout) = request.timeout {
+            builder = builder.timeout(timeout);
         }
         builder.send().await.map_err(SendError::Client)
     }
@@ -252,6 +258,7 @@ mod tests {
             url: "http://partner.example/a/b?c=d".parse().expect("url"),
             headers,
             body: Some(Bytes::from_static(b"{}")),
+            timeout: None,
         }
     }
 

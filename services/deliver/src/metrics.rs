@@ -9,8 +9,9 @@
 //!   schedule, after a failed attempt (`failed_attempt`), or without an
 //!   attempt because their host was at its concurrency limit
 //!   (`host_busy`), over its rate (`host_rate_limited`), paused by its
-//!   circuit breaker (`host_paused`), or the worker had no slot for them in
-//!   time (`worker_busy`).
+//!   circuit breaker (`host_paused`), held back by their request's delay
+//!   (`delayed`), or the worker had no slot for them in time
+//!   (`worker_busy`).
 //! - `postback_dead_lettered_total{reason}`: postbacks moved to the
 //!   dead-letter stream: `rejected` (a final status, or a URL that cannot be
 //!   built), `refused` (the SSRF guard refused the target), `exhausted`

@@ -49,6 +49,9 @@ pub(crate) enum RetryReason {
     /// Its host's circuit breaker was open (or paused by hand); no attempt
     /// was made.
     HostPaused,
+    /// The request asked for a delivery delay (`delivery.delay_ms`) that
+    /// is not over yet; no attempt was made.
+    Delayed,
     /// The worker had no free slot for it in time (a postback of an entry
     /// that holds several); no attempt was made.
     WorkerBusy,
@@ -62,6 +65,7 @@ impl RetryReason {
             RetryReason::HostBusy => "host_busy",
             RetryReason::HostRateLimited => "host_rate_limited",
             RetryReason::HostPaused => "host_paused",
+            RetryReason::Delayed => "delayed",
             RetryReason::WorkerBusy => "worker_busy",
         }
     }

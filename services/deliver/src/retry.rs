@@ -50,6 +50,11 @@ pub(crate) struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The same with a request's own number of attempts, if it gave one.
+    pub(crate) fn with_max_attempts(self, max_attempts: Option<u32>) -> Self {
+        Self { max_attempts: max_attempts.unwrap_or(self.max_attempts), ..self }
+    }
+
     /// The outcome of attempt number `number` (1 for the first).
     pub(crate) fn decide(&self, attempt: &Attempt, number: u32) -> Outcome {
         let again = |reason: String, retry_after: Option<Duration>| {

@@ -198,6 +198,13 @@ impl Deliverer {
         // ones again.
         let slot_patience =
             (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::hosts::HOST_PATIENCE);
+        // A request's own timeout, with the longest wait for a slot, must
+        // also end well before the claim idle time.
+        let max_request_timeout = config.claim_idle().saturating_sub(slot_patience) * 3 / 4;
+        tracing::info!(
+            max_ms = max_request_timeout.as_millis() as u64,
+            "a request's delivery.timeout_ms is honoured up to this (from POSTBACK_CLAIM_IDLE_MS)"
+        );
         let intake = Intake::new(
             (self.reader.clone(), self.redis.clone()),
             keys.clone(),
@@ -229,6 +236,7 @@ impl Deliverer {
                 guard: self.guard,
                 attempt_log,
                 max_url_bytes: config.max_url_bytes as usize,
+                max_request_timeout,
                 metrics,
                 finisher,
                 redis: self.redis.clone(),

@@ -58,6 +58,15 @@ pub(crate) async fn take(
     if let Some(Err(refused)) = shared.guard.as_ref().map(|g| g.check_url(&parsed)) {
         return give_up(DeadReason::Refused(refused.to_string()));
     }
+    let policy = postback.delivery.unwrap_or_default();
+    if let Some(after) = policy.delay_ms.and_then(|delay| {
+        let due = postback.accepted_at_ms + u64::from(delay);
+        let left = due.saturating_sub(postback_common::time::now_ms());
+        (left > 0).then(|| Duration::from_millis(left))
+    }) {
+        tracing::debug!(postback_id = %postback.id, after_ms = after.as_millis() as u64, "delivery delayed by the request's policy");
+        return Ending { outcome: Outcome::Retry { after, reason: RetryReason::Delayed }, tally: so_far };
+    }
     let host = host_key(&parsed);
     let probe = match shared.breaker.pass(&host).await {
         Pass::Go { probe } => probe,
@@ -93,7 +102,8 @@ pub(crate) async fn take(
     let span = attempt::span(postback, number, &parsed);
     shared.metrics.in_flight(true);
     let started = tokio::time::Instant::now();
-    let attempt = attempt::send(&shared.egress, &shared.signing, shared.log_body_bytes, postback, &parsed)
+    let timeout = policy.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)).min(shared.max_request_timeout));
+    let attempt = attempt::send(&shared.egress, &shared.signing, shared.log_body_bytes, postback, &parsed, timeout)
         .instrument(span.clone())
         .await;
     host_slot.took(started.elapsed());
@@ -101,7 +111,7 @@ pub(crate) async fn take(
     shared.metrics.in_flight(false);
     attempt::record(&span, &attempt);
     drop(span);
-    let outcome = shared.policy.decide(&attempt, number);
+    let outcome = shared.policy.with_max_attempts(policy.max_attempts).decide(&attempt, number);
     let end_to_end = (outcome == Outcome::Delivered).then(|| {
         let accepted = postback_common::time::from_ms(postback.accepted_at_ms);
         std::time::SystemTime::now().duration_since(accepted).unwrap_or_default()

@@ -15,6 +15,7 @@ mod helpers;
 mod hosts;
 mod memory;
 mod metrics;
+mod policy;
 mod queue;
 mod request_entries;
 mod retries;
