@@ -14,6 +14,7 @@ pub mod metrics;
 mod monitor;
 mod proxy;
 mod redis_server;
+pub mod sentinel;
 mod settings;
 mod sink;
 
@@ -22,6 +23,7 @@ pub use metrics::{expect_metric, lint_with_promtool, metric};
 pub use monitor::CommandMonitor;
 pub use proxy::{Proxied, RecordingProxy};
 pub use redis_server::RedisServer;
+pub use sentinel::Sentinels;
 pub use settings::assert_bad_settings_are_named;
 pub use sink::{Received, Reply, Sink};
 
