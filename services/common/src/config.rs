@@ -15,7 +15,10 @@ use crate::keys::{DEFAULT_GROUP, DEFAULT_STREAM, Keys};
 /// Where the queue lives: what every binary needs.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis server URL: redis://[user:password@]host:port[/db] or rediss:// for TLS.
+    /// Redis server URL: redis://[user:password@]host:port[/db], rediss://
+    /// for TLS, or behind Sentinel:
+    /// redis-sentinel://HOST:PORT[/db]?sentinelServiceName=NAME&node=HOST2:PORT2…
+    /// (rediss-sentinel:// for TLS).
     #[arg(long, env = "POSTBACK_REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
     pub redis_url: String,
 
@@ -57,8 +60,9 @@ impl GroupArgs {
 }
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
-    if !(value.starts_with("redis://") || value.starts_with("rediss://")) {
-        return Err("must start with redis:// or rediss://".into());
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis-sentinel://", "rediss-sentinel://"];
+    if !SCHEMES.iter().any(|scheme| value.starts_with(scheme)) {
+        return Err("must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://".into());
     }
     fred::types::config::Config::from_url(value).map_err(|e| e.details().to_string())?;
     Ok(value.to_owned())
@@ -158,6 +162,16 @@ mod tests {
         assert_eq!(setting_of(&Demo::command(), &error).as_deref(), Some("POSTBACK_REDIS_URL (--redis-url)"));
         let error = Demo::try_parse_from(["demo", "--stream", ""]).expect_err("must fail");
         assert_eq!(setting_of(&Demo::command(), &error).as_deref(), Some("POSTBACK_STREAM (--stream)"));
+    }
+
+    #[test]
+    fn sentinel_urls_are_accepted_with_their_service_name() {
+        let url = "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=postbacks&node=127.0.0.1:26380";
+        assert_eq!(Demo::try_parse_from(["demo", "--redis-url", url]).expect("sentinel").redis.redis_url, url);
+        let tls = "rediss-sentinel://s.example:26379?sentinelServiceName=postbacks";
+        assert!(Demo::try_parse_from(["demo", "--redis-url", tls]).is_ok());
+        let nameless = Demo::try_parse_from(["demo", "--redis-url", "redis-sentinel://127.0.0.1:26379"]);
+        assert!(nameless.is_err(), "a sentinel URL names its service");
     }
 
     #[test]

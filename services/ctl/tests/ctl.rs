@@ -60,6 +60,17 @@ async fn known_state(redis: &RedisServer) -> (Client, Vec<String>) {
     (client, dead)
 }
 
+/// `--redis-url` takes the sentinel form too, and finds the primary
+/// through the sentinels.
+#[tokio::test]
+async fn status_through_sentinels() {
+    let redis = RedisServer::start();
+    known_state(&redis).await;
+    let sentinels = postback_testkit::Sentinels::start(redis.port(), 1);
+    let out = Command::new(BIN).args(["--redis-url", &sentinels.url(), "--json", "status"]).output().expect("run");
+    assert_eq!(json(&out)["length"], 3);
+}
+
 #[tokio::test]
 async fn status_and_pending_describe_the_queue() {
     let redis = RedisServer::start();
