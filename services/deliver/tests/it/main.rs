@@ -9,6 +9,7 @@ mod dashboard_page;
 mod dashboards;
 mod delivery;
 mod egress;
+mod failover;
 mod faults;
 mod guard;
 mod helpers;
