@@ -137,6 +137,15 @@ impl Sink {
         (0..received).filter(|i| answered.get(*i).copied().flatten().is_none()).collect()
     }
 
+    /// When each request (by its index in [`received`](Self::received))
+    /// was answered, `None` while it was not.
+    pub fn answered(&self) -> Vec<Option<Instant>> {
+        let received = self.shared.received.lock().expect("sink lock").len();
+        let mut answered = self.shared.answered.lock().expect("sink lock").clone();
+        answered.resize(received, None);
+        answered
+    }
+
     /// Waits until at least `n` requests have arrived, then returns all of
     /// them. Panics after `timeout` with what did arrive.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {

@@ -1,0 +1,211 @@
+//! Many processes, random deaths: two ingest and three deliver processes
+//! (the real binaries) share one Redis while load arrives for 30 s and a
+//! random one of them is killed with SIGKILL every one to three seconds and
+//! started again (deliver under the same consumer name, as systemd does).
+//! Every postback that got a 202 must reach the partner, and a postback
+//! may be repeated only as README "Guarantees" allows: its attempt was in
+//! flight when a worker died, or answered but not yet recorded.
+//!
+//! `CHAOS_SEED=N` replays one schedule of deaths.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postback_testkit::{RedisServer, Reply, Sink};
+use serde_json::json;
+
+use crate::helpers::{DELIVER_BIN, deliver_env};
+
+/// How long load arrives while processes die.
+const LOAD_FOR: Duration = Duration::from_secs(30);
+
+/// An answer this recent may not be recorded yet when its worker dies
+/// (recording lingers 2 ms plus a round trip; generous for a busy machine).
+const RECORDING_WINDOW: Duration = Duration::from_millis(250);
+
+fn ingest_bin() -> std::path::PathBuf {
+    let bin = std::path::Path::new(DELIVER_BIN).with_file_name("postback-ingest");
+    assert!(bin.exists(), "{} is missing: build the workspace (cargo build --workspace)", bin.display());
+    bin
+}
+
+/// One service process, started again after each death.
+struct Service {
+    name: String,
+    program: std::path::PathBuf,
+    envs: Vec<(&'static str, String)>,
+    child: tokio::process::Child,
+}
+
+impl Service {
+    fn spawn(program: &std::path::Path, envs: &[(&'static str, String)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.envs(envs.iter().map(|(k, v)| (*k, v.as_str()))).kill_on_drop(true);
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.stdout(Stdio::null());
+        }
+        cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
+    }
+
+    fn start(name: String, program: std::path::PathBuf, envs: Vec<(&'static str, String)>) -> Self {
+        let child = Self::spawn(&program, &envs);
+        Self { name, program, envs, child }
+    }
+
+    async fn kill_and_restart(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reap");
+        self.child = Self::spawn(&self.program, &self.envs);
+    }
+
+    fn is_deliver(&self) -> bool {
+        self.name.starts_with("deliver")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_kills_of_two_ingest_and_three_deliver_processes_lose_nothing() {
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    println!("CHAOS_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let redis = RedisServer::start();
+    // The k-th postback of a request is answered after 20 + 100·k ms, so a
+    // worker dies with entries part finished, part in flight.
+    let sink = Sink::start_with(|r, _| {
+        let i: u64 = r.target.rsplit('=').next().and_then(|i| i.parse().ok()).unwrap_or(0);
+        Reply::status(200).delay(Duration::from_millis(20 + 100 * (i % 10)))
+    })
+    .await;
+
+    let mut services = Vec::new();
+    let mut ingest_urls = Vec::new();
+    for i in 0..2 {
+        let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
+        ingest_urls.push(format!("http://{addr}/v1/postbacks"));
+        let envs =
+            vec![("POSTBACK_REDIS_URL", redis.url()), ("POSTBACK_INGEST_ADDR", addr), ("RUST_LOG", "warn".to_owned())];
+        services.push(Service::start(format!("ingest {i}"), ingest_bin(), envs));
+    }
+    for i in 0..3 {
+        let envs = deliver_env(
+            &redis,
+            &[
+                ("POSTBACK_CONSUMER", format!("w{i}")),
+                ("POSTBACK_HTTP_TIMEOUT_MS", "1000".into()),
+                ("POSTBACK_CLAIM_IDLE_MS", "1500".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        );
+        services.push(Service::start(format!("deliver {i}"), DELIVER_BIN.into(), envs));
+    }
+
+    // Four senders, each sending requests of 1 to 5 postbacks to either
+    // ingest in turn; what got a 202 is remembered.
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let target = format!("{}/c?i={{i}}", sink.base_url());
+    let mut senders = Vec::new();
+    for sender in 0..4u64 {
+        let (accepted, refused, urls, target) =
+            (accepted.clone(), refused.clone(), ingest_urls.clone(), target.clone());
+        senders.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+            let mut n = 0u64;
+            while started.elapsed() < LOAD_FOR {
+                n += 1;
+                let data: Vec<_> = (0..1 + n % 5).map(|i| json!({"i": sender * 1_000_000 + n * 10 + i})).collect();
+                let body = json!({"endpoint": {"method": "GET", "url": target}, "data": data}).to_string();
+                let url = &urls[(n % 2) as usize];
+                match http.post(url).body(body).send().await {
+                    Ok(response) if response.status() == 202 => {
+                        let answer: serde_json::Value = response.json().await.expect("202 body");
+                        let ids =
+                            answer["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned());
+                        accepted.lock().expect("lock").extend(ids);
+                    }
+                    _ => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        }));
+    }
+
+    // Deaths: every 1 to 3 s a random process.
+    let mut deaths = HashMap::<String, usize>::new();
+    let mut worker_deaths = Vec::new();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while started.elapsed() < LOAD_FOR {
+        tokio::time::sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
+        let victim = &mut services[rng.usize(0..5)];
+        if victim.is_deliver() {
+            worker_deaths.push(Instant::now());
+        }
+        victim.kill_and_restart().await;
+        *deaths.entry(victim.name.clone()).or_default() += 1;
+    }
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+
+    let accepted = accepted.lock().expect("lock").clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut received, mut first) = (Vec::new(), HashMap::<String, usize>::new());
+    while Instant::now() < deadline {
+        received = sink.received();
+        first.clear();
+        for (i, r) in received.iter().enumerate() {
+            first.entry(r.postback_id().expect("X-Postback-Id").to_owned()).or_insert(i);
+        }
+        if accepted.iter().all(|id| first.contains_key(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lost: Vec<&String> = accepted.iter().filter(|id| !first.contains_key(*id)).collect();
+    // A repeat is allowed only if its first attempt was under way when a
+    // worker died, or answered within the recording window before.
+    let answered = sink.answered();
+    let excused = |i: usize| {
+        worker_deaths
+            .iter()
+            .any(|death| received[i].at <= *death && answered[i].is_none_or(|end| end + RECORDING_WINDOW >= *death))
+    };
+    let mut times = HashMap::<&str, usize>::new();
+    for r in &received {
+        *times.entry(r.postback_id().expect("X-Postback-Id")).or_default() += 1;
+    }
+    let repeated: Vec<&String> = first.keys().filter(|id| times[id.as_str()] > 1).collect();
+    let unexcused: Vec<&&String> = repeated.iter().filter(|id| !excused(first[id.as_str()])).collect();
+    let mut deaths: Vec<_> = deaths.into_iter().collect();
+    deaths.sort();
+    println!(
+        "{} accepted, {} requests refused or cut off, deaths {deaths:?}, {} lost, {} postbacks repeated ({} extra attempts), {} of them not in flight or unrecorded at a worker's death",
+        accepted.len(),
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+        lost.len(),
+        repeated.len(),
+        received.len() - first.len(),
+        unexcused.len()
+    );
+    assert!(accepted.len() > 1_000, "too little load to mean anything: {}", accepted.len());
+    assert!(deaths.len() >= 3, "too few processes died: {deaths:?}");
+    assert!(lost.is_empty(), "{} of {} acknowledged postbacks never arrived: {lost:?}", lost.len(), accepted.len());
+    let story = |id: &str| {
+        let attempts: Vec<_> = received
+            .iter()
+            .zip(&answered)
+            .filter(|(r, _)| r.postback_id() == Some(id))
+            .map(|(r, a)| (r.at - started, a.map(|a| a - started)))
+            .collect();
+        format!("{id}: attempts (sent, answered) {attempts:?}")
+    };
+    let deaths_at: Vec<_> = worker_deaths.iter().map(|d| *d - started).collect();
+    let unexcused: Vec<String> = unexcused.iter().map(|id| story(id)).collect();
+    assert!(unexcused.is_empty(), "repeated although finished before any worker died {deaths_at:?}: {unexcused:#?}");
+}
