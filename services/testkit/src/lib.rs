@@ -17,6 +17,7 @@ mod redis_server;
 pub mod sentinel;
 mod settings;
 mod sink;
+mod tls_redis;
 
 pub use collector::{Collector, ExportedSpan};
 pub use metrics::{expect_metric, lint_with_promtool, metric};
@@ -26,6 +27,7 @@ pub use redis_server::RedisServer;
 pub use sentinel::Sentinels;
 pub use settings::assert_bad_settings_are_named;
 pub use sink::{Received, Reply, Sink};
+pub use tls_redis::TlsRedis;
 
 /// A free TCP port on 127.0.0.1, chosen by the kernel. Another process may
 /// take it before the caller binds it; callers that can retry should.

@@ -36,6 +36,11 @@ impl RedisServer {
         Self::start_with_args(false, vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()])
     }
 
+    /// A server started with more command-line options.
+    pub fn start_with_extra(extra: Vec<String>) -> Self {
+        Self::start_with_args(false, extra)
+    }
+
     fn start_with(appendonly: bool) -> Self {
         Self::start_with_args(appendonly, Vec::new())
     }
