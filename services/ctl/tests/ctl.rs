@@ -71,6 +71,29 @@ async fn status_through_sentinels() {
     assert_eq!(json(&out)["length"], 3);
 }
 
+/// `rediss://` speaks TLS and checks the server's certificate against the
+/// system's authorities (here `SSL_CERT_FILE`): with the right authority it
+/// works, with another it is refused, and plain `redis://` to the TLS port
+/// gets nowhere.
+#[tokio::test]
+async fn rediss_urls_use_tls_and_check_the_certificate() {
+    let tls = postback_testkit::TlsRedis::start();
+    known_state(&tls.server).await;
+    let status = |url: &str, ca: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--redis-url", url, "--json", "status"]).env_remove("SSL_CERT_FILE");
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        cmd.output().expect("run postbackctl")
+    };
+    assert_eq!(json(&status(&tls.url(), Some(&tls.ca_file())))["length"], 3);
+    let refused = status(&tls.url(), Some(&tls.other_ca_file()));
+    assert!(!refused.status.success(), "a certificate no authority signed was accepted");
+    let plain = status(&format!("redis://127.0.0.1:{}", tls.tls_port()), None);
+    assert!(!plain.status.success(), "plain text reached the TLS port");
+}
+
 #[tokio::test]
 async fn status_and_pending_describe_the_queue() {
     let redis = RedisServer::start();

@@ -40,6 +40,20 @@ fn help_lists_every_setting() {
     }
 }
 
+/// With `rediss://` the binary reaches Redis over TLS, checking the
+/// server's certificate against the authorities it is given.
+#[tokio::test]
+async fn it_queues_over_tls() {
+    let tls = postback_testkit::TlsRedis::start();
+    let ca = tls.ca_file().display().to_string();
+    let ingest = Process::spawn(&tls.server, &[("POSTBACK_REDIS_URL", &tls.url()), ("SSL_CERT_FILE", &ca)]).await;
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(format!("{}/ingest.php", ingest.base)).body(SEED).send().await.expect("send").status(), 202);
+    let length: u64 =
+        fred::prelude::StreamsInterface::xlen(&tls.server.client().await, "postbacks").await.expect("XLEN");
+    assert_eq!(length, 1);
+}
+
 #[tokio::test]
 async fn sigterm_stops_it_cleanly() {
     let redis = postback_testkit::RedisServer::start();
