@@ -73,14 +73,16 @@ ensure_promtool() {
     export PROMTOOL
 }
 
-# Installs what the runbook tests run besides the project's binaries (the
-# pages' own commands: curl, ps), from the distribution's packages.
+# Installs what the tests run besides the project's binaries (the runbook
+# pages' own commands: curl, ps; openssl, which makes the TLS tests'
+# certificates), from the distribution's packages.
 ensure_runbook_tools() {
     local missing=()
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v ps >/dev/null 2>&1 || missing+=(procps)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing ${missing[*]} from the distribution's packages (the runbook tests run them)"
+        echo "==> installing ${missing[*]} from the distribution's packages (the runbook and TLS tests run them)"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
