@@ -31,9 +31,23 @@ impl RedisServer {
         Self::start_with(true)
     }
 
-    /// Starts a replica of `primary` (no persistence).
+    /// Starts a replica of `primary` (no persistence) and waits until it has
+    /// caught up.
     pub fn start_replica_of(primary: &RedisServer) -> Self {
-        Self::start_with_args(false, vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()])
+        let replica =
+            Self::start_with_args(false, vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !replica.replicating() {
+            assert!(Instant::now() < deadline, "the replica on {} never caught up", replica.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    /// Whether this replica's link to its primary is up.
+    pub fn replicating(&self) -> bool {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string(), "INFO", "replication"]).output();
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("master_link_status:up"))
     }
 
     /// A server started with more command-line options.
