@@ -7,7 +7,8 @@
 //! The pages assume the default addresses; the shell they run in points
 //! `redis-cli` at the test's Redis, `POSTBACK_REDIS_URL` at it, puts
 //! `postbackctl` on PATH, and rewrites 127.0.0.1:8080 / 127.0.0.1:8081 to
-//! the test's ingest and deliver admin addresses.
+//! the test's ingest and deliver admin addresses (and port 26379 to one of
+//! its Sentinels).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,11 +68,13 @@ struct Shell {
     redis_port: u16,
     ingest: Option<String>,
     admin: Option<String>,
+    /// A Sentinel's port, for the pages' `redis-cli -p 26379`.
+    sentinel: Option<u16>,
 }
 
 impl Shell {
     fn new(redis: &RedisServer) -> Self {
-        Self { redis: redis.url(), redis_port: redis.port(), ingest: None, admin: None }
+        Self { redis: redis.url(), redis_port: redis.port(), ingest: None, admin: None, sentinel: None }
     }
 
     /// Runs `command` in bash; its stdout and stderr together.
@@ -82,6 +85,9 @@ impl Shell {
         }
         if let Some(ingest) = &self.ingest {
             command = command.replace("127.0.0.1:8080", ingest);
+        }
+        if let Some(port) = self.sentinel {
+            command = command.replace("-p 26379", &format!("-p {port}"));
         }
         let bin_dir = std::env::current_exe()
             .expect("test binary")
@@ -327,4 +333,33 @@ async fn an_undecodable_entry_is_a_poison_letter_with_its_bytes() {
         .await;
     assert!(dead.contains("poison: undecodable"), "{dead}");
     assert!(dead.contains(&id), "the entry it came from: {dead}");
+}
+
+#[tokio::test]
+async fn a_failover_shows_the_new_primary_the_lost_one_and_a_quorum() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinels = postback_testkit::Sentinels::start(primary.port(), 3);
+    primary.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sentinels.primary_port() != Some(replica.port()) {
+        assert!(tokio::time::Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shell = Shell { sentinel: Some(sentinels.ports()[0]), ..Shell::new(&replica) };
+    let page = "redis-restart.md";
+    let now = shell.run(&command(page, "redis-cli -p 26379 SENTINEL get-master-addr-by-name")).await;
+    assert!(now.contains(&replica.port().to_string()), "the page shows the promoted replica: {now}");
+    // The old primary is listed as a replica, down (s_down) while it is.
+    let replicas = command(page, "redis-cli -p 26379 SENTINEL replicas");
+    loop {
+        let out = shell.run(&replicas).await;
+        if out.contains(&primary.port().to_string()) && out.contains("s_down") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the lost primary is not shown down: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let quorum = shell.run(&command(page, "redis-cli -p 26379 SENTINEL ckquorum")).await;
+    assert!(quorum.starts_with("OK"), "three Sentinels make a quorum: {quorum}");
 }
