@@ -120,8 +120,10 @@ async fn three_workers_together_keep_a_hosts_rate() {
     let report = format!("{} postbacks in {span:.1} s = {rate:.1}/s; busiest second {busiest_second}", at.len());
     println!("{report}");
     assert!((45.0..=55.0).contains(&rate), "{report}");
-    // The rate plus its burst (a fifth of a second's worth).
-    assert!(busiest_second <= 61, "{report}");
+    // The rate plus its burst (a fifth of a second's worth) is 60 admitted
+    // in any second; arrivals carry the machine's scheduling jitter on top
+    // (62 seen once on a busy 2-core run). Without the limit: about 775.
+    assert!(busiest_second <= 66, "{report}");
     // With one attempt allowed, a postback held back at the cost of an
     // attempt would have been dead-lettered instead.
     redis.wait_nothing_to_deliver(Duration::from_secs(10)).await;
