@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser};
 
-use crate::keys::{DEFAULT_GROUP, DEFAULT_STREAM, Keys};
+use crate::keys::{DEFAULT_GROUP, DEFAULT_STREAM, Partitions};
 
 /// Where the queue lives: what every binary needs.
 #[derive(Debug, Clone, Args)]
@@ -18,21 +18,44 @@ pub struct RedisArgs {
     /// Redis server URL: redis://[user:password@]host:port[/db], rediss://
     /// for TLS, or behind Sentinel:
     /// redis-sentinel://HOST:PORT[/db]?sentinelServiceName=NAME&node=HOST2:PORT2…
-    /// (rediss-sentinel:// for TLS).
+    /// (rediss-sentinel:// for TLS), or a Redis Cluster:
+    /// redis-cluster://HOST:PORT?node=HOST2:PORT2… (rediss-cluster:// for TLS).
     #[arg(long, env = "POSTBACK_REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
     pub redis_url: String,
 
-    /// Name of the Redis stream that holds postbacks awaiting delivery.
-    #[arg(long, env = "POSTBACK_STREAM", default_value = DEFAULT_STREAM, value_parser = parse_key_name)]
+    /// Name of the Redis stream that holds postbacks awaiting delivery
+    /// (no braces: partitions put their own hash tags around it).
+    #[arg(long, env = "POSTBACK_STREAM", default_value = DEFAULT_STREAM, value_parser = parse_stream_name)]
     pub stream: String,
+
+    /// How many partitions the queue is split into, each its own stream
+    /// (see the README's scaling section); every ingest and deliver must
+    /// agree.
+    #[arg(long, env = "POSTBACK_PARTITIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_PARTITIONS as i64))]
+    pub partitions: u32,
 }
 
+/// Most partitions a queue may have: each costs every delivery worker a
+/// reading connection.
+pub const MAX_PARTITIONS: u32 = 256;
+
 impl RedisArgs {
-    /// The Redis key names of the stream, with the default group and
-    /// dead-letter stream (for ingest, which uses neither).
-    pub fn keys(&self) -> Keys {
-        Keys::new(&self.stream, DEFAULT_GROUP)
+    /// Whether the URL names a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        is_cluster_url(&self.redis_url)
     }
+
+    /// The Redis key names of the partitions, with the default group and
+    /// dead-letter stream (for ingest, which uses neither).
+    pub fn partitions(&self) -> Partitions {
+        Partitions::new(&self.stream, DEFAULT_GROUP, None, self.partitions, self.is_cluster())
+    }
+}
+
+/// Whether `url` names a Redis Cluster.
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
 }
 
 /// Who reads the queue and where given-up postbacks go: for deliver and
@@ -49,23 +72,31 @@ pub struct GroupArgs {
 }
 
 impl GroupArgs {
-    /// The Redis key names these settings and `redis`'s select.
-    pub fn keys(&self, redis: &RedisArgs) -> Keys {
-        let keys = Keys::new(&redis.stream, &self.group);
-        match &self.dead_stream {
-            Some(dead) => keys.with_dead(dead),
-            None => keys,
-        }
+    /// The Redis key names of the partitions these settings and `redis`'s
+    /// select.
+    pub fn partitions(&self, redis: &RedisArgs) -> Partitions {
+        let dead = self.dead_stream.as_deref();
+        Partitions::new(&redis.stream, &self.group, dead, redis.partitions, redis.is_cluster())
     }
 }
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
-    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis-sentinel://", "rediss-sentinel://"];
+    const SCHEMES: [&str; 6] =
+        ["redis://", "rediss://", "redis-sentinel://", "rediss-sentinel://", "redis-cluster://", "rediss-cluster://"];
     if !SCHEMES.iter().any(|scheme| value.starts_with(scheme)) {
-        return Err("must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://".into());
+        return Err("must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, \
+                    redis-cluster:// or rediss-cluster://"
+            .into());
     }
     fred::types::config::Config::from_url(value).map_err(|e| e.details().to_string())?;
     Ok(value.to_owned())
+}
+
+fn parse_stream_name(value: &str) -> Result<String, String> {
+    if value.contains(['{', '}']) {
+        return Err("must not contain { or }: partitions add their own hash tags".into());
+    }
+    parse_key_name(value)
 }
 
 fn parse_key_name(value: &str) -> Result<String, String> {
@@ -137,6 +168,7 @@ pub fn report(error: &ConfigError) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::Keys;
     use clap::CommandFactory;
 
     #[derive(Debug, Parser)]
@@ -177,10 +209,23 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_names() {
         let demo = Demo::try_parse_from(["demo"]).expect("defaults parse");
-        assert_eq!(demo.redis.keys(), Keys::new("postbacks", "deliver"));
-        assert_eq!(demo.group.keys(&demo.redis), Keys::new("postbacks", "deliver"));
+        assert_eq!(demo.redis.partitions().all(), [Keys::new("postbacks", "deliver")]);
+        assert_eq!(demo.group.partitions(&demo.redis).all(), [Keys::new("postbacks", "deliver")]);
         let demo = Demo::try_parse_from(["demo", "--group", "g", "--dead-stream", "gone"]).expect("parse");
-        assert_eq!(demo.group.keys(&demo.redis), Keys::new("postbacks", "g").with_dead("gone"));
+        assert_eq!(demo.group.partitions(&demo.redis).all(), [Keys::new("postbacks", "g").with_dead("gone")]);
         assert_eq!(demo.redis.redis_url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn cluster_urls_tag_even_one_partition() {
+        let url = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002";
+        let demo = Demo::try_parse_from(["demo", "--redis-url", url]).expect("cluster URL");
+        assert!(demo.redis.is_cluster());
+        assert_eq!(demo.redis.partitions().shared().stream, "{postbacks:0}");
+        let demo = Demo::try_parse_from(["demo", "--partitions", "4"]).expect("partitions");
+        assert_eq!(demo.group.partitions(&demo.redis).count(), 4);
+        for bad in [["demo", "--partitions", "0"], ["demo", "--partitions", "257"], ["demo", "--stream", "a{b}"]] {
+            assert!(Demo::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -3,6 +3,21 @@
 //! Every Redis name the services agree on lives here, so that ingest, deliver,
 //! the ops CLI and the tests cannot drift apart. Operators depend on these
 //! names (`redis-cli XPENDING postbacks deliver`), so they are a contract.
+//!
+//! # Partitions
+//! `POSTBACK_PARTITIONS=N` splits the queue into N partitions, each a
+//! stream with its own retry schedule, dead letters, endpoint records,
+//! finished positions and idempotency records ([`Partitions`]). Every
+//! script touches the keys of one partition only, so on a Redis Cluster
+//! each partition's keys carry one hash tag and live in one slot:
+//! partition 3 of `postbacks` is the stream `{postbacks:3}` with
+//! `{postbacks:3}:retry`, `{postbacks:3}:dead` and so on. The names shared
+//! by all partitions (the attempt log, rate budgets, per-minute counts)
+//! are single keys and keep their plain names; a host's breaker record and
+//! the set of open breakers, which one script changes together, share the
+//! tag `{postbacks:breaker}`. With one partition on a plain Redis every
+//! name is exactly as without partitions (`postbacks`, `postbacks:retry`);
+//! on a Cluster even one partition is tagged, `{postbacks:0}`.
 
 /// Default name of the stream that holds postbacks waiting for delivery.
 pub const DEFAULT_STREAM: &str = "postbacks";
@@ -26,6 +41,8 @@ pub const FIRST_ATTEMPT_FIELD: &str = "f";
 /// Names of the Redis keys one deployment uses, derived from the stream name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// Which partition of the queue these keys hold (0 without partitions).
+    pub partition: u32,
     /// The stream that ingest appends to and deliver reads from.
     pub stream: String,
     /// The consumer group of the delivery workers.
@@ -93,7 +110,29 @@ impl Keys {
             breaker: format!("{stream}:breaker:"),
             minutes: format!("{stream}:minutes:"),
             group: group.into(),
+            partition: 0,
             stream,
+        }
+    }
+
+    /// Keys of partition `partition` of `stream`, every one of its own
+    /// names carrying the hash tag `{<stream>:<partition>}`; the names
+    /// shared by all partitions as the module doc describes.
+    fn tagged(stream: &str, group: &str, dead: Option<&str>, partition: u32) -> Self {
+        let tag = format!("{{{stream}:{partition}}}");
+        let plain = Self::new(stream, group);
+        Self {
+            retry: format!("{tag}:retry"),
+            dead: format!("{tag}:{}", dead.unwrap_or("dead")),
+            endpoints: format!("{tag}:endpoints"),
+            endpoint_refs: format!("{tag}:endpoints:refs"),
+            batched: format!("{tag}:batched"),
+            finished: format!("{tag}:finished"),
+            idempotency: format!("{tag}:idempotency:"),
+            breaker: format!("{{{stream}:breaker}}:"),
+            partition,
+            stream: tag,
+            ..plain
         }
     }
 
@@ -101,6 +140,59 @@ impl Keys {
     pub fn with_dead(mut self, dead: impl Into<String>) -> Self {
         self.dead = dead.into();
         self
+    }
+}
+
+/// The partitions of one queue: the keys of each, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions(Vec<Keys>);
+
+impl Partitions {
+    /// `count` partitions (at least one) of `stream`, read by `group`, with
+    /// their dead letters in `dead` (for tagged partitions the name after
+    /// the tag). Untagged is only possible with one partition, on a plain
+    /// Redis: its names are exactly those of [`Keys::new`].
+    pub fn new(stream: &str, group: &str, dead: Option<&str>, count: u32, tagged: bool) -> Self {
+        if count <= 1 && !tagged {
+            let keys = Keys::new(stream, group);
+            return Self(vec![match dead {
+                Some(dead) => keys.with_dead(dead),
+                None => keys,
+            }]);
+        }
+        Self((0..count.max(1)).map(|p| Keys::tagged(stream, group, dead, p)).collect())
+    }
+
+    /// One partition, untagged: the names without partitions.
+    pub fn single(keys: Keys) -> Self {
+        Self(vec![keys])
+    }
+
+    /// Every partition, in order.
+    pub fn all(&self) -> &[Keys] {
+        &self.0
+    }
+
+    /// Partition `p`, if there is one.
+    pub fn get(&self, p: u32) -> Option<&Keys> {
+        self.0.get(p as usize)
+    }
+
+    /// How many partitions there are.
+    pub fn count(&self) -> u32 {
+        self.0.len() as u32
+    }
+
+    /// The first partition, whose names shared by all partitions (attempt
+    /// log, rate budgets, breakers, per-minute counts) are everyone's.
+    pub fn shared(&self) -> &Keys {
+        &self.0[0]
+    }
+
+    /// The partition that `key` always maps to (Redis's own key hash, so
+    /// the choice is stable across processes and versions).
+    pub fn for_key(&self, key: &[u8]) -> &Keys {
+        &self.0[fred::util::redis_keyslot(key) as usize % self.0.len()]
     }
 }
 
@@ -126,5 +218,45 @@ mod tests {
         assert_eq!(keys.finished, "postbacks:finished");
         assert_eq!(keys.idempotency, "postbacks:idempotency:");
         assert_eq!(keys.with_dead("graveyard").dead, "graveyard");
+    }
+
+    #[test]
+    fn one_untagged_partition_keeps_the_plain_names() {
+        let partitions = Partitions::new("postbacks", "deliver", None, 1, false);
+        assert_eq!(partitions.all(), [Keys::default()]);
+        let partitions = Partitions::new("postbacks", "deliver", Some("graveyard"), 1, false);
+        assert_eq!(partitions.shared().dead, "graveyard");
+    }
+
+    #[test]
+    fn each_partition_keeps_its_own_keys_in_one_slot() {
+        let partitions = Partitions::new("postbacks", "deliver", None, 4, false);
+        assert_eq!(partitions.count(), 4);
+        let third = partitions.get(3).expect("partition 3");
+        assert_eq!(third.stream, "{postbacks:3}");
+        assert_eq!(third.retry, "{postbacks:3}:retry");
+        assert_eq!(third.dead, "{postbacks:3}:dead");
+        assert_eq!(third.idempotency, "{postbacks:3}:idempotency:");
+        assert_eq!(third.log, "postbacks:log");
+        assert_eq!(third.breaker, "{postbacks:breaker}:");
+        let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
+        for keys in partitions.all() {
+            let own = [&keys.retry, &keys.dead, &keys.endpoints, &keys.endpoint_refs, &keys.batched, &keys.finished];
+            assert!(own.iter().all(|key| slot(key) == slot(&keys.stream)), "{keys:?}");
+            assert_eq!(slot(&format!("{}scope:key", keys.idempotency)), slot(&keys.stream));
+        }
+        assert_eq!(slot(&format!("{}open", third.breaker)), slot(&format!("{}h:443", third.breaker)));
+        let cluster = Partitions::new("postbacks", "deliver", Some("graveyard"), 1, true);
+        assert_eq!(cluster.shared().stream, "{postbacks:0}");
+        assert_eq!(cluster.shared().dead, "{postbacks:0}:graveyard");
+    }
+
+    #[test]
+    fn a_key_always_maps_to_the_same_partition() {
+        let partitions = Partitions::new("postbacks", "deliver", None, 4, false);
+        let chosen: std::collections::HashSet<u32> =
+            (0..64).map(|i| partitions.for_key(format!("key-{i}").as_bytes()).partition).collect();
+        assert_eq!(chosen.len(), 4, "keys spread over every partition");
+        assert_eq!(partitions.for_key(b"abc").partition, partitions.for_key(b"abc").partition);
     }
 }

@@ -2,13 +2,14 @@
 //! schedule and the dead-letter stream.
 //!
 //! `postbackctl status` prints it and deliver's `/metrics` turns it into
-//! gauges, so on-call and the dashboards read the same numbers.
+//! gauges, so on-call and the dashboards read the same numbers. With
+//! partitions, both add up the partitions ([`status_of_all`]).
 
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use serde::Serialize;
 
-use crate::keys::Keys;
+use crate::keys::{Keys, Partitions};
 use crate::redis::pairs;
 
 /// What [`status`] reports.
@@ -52,7 +53,53 @@ pub struct Consumer {
     pub idle_ms: u64,
 }
 
-/// Gathers the status (a handful of read-only commands).
+/// The status of every partition, added up: counts summed, ages the
+/// oldest, consumers merged by name (a worker consumes every partition).
+pub async fn status_of_all(redis: &Client, partitions: &Partitions) -> Result<Status, Error> {
+    let mut total: Option<Status> = None;
+    for keys in partitions.all() {
+        let one = status(redis, keys).await?;
+        total = Some(match total {
+            None => one,
+            Some(sum) => sum.add(one),
+        });
+    }
+    let mut total = total.unwrap_or_else(|| unreachable!("a queue has at least one partition"));
+    if partitions.count() > 1 {
+        let last = &partitions.all()[partitions.count() as usize - 1].stream;
+        total.stream = format!("{} … {last}", partitions.shared().stream);
+    }
+    Ok(total)
+}
+
+impl Status {
+    /// This status and another partition's, added up.
+    fn add(mut self, other: Status) -> Status {
+        self.length += other.length;
+        self.postbacks += other.postbacks;
+        self.lag = match (self.lag, other.lag) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.pending += other.pending;
+        self.oldest_pending_age_ms = self.oldest_pending_age_ms.max(other.oldest_pending_age_ms);
+        self.scheduled_retries += other.scheduled_retries;
+        self.oldest_overdue_retry_ms = self.oldest_overdue_retry_ms.max(other.oldest_overdue_retry_ms);
+        self.dead_letters += other.dead_letters;
+        for consumer in other.consumers {
+            match self.consumers.iter_mut().find(|c| c.name == consumer.name) {
+                Some(known) => {
+                    known.pending += consumer.pending;
+                    known.idle_ms = known.idle_ms.min(consumer.idle_ms);
+                }
+                None => self.consumers.push(consumer),
+            }
+        }
+        self
+    }
+}
+
+/// Gathers the status of one partition (a handful of read-only commands).
 pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
     let length: u64 = redis.xlen(&keys.stream).await?;
     let scheduled_retries: u64 = redis.zcard(&keys.retry).await?;

@@ -38,10 +38,14 @@ impl Script {
         full.push((keys.len() as i64).into());
         full.extend(keys.iter().map(|k| Value::from(*k)));
         full.extend(args);
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+        // On a Cluster the script runs, and must be loaded, on the primary
+        // of its keys' slot (the caller keeps them in one).
+        let slot =
+            keys.first().map_or(ClusterHash::Random, |k| ClusterHash::Custom(fred::util::redis_keyslot(k.as_bytes())));
+        let evalsha = CustomCommand::new_static("EVALSHA", slot.clone(), false);
         match client.custom(evalsha.clone(), full.clone()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
+                let load = CustomCommand::new_static("SCRIPT", slot, false);
                 let _: String = client.custom(load, vec!["LOAD", self.source]).await?;
                 client.custom(evalsha, full).await
             }
