@@ -172,7 +172,7 @@ mod tests {
             let postbacks =
                 postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
                     .expect("valid");
-            state.enqueuer.enqueue(client, &state.keys, &postbacks, None).await.expect("enqueue");
+            state.enqueuer.enqueue(client, state.partitions.shared(), &postbacks, None).await.expect("enqueue");
             // BUSYGROUP from the second entry on.
             let _: Result<(), _> = client.xgroup_create("postbacks", "deliver", "0", true).await;
             let reply: Value =

@@ -232,7 +232,9 @@ impl Enqueuer {
             };
             // Redis answers WAIT when its own timeout is up; the client
             // waits a little longer, so that a shortfall is told as one.
-            let wait = CustomCommand::new_static("WAIT", ClusterHash::Random, true);
+            // On a Cluster, WAIT must go to the primary that took the write.
+            let slot = fred::util::redis_keyslot(keys.stream.as_bytes());
+            let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), true);
             let args: Vec<Value> = vec![(self.wait_replicas as i64).into(), (self.timeout.as_millis() as i64).into()];
             let options = Options { timeout: Some(self.timeout + WAIT_MARGIN), ..self.options.clone() };
             let got: i64 = match client.with_options(&options).custom(wait, args).await {

@@ -64,7 +64,12 @@ impl Application {
     /// Serves until `shutdown` is cancelled and in-flight requests are done.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let addr = self.local_addr();
-        tracing::info!(%addr, stream = %self.state.keys.stream, "ingest listening");
+        tracing::info!(
+            %addr,
+            stream = %self.state.partitions.shared().stream,
+            partitions = self.state.partitions.count(),
+            "ingest listening"
+        );
         let redis = self.state.redis.clone();
         let limits = self.state.config.serve_limits();
         crate::serve::serve(self.listener, router(self.state), limits, shutdown).await;

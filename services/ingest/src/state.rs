@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use fred::prelude::Client;
-use postback_common::keys::Keys;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use postback_common::keys::{Keys, Partitions};
 
 use crate::config::Config;
 use crate::enqueue::Enqueuer;
@@ -16,8 +18,10 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// Commands to Redis (never a blocking one).
     pub redis: Client,
-    /// Stream and group names.
-    pub keys: Keys,
+    /// The queue's partitions and their key names.
+    pub partitions: Partitions,
+    /// Turns for requests without an Idempotency-Key.
+    turn: AtomicU32,
     /// Accepted bearer tokens, if authentication is on.
     pub(crate) tokens: Option<crate::auth::Tokens>,
     /// Request limits.
@@ -55,7 +59,8 @@ impl AppState {
         Self(Arc::new(Inner {
             redis,
             tokens,
-            keys: config.redis.keys(),
+            partitions: config.redis.partitions(),
+            turn: AtomicU32::new(0),
             limits: config.limits(),
             enqueuer: Enqueuer::new(config.enqueue()),
             limiter: crate::rate::Limiter::new(config.redis_timeout()),
@@ -63,6 +68,16 @@ impl AppState {
             metrics: crate::metrics::IngestMetrics::new(),
             memory,
         }))
+    }
+}
+
+impl Inner {
+    /// The partition for a request without an Idempotency-Key: each in
+    /// turn, so that requests spread evenly.
+    pub fn next_partition(&self) -> &Keys {
+        let count = self.partitions.count();
+        let turn = if count == 1 { 0 } else { self.turn.fetch_add(1, Ordering::Relaxed) % count };
+        self.partitions.get(turn).unwrap_or(self.partitions.shared())
     }
 }
 

@@ -72,12 +72,16 @@ pub async fn accept(
         state.metrics.postbacks("rate_limited", postbacks.len());
         return Err(IngestError::RateLimited(verdict));
     }
+    let keys = match &idempotency {
+        Some(key) => state.partitions.get(key.partition).unwrap_or(state.partitions.shared()),
+        None => state.next_partition(),
+    };
     let producer = match &request_span {
-        Some(Extension(RequestSpan(span))) => trace::producer_span(span, &mut postbacks, &state.keys.stream),
+        Some(Extension(RequestSpan(span))) => trace::producer_span(span, &mut postbacks, &keys.stream),
         None => None,
     };
     let started = std::time::Instant::now();
-    let enqueued = state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks, idempotency.as_ref()).await;
+    let enqueued = state.enqueuer.enqueue(&state.redis, keys, &postbacks, idempotency.as_ref()).await;
     state.metrics.enqueued_in(started.elapsed());
     let keyed = idempotency.is_some();
     let (given, replayed) = match enqueued {
@@ -124,7 +128,7 @@ async fn check_rate(state: &AppState, caller: Option<&Caller>, cost: usize) -> O
         Some(own) => own,
         None => ("all", state.config.ingest_rate?),
     };
-    let key = format!("{}{scope}", state.keys.rate);
+    let key = format!("{}{scope}", state.partitions.shared().rate);
     match state.limiter.check(&state.redis, &key, rate, cost).await {
         Ok(verdict) => {
             state.metrics.rate_checked(if verdict.allowed { "allowed" } else { "limited" });
@@ -159,7 +163,7 @@ fn examine(
     caller: Option<&Caller>,
 ) -> Result<Examined, IngestError> {
     let idempotency =
-        Idempotency::from_request(headers, &buf, &state.keys.idempotency, caller).map_err(IngestError::Invalid)?;
+        Idempotency::from_request(headers, &buf, &state.partitions, caller).map_err(IngestError::Invalid)?;
     let parsed = json::parse(&mut buf)?;
     let postbacks =
         request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;
