@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fred::prelude::*;
-use postback_common::keys::Keys;
+use postback_common::keys::Partitions;
 use postback_common::metrics::CONTENT_TYPE;
 use serde_json::json;
 
@@ -27,10 +27,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct AdminState {
     /// The command client (not the blocking reader).
     pub(crate) redis: Client,
-    /// Set once the consumer group exists.
-    pub(crate) group_ready: Arc<AtomicBool>,
-    /// Stream and group names, for the queue sample.
-    pub(crate) keys: Keys,
+    /// Set once the consumer group exists, one per partition.
+    pub(crate) group_ready: Vec<Arc<AtomicBool>>,
+    /// The partitions' key names, for the queue sample.
+    pub(crate) partitions: Partitions,
     /// What `/metrics` renders.
     pub(crate) metrics: Arc<DeliverMetrics>,
 }
@@ -46,7 +46,7 @@ pub(crate) fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = state.metrics.scrape(&state.redis, &state.keys).await;
+    let text = state.metrics.scrape(&state.redis, &state.partitions).await;
     let mut response = text.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
@@ -59,7 +59,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<serde_json::Value>) {
     let not_ready =
         |reason: String| (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "reason": reason})));
-    if !state.group_ready.load(Ordering::Acquire) {
+    if !state.group_ready.iter().all(|ready| ready.load(Ordering::Acquire)) {
         return not_ready("consumer group not set up yet".into());
     }
     match postback_common::redis::ping(&state.redis, READY_TIMEOUT).await {

@@ -62,7 +62,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::prelude::Client;
-use postback_common::keys::Keys;
+use postback_common::keys::Partitions;
 use postback_common::metrics::{MemoryRatio, latency_histogram, render, status_class};
 use postback_common::redis_memory::MemoryWatch;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -357,8 +357,9 @@ impl DeliverMetrics {
     }
 
     /// Samples the queue from Redis, then renders every metric.
-    pub(crate) async fn scrape(&self, redis: &Client, keys: &Keys) -> String {
-        let sample = tokio::time::timeout(SAMPLE_TIMEOUT, postback_common::queue_status::status(redis, keys)).await;
+    pub(crate) async fn scrape(&self, redis: &Client, partitions: &Partitions) -> String {
+        let sample =
+            tokio::time::timeout(SAMPLE_TIMEOUT, postback_common::queue_status::status_of_all(redis, partitions)).await;
         let q = &self.queue;
         match sample {
             Ok(Ok(status)) => {

@@ -15,12 +15,13 @@ use crate::hosts::HostLimits;
 use crate::metrics::DeliverMetrics;
 use crate::retry::RetryPolicy;
 
-/// Shared by the worker loop and every entry's task.
+/// Shared by a partition's worker loop and every entry's task; the parts
+/// behind an `Arc` are shared by all partitions.
 pub(crate) struct Shared {
     /// The outbound HTTP client and the route out.
-    pub(crate) egress: crate::http::Egress,
+    pub(crate) egress: Arc<crate::http::Egress>,
     /// Keys of the targets whose postbacks are signed.
-    pub(crate) signing: crate::signing::SigningKeys,
+    pub(crate) signing: Arc<crate::signing::SigningKeys>,
     /// Replacement for unmatched `{key}`s.
     pub(crate) unmatched_default: String,
     /// Body bytes kept for the log.
@@ -28,11 +29,11 @@ pub(crate) struct Shared {
     /// When to retry.
     pub(crate) policy: RetryPolicy,
     /// Per-host in-flight limits.
-    pub(crate) hosts: HostLimits,
+    pub(crate) hosts: Arc<HostLimits>,
     /// Per-host circuit breakers.
     pub(crate) breaker: Arc<crate::breaker::Breaker>,
     /// Per-host rate budgets.
-    pub(crate) rates: crate::host_rates::HostRates,
+    pub(crate) rates: Arc<crate::host_rates::HostRates>,
     /// Hand-overs after which an entry is poison.
     pub(crate) max_deliveries: u64,
     /// The SSRF guard, unless private targets are allowed.
@@ -51,7 +52,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<DeliverMetrics>,
     /// The command client, for endpoint records and finished positions.
     pub(crate) redis: Client,
-    /// Key names.
+    /// Key names of the partition.
     pub(crate) keys: postback_common::keys::Keys,
     /// The endpoint records read so far.
     pub(crate) endpoints: Endpoints,

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fred::prelude::*;
+use postback_common::keys::Keys;
 use postback_common::redis_memory::MemoryWatch;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -40,6 +41,32 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long, at shutdown, acknowledgements wait for Redis.
 const ACK_GRACE: Duration = Duration::from_secs(5);
+
+/// What every partition's worker shares.
+struct Common {
+    egress: Arc<crate::http::Egress>,
+    signing: Arc<SigningKeys>,
+    hosts: Arc<HostLimits>,
+    rates: Arc<crate::host_rates::HostRates>,
+    breaker: Arc<crate::breaker::Breaker>,
+    guard: Option<Arc<Guard>>,
+    attempt_log: AttemptLog,
+    policy: RetryPolicy,
+    max_request_timeout: Duration,
+    slot_patience: Duration,
+    slots: Arc<Semaphore>,
+    metrics: Arc<DeliverMetrics>,
+    degraded: Arc<Degraded>,
+    consumer: String,
+}
+
+/// One partition's tasks, running, and its worker loop until it starts.
+struct Partition {
+    worker: Option<Worker>,
+    acker: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
+    janitor: tokio::task::JoinHandle<()>,
+}
 
 /// A built, ready-to-run delivery worker.
 pub struct Deliverer {
@@ -92,14 +119,15 @@ impl Deliverer {
     /// Delivers until `shutdown` is cancelled; returns once in-flight
     /// attempts are over and their acknowledgements are flushed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let keys = self.config.group.keys(&self.config.redis);
-        let group_ready = Arc::new(AtomicBool::new(false));
+        let partitions = self.config.group.partitions(&self.config.redis);
+        let keys = partitions.shared().clone();
+        let group_ready: Vec<_> = partitions.all().iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
         let admin_stop = CancellationToken::new();
         let metrics = Arc::new(DeliverMetrics::new());
         let admin_app = admin::router(AdminState {
             redis: self.redis.clone(),
             group_ready: group_ready.clone(),
-            keys: keys.clone(),
+            partitions: partitions.clone(),
             metrics: metrics.clone(),
         });
         let admin_addr = self.admin_addr();
@@ -111,7 +139,7 @@ impl Deliverer {
                     .await
             })
         };
-        tracing::info!(admin = %admin_addr, "admin listening");
+        tracing::info!(admin = %admin_addr, partitions = partitions.count(), "admin listening");
         if self.guard.is_none() {
             tracing::warn!(
                 "POSTBACK_ALLOW_PRIVATE_TARGETS=true: the SSRF guard is OFF; postbacks can reach this host and its private network"
@@ -134,31 +162,8 @@ impl Deliverer {
             tokio::spawn(async move { counts.run(redis, prefix, stop).await })
         };
         let consumer = config.consumer_name();
-        let ledger = Arc::new(Ledger::new(self.redis.clone(), keys.clone(), consumer.clone()));
-        let ack_stop = CancellationToken::new();
-        let (acks, acker) = crate::acker::spawn(ledger.clone(), metrics.clone(), ACK_GRACE, ack_stop.clone());
-        let finisher = Finisher::new(ledger, acks, metrics.clone(), degraded.clone(), shutdown.clone());
-        let scheduler = tokio::spawn(crate::scheduler::run(
-            Scheduler {
-                redis: self.redis.clone(),
-                keys: keys.clone(),
-                wake: finisher.scheduled.clone(),
-                degraded: degraded.clone(),
-                retention: config.dead_retention,
-                metrics: metrics.clone(),
-            },
-            shutdown.clone(),
-        ));
-        let janitor = tokio::spawn(crate::janitor::run(
-            self.redis.clone(),
-            keys.clone(),
-            consumer.clone(),
-            Duration::from_millis(config.consumer_gone_ms),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
         let (attempt_log, log_writer) = if config.attempt_log_maxlen > 0 {
-            let shed = Shedding { memory, at_percent: config.log_shed_percent(), degraded };
+            let shed = Shedding { memory, at_percent: config.log_shed_percent(), degraded: degraded.clone() };
             let (log, task) = AttemptLog::spawn(self.redis.clone(), keys.log.clone(), config.attempt_log_maxlen, shed);
             (log, Some(task))
         } else {
@@ -205,54 +210,64 @@ impl Deliverer {
             max_ms = max_request_timeout.as_millis() as u64,
             "a request's delivery.timeout_ms is honoured up to this (from POSTBACK_CLAIM_IDLE_MS)"
         );
-        let intake = Intake::new(
-            (self.reader.clone(), self.redis.clone()),
-            keys.clone(),
-            consumer.clone(),
-            config.read_block(),
-            config.claim_idle(),
-            metrics.clone(),
-        );
-        let worker = Worker {
-            intake,
-            redis: self.redis.clone(),
-            keys: keys.clone(),
+        let common = Common {
+            egress: Arc::new(self.egress),
+            signing: Arc::new(self.signing),
+            hosts: Arc::new(HostLimits::new(config.per_host_concurrency as usize, self.host_limits.clone())),
+            rates: Arc::new(crate::host_rates::HostRates::new(
+                self.host_limits,
+                self.redis.clone(),
+                keys.host_rate.clone(),
+            )),
+            breaker,
+            guard: self.guard,
+            attempt_log,
+            policy,
+            max_request_timeout,
+            slot_patience,
+            slots,
+            metrics: metrics.clone(),
+            degraded,
             consumer,
-            read_count: config.read_count as usize,
-            read_block: config.read_block(),
-            slots: slots.clone(),
-            group_ready,
-            shutdown_grace: config.shutdown_grace(),
-            shared: Arc::new(Shared {
-                egress: self.egress,
-                signing: self.signing,
-                unmatched_default: config.unmatched_default.clone(),
-                log_body_bytes: config.log_body_bytes as usize,
-                policy,
-                breaker,
-                hosts: HostLimits::new(config.per_host_concurrency as usize, self.host_limits.clone()),
-                rates: crate::host_rates::HostRates::new(self.host_limits, self.redis.clone(), keys.host_rate.clone()),
-                max_deliveries: config.max_deliveries,
-                guard: self.guard,
-                attempt_log,
-                max_url_bytes: config.max_url_bytes as usize,
-                max_request_timeout,
-                metrics,
-                finisher,
-                redis: self.redis.clone(),
-                keys,
-                endpoints: Endpoints::default(),
-                slots,
-                slot_patience,
-            }),
-            sizes: EntrySizes::default(),
         };
-        worker.run(shutdown).await;
+        let ack_stop = CancellationToken::new();
+        // Every partition reads on its own connection (a blocked read
+        // holds it); the first on the one made at build.
+        let mut readers = vec![self.reader.clone()];
+        while readers.len() < partitions.count() as usize {
+            readers
+                .push(postback_common::redis::connect(&config.redis.redis_url, config.read_block() + COMMAND_TIMEOUT)?);
+        }
+        let mut running: Vec<Partition> = partitions
+            .all()
+            .iter()
+            .zip(group_ready)
+            .zip(&readers)
+            .map(|((keys, ready), reader)| {
+                let redis = (reader.clone(), self.redis.clone());
+                start_partition(config, &common, keys.clone(), redis, ready, (&ack_stop, &shutdown))
+            })
+            .collect();
+        let shares_slots = running.len() > 1;
+        let workers: Vec<_> = running
+            .iter_mut()
+            .filter_map(|partition| partition.worker.take())
+            .map(|mut worker| {
+                worker.shares_slots = shares_slots;
+                tokio::spawn(worker.run(shutdown.clone()))
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.await;
+        }
         // Acknowledge what finished; anything abandoned stays pending.
         ack_stop.cancel();
-        let _ = acker.await;
-        let _ = scheduler.await;
-        let _ = janitor.await;
+        for partition in running {
+            let _ = partition.acker.await;
+            let _ = partition.scheduler.await;
+            let _ = partition.janitor.await;
+        }
+        drop(common);
         if let Some(task) = log_writer {
             // Ends once the worker's handles are gone; abandoned attempts may
             // keep one alive, so do not wait long.
@@ -265,9 +280,90 @@ impl Deliverer {
         let _ = minutes.await;
         admin_stop.cancel();
         let _ = admin.await;
-        postback_common::redis::close(&self.reader).await;
+        for reader in &readers {
+            postback_common::redis::close(reader).await;
+        }
         postback_common::redis::close(&self.redis).await;
         tracing::info!("deliver stopped");
         Ok(())
     }
+}
+
+/// Starts one partition's acker, scheduler and janitor, and builds its
+/// worker loop; `(reader, redis)` are its reading and command clients.
+fn start_partition(
+    config: &Config,
+    common: &Common,
+    keys: Keys,
+    (reader, redis): (Client, Client),
+    group_ready: Arc<AtomicBool>,
+    (ack_stop, shutdown): (&CancellationToken, &CancellationToken),
+) -> Partition {
+    let metrics = &common.metrics;
+    let ledger = Arc::new(Ledger::new(redis.clone(), keys.clone(), common.consumer.clone()));
+    let (acks, acker) = crate::acker::spawn(ledger.clone(), metrics.clone(), ACK_GRACE, ack_stop.clone());
+    let finisher = Finisher::new(ledger, acks, metrics.clone(), common.degraded.clone(), shutdown.clone());
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        Scheduler {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            wake: finisher.scheduled.clone(),
+            degraded: common.degraded.clone(),
+            retention: config.dead_retention,
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    ));
+    let janitor = tokio::spawn(crate::janitor::run(
+        redis.clone(),
+        keys.clone(),
+        common.consumer.clone(),
+        Duration::from_millis(config.consumer_gone_ms),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let intake = Intake::new(
+        (reader, redis.clone()),
+        keys.clone(),
+        common.consumer.clone(),
+        config.read_block(),
+        config.claim_idle(),
+        metrics.clone(),
+    );
+    let worker = Worker {
+        intake,
+        redis: redis.clone(),
+        keys: keys.clone(),
+        consumer: common.consumer.clone(),
+        read_count: config.read_count as usize,
+        read_block: config.read_block(),
+        slots: common.slots.clone(),
+        group_ready,
+        shutdown_grace: config.shutdown_grace(),
+        shared: Arc::new(Shared {
+            egress: common.egress.clone(),
+            signing: common.signing.clone(),
+            unmatched_default: config.unmatched_default.clone(),
+            log_body_bytes: config.log_body_bytes as usize,
+            policy: common.policy.clone(),
+            breaker: common.breaker.clone(),
+            hosts: common.hosts.clone(),
+            rates: common.rates.clone(),
+            max_deliveries: config.max_deliveries,
+            guard: common.guard.clone(),
+            attempt_log: common.attempt_log.clone(),
+            max_url_bytes: config.max_url_bytes as usize,
+            max_request_timeout: common.max_request_timeout,
+            metrics: metrics.clone(),
+            finisher,
+            redis: redis.clone(),
+            keys,
+            endpoints: Endpoints::default(),
+            slots: common.slots.clone(),
+            slot_patience: common.slot_patience,
+        }),
+        sizes: EntrySizes::default(),
+        shares_slots: false,
+    };
+    Partition { worker: Some(worker), acker, scheduler, janitor }
 }

@@ -32,6 +32,11 @@
 //! each takes a slot, and the loop takes only as many entries as its free
 //! slots are likely to hold ([`EntrySizes`]).
 //!
+//! With `POSTBACK_PARTITIONS` above one, the worker runs one such loop per
+//! partition, each with its own reading connection, intake, acker,
+//! scheduler and janitor; the slots, the HTTP client, the per-host limits
+//! and breakers are shared by all of them.
+//!
 //! If the group disappears (Redis restarted without its data, or the stream
 //! was deleted), the next command answers NOGROUP and the group is created
 //! again at id `0` ([`crate::group`]), so nothing queued since is skipped.
@@ -81,6 +86,10 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     /// Postbacks per entry lately, to size reads.
     pub(crate) sizes: EntrySizes,
+    /// Whether other partitions' workers share the slots: then a read
+    /// that found nothing is followed by one that waits with a single
+    /// slot, so an idle partition does not keep slots from a busy one.
+    pub(crate) shares_slots: bool,
 }
 
 /// Postbacks per entry lately, in sixteenths. Every postback in hand takes
@@ -119,6 +128,7 @@ impl Worker {
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let mut backoff = Backoff::default();
+        let mut idle = false;
         tracing::info!(consumer = %self.consumer, stream = %self.keys.stream, group = %self.keys.group, "worker started");
         while !shutdown.is_cancelled() {
             if !self.group_ready.load(Ordering::Acquire) {
@@ -133,7 +143,7 @@ impl Worker {
             }
             let Some(mut permits) = self.free_slots(&shutdown).await else { break };
             // Slots not needed for the entries taken this time go back.
-            permits.truncate(self.sizes.entries_for(permits.len()));
+            permits.truncate(if idle && self.shares_slots { 1 } else { self.sizes.entries_for(permits.len()) });
 
             // What is taken is handled even after shutdown, so that entries
             // Redis hands over are not stranded as pending; but a Redis
@@ -159,6 +169,7 @@ impl Worker {
                 }
             };
             backoff.reset();
+            idle = taken.is_empty();
             debug_assert!(taken.len() <= permits.len(), "every entry taken has a slot");
             for (taken, permit) in taken.into_iter().zip(permits) {
                 self.sizes.saw(&taken);

@@ -195,7 +195,7 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
     let parsed = postback_ingest::json::parse(&mut buf).expect("json");
     let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
         .expect("valid");
-    state.enqueuer.enqueue(&state.redis, &state.keys, &postbacks, None).await.expect("enqueue");
+    state.enqueuer.enqueue(&state.redis, state.partitions.shared(), &postbacks, None).await.expect("enqueue");
     postbacks.iter().map(|p| p.id.to_string()).collect()
 }
 
@@ -249,6 +249,13 @@ pub async fn assert_none_lost(sink: &Sink, redis: &RedisServer, accepted: &[Stri
 
 /// The real `postback-deliver` binary.
 pub const DELIVER_BIN: &str = env!("CARGO_BIN_EXE_postback-deliver");
+
+/// Another binary of the workspace, built next to [`DELIVER_BIN`].
+pub fn sibling_bin(name: &str) -> std::path::PathBuf {
+    let bin = std::path::Path::new(DELIVER_BIN).with_file_name(name);
+    assert!(bin.exists(), "{} is missing: build the workspace (cargo build --workspace)", bin.display());
+    bin
+}
 
 /// What the deliver binary runs with in tests, `extra` last (so it wins):
 /// `redis`, an admin address on a free port, fast reads, loopback allowed,
