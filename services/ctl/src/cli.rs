@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Look at this partition only (0 to POSTBACK_PARTITIONS - 1); without
+    /// it, every partition, added up.
+    #[arg(long, global = true)]
+    pub partition: Option<u32>,
+
     #[command(subcommand)]
     #[allow(missing_docs)]
     pub command: Command,

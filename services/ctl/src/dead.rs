@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::keys::Keys;
+use postback_common::keys::{Keys, Partitions};
+use postback_common::redis::id_order;
 use postback_common::script::Script;
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -34,9 +35,36 @@ pub enum DeadError {
 type Entry = (String, Vec<(String, Bytes)>);
 
 /// The newest `count` dead letters that match `filter`, newest first,
-/// their postbacks decoded.
-pub async fn list(redis: &Client, keys: &Keys, count: u64, filter: &LetterFilter) -> Result<Vec<Json>, DeadError> {
-    select(redis, keys, filter, count, true).await
+/// their postbacks decoded, over the partitions.
+pub async fn list(
+    redis: &Client,
+    partitions: &Partitions,
+    count: u64,
+    filter: &LetterFilter,
+) -> Result<Vec<Json>, DeadError> {
+    select_all(redis, partitions, filter, count, true).await
+}
+
+/// [`select`] over every partition, merged in id order.
+async fn select_all(
+    redis: &Client,
+    partitions: &Partitions,
+    filter: &LetterFilter,
+    limit: u64,
+    newest_first: bool,
+) -> Result<Vec<Json>, DeadError> {
+    let mut letters = Vec::new();
+    for keys in partitions.all() {
+        letters.extend(select(redis, keys, filter, limit, newest_first).await?);
+    }
+    if partitions.count() > 1 {
+        letters.sort_by_key(|letter| id_order(letter["id"].as_str().unwrap_or_default()));
+        if newest_first {
+            letters.reverse();
+        }
+        letters.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    Ok(letters)
 }
 
 /// Whether `letter` (as [`entry::fields_json`] shows it) passes `filter`'s
@@ -124,11 +152,11 @@ const PROGRESS_EVERY: usize = 500;
 /// first, at most `limit`.
 pub async fn selected_ids(
     redis: &Client,
-    keys: &Keys,
+    partitions: &Partitions,
     filter: &LetterFilter,
     limit: Option<u64>,
 ) -> Result<Vec<Json>, DeadError> {
-    select(redis, keys, filter, limit.unwrap_or(u64::MAX), false).await
+    select_all(redis, partitions, filter, limit.unwrap_or(u64::MAX), false).await
 }
 
 /// Letters read per round trip by [`export`].
@@ -172,6 +200,8 @@ pub async fn export(
 pub struct Redriven {
     /// The dead letter's id.
     pub dead_id: String,
+    /// The stream it went back to (its partition's).
+    pub stream: String,
     /// The new stream entry.
     pub entry_id: String,
 }
@@ -200,7 +230,7 @@ pub async fn redrive(redis: &Client, keys: &Keys, ids: &[String]) -> Result<(Vec
             eprintln!("redriving: {n} of {} done", ids.len());
         }
         match script.call::<_, String>(redis, &script_keys, vec![id.as_str().into()]).await {
-            Ok(entry_id) => done.push(Redriven { dead_id: id, entry_id }),
+            Ok(entry_id) => done.push(Redriven { dead_id: id, stream: keys.stream.clone(), entry_id }),
             Err(e) => match e.details().split_once(' ') {
                 Some((code @ ("NOTFOUND" | "NOPAYLOAD" | "NORECORD"), why)) => {
                     skipped.push(Skipped { dead_id: id, why: why.to_owned(), missing: code == "NOTFOUND" })
@@ -208,6 +238,26 @@ pub async fn redrive(redis: &Client, keys: &Keys, ids: &[String]) -> Result<(Vec
                 _ => return Err(e.into()),
             },
         }
+    }
+    Ok((done, skipped))
+}
+
+/// [`redrive`] over the partitions: each letter goes back to the stream of
+/// the partition whose dead letters hold it; a letter no partition holds
+/// is skipped as missing.
+pub async fn redrive_in_any(
+    redis: &Client,
+    partitions: &Partitions,
+    mut ids: Vec<String>,
+) -> Result<(Vec<Redriven>, Vec<Skipped>), DeadError> {
+    let (mut done, mut skipped) = (Vec::with_capacity(ids.len()), Vec::new());
+    for (n, keys) in partitions.all().iter().enumerate() {
+        let (redriven, not) = redrive(redis, keys, &ids).await?;
+        done.extend(redriven);
+        let last = n + 1 == partitions.count() as usize;
+        let (missing, refused): (Vec<_>, Vec<_>) = not.into_iter().partition(|s| s.missing && !last);
+        skipped.extend(refused);
+        ids = missing.into_iter().map(|s| s.dead_id).collect();
     }
     Ok((done, skipped))
 }

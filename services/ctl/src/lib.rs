@@ -10,6 +10,10 @@
 //! - [`hosts`]: `hosts`, `hosts pause|resume HOST:PORT`.
 //! - [`output`]: tables and JSON.
 //!
+//! With `POSTBACK_PARTITIONS` above one, every command looks at every
+//! partition (adding up, or listing from all) unless `--partition p` picks
+//! one; entry and dead-letter ids are looked up in each.
+//!
 //! Exit codes: 0 done, 1 Redis failed or is unreachable (or the output
 //! could not be written), 2 bad usage,
 //! 3 not found (no such entry or dead letter, no attempts of that postback),
@@ -29,13 +33,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fred::prelude::*;
+use postback_common::keys::{Keys, Partitions};
 
 use crate::cli::{Cli, Command, Dead, HostsAction};
 use crate::dead::DeadError;
 
 /// Runs one command; the exit code says how it went.
 pub async fn run(cli: Cli) -> ExitCode {
-    let keys = cli.group.keys(&cli.redis);
+    let partitions = cli.group.partitions(&cli.redis);
+    let partitions = match cli.partition {
+        None => partitions,
+        Some(p) => match partitions.get(p) {
+            Some(keys) => Partitions::single(keys.clone()),
+            None => {
+                let count = partitions.count();
+                eprintln!(
+                    "error: --partition {p}: there are {count} partitions (POSTBACK_PARTITIONS), 0 to {}",
+                    count - 1
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let keys = partitions.shared().clone();
     let redis = match connect(&cli.redis.redis_url).await {
         Ok(redis) => redis,
         Err(e) => {
@@ -46,20 +66,20 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result: Result<(), DeadError> = async {
         match cli.command {
             Command::Status => {
-                let status = queue::status(&redis, &keys).await?;
+                let status = queue::status_of_all(&redis, &partitions).await?;
                 if cli.json { output::json(&status) } else { queue::print_status(&status) }
             }
             Command::Pending { count } => {
-                let rows = queue::pending(&redis, &keys, count).await?;
+                let rows = queue::pending(&redis, &partitions, count).await?;
                 if cli.json { output::json(&rows) } else { queue::print_pending(&rows) }
             }
             Command::Retries { count } => {
-                let rows = retries::list(&redis, &keys, count).await?;
+                let rows = retries::list(&redis, &partitions, count).await?;
                 if cli.json { output::json(&rows) } else { retries::print(&rows) }
             }
-            Command::Entry { id } => output::json(&entry::show(&redis, &keys, &id).await?),
+            Command::Entry { id } => output::json(&in_any(&partitions, |keys| entry::show(&redis, keys, &id)).await?),
             Command::Dead(Dead::List { count, filter }) => {
-                let letters = dead::list(&redis, &keys, count, &filter).await?;
+                let letters = dead::list(&redis, &partitions, count, &filter).await?;
                 if cli.json { output::json(&letters) } else { dead::print_list(&letters) }
             }
             Command::Hosts { action: None, minutes } => {
@@ -89,13 +109,18 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Dead(Dead::Export { since, until }) => {
                 let since = since.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
                 let until = until.unwrap_or_else(std::time::SystemTime::now);
-                let written = dead::export(&redis, &keys, since, until, &mut std::io::stdout().lock()).await?;
+                let mut written = 0;
+                for keys in partitions.all() {
+                    written += dead::export(&redis, keys, since, until, &mut std::io::stdout().lock()).await?;
+                }
                 eprintln!("{written} dead letters exported");
             }
-            Command::Dead(Dead::Show { id }) => output::json(&dead::show(&redis, &keys, &id).await?),
+            Command::Dead(Dead::Show { id }) => {
+                output::json(&in_any(&partitions, |keys| dead::show(&redis, keys, &id)).await?)
+            }
             Command::Dead(Dead::Redrive { ids, all: _, filter, limit, dry_run }) => {
                 let ids = if ids.is_empty() {
-                    let letters = dead::selected_ids(&redis, &keys, &filter, limit).await?;
+                    let letters = dead::selected_ids(&redis, &partitions, &filter, limit).await?;
                     if dry_run {
                         if cli.json {
                             output::json(&letters)
@@ -113,12 +138,12 @@ pub async fn run(cli: Cli) -> ExitCode {
                 } else {
                     ids
                 };
-                let (done, skipped) = dead::redrive(&redis, &keys, &ids).await?;
+                let (done, skipped) = dead::redrive_in_any(&redis, &partitions, ids).await?;
                 if cli.json {
                     output::json(&done)
                 } else {
                     for r in &done {
-                        println!("redriven {} -> {} {}", r.dead_id, keys.stream, r.entry_id);
+                        println!("redriven {} -> {} {}", r.dead_id, r.stream, r.entry_id);
                     }
                     println!("{} dead letters redriven", done.len());
                 }
@@ -154,6 +179,23 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(4)
         }
     }
+}
+
+/// The first answer of `find` over the partitions that is not "not
+/// found": an entry id belongs to one partition's stream.
+async fn in_any<'a, F, Fut, T>(partitions: &'a Partitions, find: F) -> Result<T, DeadError>
+where
+    F: Fn(&'a Keys) -> Fut,
+    Fut: Future<Output = Result<T, DeadError>>,
+{
+    let mut missing = Vec::new();
+    for keys in partitions.all() {
+        match find(keys).await {
+            Err(DeadError::NotFound(what)) => missing.push(what),
+            other => return other,
+        }
+    }
+    Err(DeadError::NotFound(missing.join("; ")))
 }
 
 async fn connect(url: &str) -> Result<Client, Error> {

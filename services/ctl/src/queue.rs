@@ -1,11 +1,11 @@
 //! `status` and `pending`: the state of the stream and its consumer group.
 
 use fred::prelude::*;
-use postback_common::keys::Keys;
+use postback_common::keys::Partitions;
 
 use crate::output;
 
-pub use postback_common::queue_status::{Status, status};
+pub use postback_common::queue_status::{Status, status_of_all};
 
 /// Prints the status as a table.
 pub fn print_status(status: &Status) {
@@ -43,9 +43,15 @@ pub fn print_status(status: &Status) {
 /// One pending entry.
 pub type Pending = postback_common::redis::PendingRow;
 
-/// The oldest `count` pending entries.
-pub async fn pending(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Pending>, Error> {
-    postback_common::redis::pending_rows(redis, keys, ("-", "+"), count, None).await
+/// The oldest `count` pending entries of the partitions.
+pub async fn pending(redis: &Client, partitions: &Partitions, count: u64) -> Result<Vec<Pending>, Error> {
+    let mut rows = Vec::new();
+    for keys in partitions.all() {
+        rows.extend(postback_common::redis::pending_rows(redis, keys, ("-", "+"), count, None).await?);
+    }
+    rows.sort_by_key(|row| postback_common::redis::id_order(&row.id));
+    rows.truncate(count as usize);
+    Ok(rows)
 }
 
 /// Prints pending entries as a table.

@@ -3,18 +3,24 @@
 //! attempts it has had and where it goes.
 
 use fred::prelude::*;
-use postback_common::keys::Keys;
+use postback_common::keys::{Keys, Partitions};
 use serde_json::{Map, Value as Json};
 
 use crate::{entry, output};
 
-/// The `count` scheduled retries due soonest.
-pub async fn list(redis: &Client, keys: &Keys, count: u64) -> Result<Vec<Json>, Error> {
+/// The `count` scheduled retries due soonest, over the partitions.
+pub async fn list(redis: &Client, partitions: &Partitions, count: u64) -> Result<Vec<Json>, Error> {
     let stop = count.saturating_sub(1) as i64;
-    let members: Vec<(bytes::Bytes, f64)> = redis.zrange(&keys.retry, 0, stop, None, false, None, true).await?;
+    let mut members: Vec<(&Keys, bytes::Bytes, f64)> = Vec::new();
+    for keys in partitions.all() {
+        let own: Vec<(bytes::Bytes, f64)> = redis.zrange(&keys.retry, 0, stop, None, false, None, true).await?;
+        members.extend(own.into_iter().map(|(member, due)| (keys, member, due)));
+    }
+    members.sort_by(|a, b| a.2.total_cmp(&b.2));
+    members.truncate(count as usize);
     let now = postback_common::time::now_ms();
     let mut out = Vec::with_capacity(members.len());
-    for (member, due) in members {
+    for (keys, member, due) in members {
         let due = due.max(0.0) as u64;
         let mut row = Map::new();
         row.insert("due_at".into(), postback_common::time::rfc3339_ms(postback_common::time::from_ms(due)).into());
