@@ -5,10 +5,12 @@
 //! [`Sink`] is a real HTTP server on 127.0.0.1 that records every request it
 //! receives; [`RecordingProxy`] is a forward proxy on 127.0.0.1 that
 //! records and forwards nothing; [`Collector`] is a real OTLP/HTTP trace
-//! receiver; [`CommandMonitor`] counts the commands a Redis receives.
+//! receiver; [`CommandMonitor`] counts the commands a Redis receives;
+//! [`Cluster`] and [`Sentinels`] are Redis's own engines, on loopback.
 
 #![allow(missing_docs, clippy::expect_used)]
 
+mod cluster;
 pub mod collector;
 pub mod metrics;
 mod monitor;
@@ -19,6 +21,7 @@ mod settings;
 mod sink;
 mod tls_redis;
 
+pub use cluster::Cluster;
 pub use collector::{Collector, ExportedSpan};
 pub use metrics::{expect_metric, lint_with_promtool, metric};
 pub use monitor::CommandMonitor;

@@ -6,6 +6,9 @@
 //! may be repeated only as README "Guarantees" allows: its attempt was in
 //! flight when a worker died, or answered but not yet recorded.
 //!
+//! The same runs against a three-primary Redis Cluster with the queue in
+//! four partitions.
+//!
 //! `CHAOS_SEED=N` replays one schedule of deaths.
 
 use std::collections::HashMap;
@@ -13,10 +16,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postback_testkit::{RedisServer, Reply, Sink};
+use postback_testkit::{Cluster, RedisServer, Reply, Sink};
 use serde_json::json;
 
-use crate::helpers::{DELIVER_BIN, deliver_env};
+use crate::helpers::{DELIVER_BIN, deliver_env, sibling_bin};
 
 /// How long load arrives while processes die.
 const LOAD_FOR: Duration = Duration::from_secs(30);
@@ -24,12 +27,6 @@ const LOAD_FOR: Duration = Duration::from_secs(30);
 /// An answer this recent may not be recorded yet when its worker dies
 /// (recording lingers 2 ms plus a round trip; generous for a busy machine).
 const RECORDING_WINDOW: Duration = Duration::from_millis(250);
-
-fn ingest_bin() -> std::path::PathBuf {
-    let bin = std::path::Path::new(DELIVER_BIN).with_file_name("postback-ingest");
-    assert!(bin.exists(), "{} is missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
-}
 
 /// One service process, started again after each death.
 struct Service {
@@ -67,10 +64,23 @@ impl Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_kills_of_two_ingest_and_three_deliver_processes_lose_nothing() {
+    let redis = RedisServer::start();
+    chaos(&redis, redis.url(), 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_kills_on_a_three_primary_cluster_with_four_partitions_lose_nothing() {
+    let cluster = Cluster::start(3);
+    chaos(&cluster.nodes()[0], cluster.url(), 4).await;
+}
+
+/// The test itself, against the Redis at `url` (`redis` one of its
+/// servers) with the queue in `partitions`.
+async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
     let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     println!("CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let redis = RedisServer::start();
+    let shared = [("POSTBACK_REDIS_URL", url), ("POSTBACK_PARTITIONS", partitions.to_string())];
     // The k-th postback of a request is answered after 20 + 100·k ms, so a
     // worker dies with entries part finished, part in flight.
     let sink = Sink::start_with(|r, _| {
@@ -84,20 +94,19 @@ async fn random_kills_of_two_ingest_and_three_deliver_processes_lose_nothing() {
     for i in 0..2 {
         let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
         ingest_urls.push(format!("http://{addr}/v1/postbacks"));
-        let envs =
-            vec![("POSTBACK_REDIS_URL", redis.url()), ("POSTBACK_INGEST_ADDR", addr), ("RUST_LOG", "warn".to_owned())];
-        services.push(Service::start(format!("ingest {i}"), ingest_bin(), envs));
+        let mut envs = vec![("POSTBACK_INGEST_ADDR", addr), ("RUST_LOG", "warn".to_owned())];
+        envs.extend(shared.iter().cloned());
+        services.push(Service::start(format!("ingest {i}"), sibling_bin("postback-ingest"), envs));
     }
     for i in 0..3 {
-        let envs = deliver_env(
-            &redis,
-            &[
-                ("POSTBACK_CONSUMER", format!("w{i}")),
-                ("POSTBACK_HTTP_TIMEOUT_MS", "1000".into()),
-                ("POSTBACK_CLAIM_IDLE_MS", "1500".into()),
-                ("RUST_LOG", "warn".into()),
-            ],
-        );
+        let mut extra = vec![
+            ("POSTBACK_CONSUMER", format!("w{i}")),
+            ("POSTBACK_HTTP_TIMEOUT_MS", "1000".into()),
+            ("POSTBACK_CLAIM_IDLE_MS", "1500".into()),
+            ("RUST_LOG", "warn".into()),
+        ];
+        extra.extend(shared.iter().cloned());
+        let envs = deliver_env(redis, &extra);
         services.push(Service::start(format!("deliver {i}"), DELIVER_BIN.into(), envs));
     }
 

@@ -1,0 +1,90 @@
+//! A throw-away Redis Cluster for one test: three (or more) primaries on
+//! 127.0.0.1, each a [`RedisServer`] with cluster mode on, joined with
+//! `redis-cli --cluster create`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+
+use crate::RedisServer;
+
+/// Primaries of one Redis Cluster, killed when dropped.
+pub struct Cluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    /// Starts `primaries` nodes (at least three, as Redis requires), spreads
+    /// the 16,384 slots over them and waits until every node says the
+    /// cluster is ok.
+    pub fn start(primaries: usize) -> Self {
+        assert!(primaries >= 3, "a Redis Cluster needs three primaries");
+        let nodes: Vec<RedisServer> = (0..primaries)
+            .map(|_| {
+                // The bus port defaults to port + 10,000, which may not exist
+                // or be free; choose it too.
+                RedisServer::start_with_extra(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-port".into(),
+                    crate::free_port().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.nodes.iter().all(|n| cluster_ok(n.port())) {
+            assert!(Instant::now() < deadline, "the cluster on {addresses:?} never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=…`.
+    pub fn url(&self) -> String {
+        let others: Vec<String> = self.nodes[1..].iter().map(|n| format!("node=127.0.0.1:{}", n.port())).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.nodes[0].port(), others.join("&"))
+    }
+
+    /// The primaries.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// A connected cluster client for checks made by the test itself.
+    pub async fn client(&self) -> Client {
+        let client = Builder::from_config(Config::from_url(&self.url()).expect("url")).build().expect("client");
+        client.init().await.expect("connect to the test cluster");
+        client
+    }
+
+    /// How many keys each primary holds (DBSIZE), in node order.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let out = Command::new("redis-cli").args(["-p", &n.port().to_string(), "DBSIZE"]).output();
+                out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// Whether the node on `port` reports `cluster_state:ok`.
+fn cluster_ok(port: u16) -> bool {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string(), "CLUSTER", "INFO"]).output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+}
