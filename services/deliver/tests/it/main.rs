@@ -17,6 +17,7 @@ mod helpers;
 mod hosts;
 mod memory;
 mod metrics;
+mod partitions;
 mod policy;
 mod queue;
 mod request_entries;

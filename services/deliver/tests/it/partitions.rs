@@ -1,0 +1,180 @@
+//! The queue in four partitions, on a three-primary Redis Cluster and on a
+//! plain Redis: the real ingest, two deliver and postbackctl binaries.
+//! Requests spread over every partition, an Idempotency-Key replays from
+//! its own partition, dead letters of all partitions are listed and
+//! redriven together, and postbackctl adds the partitions up or shows one.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fred::prelude::*;
+use postback_testkit::{Cluster, RedisServer, Reply, Sink};
+use serde_json::{Value as Json, json};
+
+use crate::helpers::{DELIVER_BIN, deliver_env, sibling_bin};
+
+const PARTITIONS: u32 = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_partitions_on_a_three_primary_cluster() {
+    let cluster = Cluster::start(3);
+    let client = cluster.client().await;
+    partitioned(&cluster.nodes()[0], cluster.url(), &client).await;
+    let holding: Vec<u64> = cluster.keys_per_node();
+    println!("keys per primary after the run: {holding:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_partitions_on_a_plain_redis() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    partitioned(&redis, redis.url(), &client).await;
+    let plain: u64 = client.exists(vec!["postbacks", "postbacks:dead"]).await.expect("EXISTS");
+    assert_eq!(plain, 0, "with partitions nothing is written under the unpartitioned names");
+}
+
+/// postbackctl's JSON output for `args`, with the exit code.
+fn ctl(url: &str, args: &[&str]) -> (Option<i32>, Json) {
+    let out = std::process::Command::new(sibling_bin("postbackctl"))
+        .env("POSTBACK_REDIS_URL", url)
+        .env("POSTBACK_PARTITIONS", PARTITIONS.to_string())
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run postbackctl");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    (out.status.code(), json)
+}
+
+async fn partitioned(redis: &RedisServer, url: String, client: &Client) {
+    let failing = Arc::new(AtomicBool::new(true));
+    let sink = {
+        let failing = failing.clone();
+        Sink::start_with(move |r, _| {
+            let fail = r.target.starts_with("/fail") && failing.load(Ordering::Relaxed);
+            Reply::status(if fail { 500 } else { 200 })
+        })
+        .await
+    };
+    let shared = [("POSTBACK_REDIS_URL", url.clone()), ("POSTBACK_PARTITIONS", PARTITIONS.to_string())];
+    let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
+    let mut children = Vec::new();
+    let spawn = |program: std::path::PathBuf, envs: Vec<(&'static str, String)>| {
+        tokio::process::Command::new(program)
+            .envs(envs)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn a service")
+    };
+    let mut envs = vec![("POSTBACK_INGEST_ADDR", addr.clone()), ("RUST_LOG", "warn".to_owned())];
+    envs.extend(shared.iter().cloned());
+    children.push(spawn(sibling_bin("postback-ingest"), envs));
+    for i in 0..2 {
+        let mut extra = vec![("POSTBACK_CONSUMER", format!("w{i}")), ("POSTBACK_MAX_ATTEMPTS", "1".into())];
+        extra.extend(shared.iter().cloned());
+        children.push(spawn(DELIVER_BIN.into(), deliver_env(redis, &extra)));
+    }
+
+    let http = reqwest::Client::new();
+    let ingest = format!("http://{addr}/v1/postbacks");
+    let post = |body: Json, key: Option<String>| {
+        let mut request = http.post(&ingest).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        async move {
+            for _ in 0..100 {
+                match request.try_clone().expect("clonable").send().await {
+                    Ok(response) if response.status() == 202 => {
+                        let replayed = response.headers().contains_key("idempotent-replayed");
+                        let answer: Json = response.json().await.expect("202 body");
+                        let ids: Vec<String> =
+                            answer["ids"].as_array().expect("ids").iter().map(|v| v.to_string()).collect();
+                        return (ids, replayed);
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            panic!("ingest never accepted {body}");
+        }
+    };
+    let target = |path: &str| json!({"method": "GET", "url": format!("{}/{path}?i={{i}}", sink.base_url())});
+    let mut ok_ids = HashSet::new();
+    for n in 0..40 {
+        let data: Vec<_> = (0..3).map(|i| json!({"i": n * 10 + i})).collect();
+        ok_ids.extend(post(json!({"endpoint": target("ok"), "data": data}), None).await.0);
+    }
+    let keyed = |n: u32| json!({"endpoint": target("ok"), "data": [{"i": 1000 + n}]});
+    let mut first_keyed = Vec::new();
+    for n in 0..8 {
+        let (ids, replayed) = post(keyed(n), Some(format!("order-{n}"))).await;
+        assert!(!replayed);
+        first_keyed.push(ids.clone());
+        ok_ids.extend(ids);
+    }
+    for n in 0..8 {
+        let (ids, replayed) = post(keyed(n), Some(format!("order-{n}"))).await;
+        assert!(replayed, "the same key and body replay");
+        assert_eq!(ids, first_keyed[n as usize], "from the partition that holds the key");
+    }
+    let mut failed_ids = HashSet::new();
+    for n in 0..6 {
+        failed_ids.extend(post(json!({"endpoint": target("fail"), "data": [{"i": 2000 + n}]}), None).await.0);
+    }
+
+    // Every partition's stream took requests.
+    for p in 0..PARTITIONS {
+        let info: std::collections::HashMap<String, Value> =
+            client.xinfo_stream(format!("{{postbacks:{p}}}"), false, None).await.expect("XINFO STREAM");
+        let added = info.get("entries-added").and_then(Value::as_u64).unwrap_or(0);
+        assert!(added > 0, "partition {p} took no entries");
+    }
+
+    let delivered = |sink: &Sink| -> HashSet<String> {
+        sink.received().iter().filter_map(|r| r.postback_id().map(|id| format!("\"{id}\""))).collect()
+    };
+    let settled = |status: &Json, dead: u64| {
+        status["postbacks"] == 0 && status["pending"] == 0 && status["dead_letters"] == dead
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = ctl(&url, &["status"]);
+        if ok_ids.is_subset(&delivered(&sink)) && settled(&status, 6) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not delivered in time: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, letters) = ctl(&url, &["dead", "list", "--count", "100"]);
+    let letters: HashSet<String> = letters
+        .as_array()
+        .expect("dead letters")
+        .iter()
+        .map(|l| l["postback_id"].to_string())
+        .collect();
+    assert_eq!(letters, failed_ids, "dead letters of every partition are listed");
+    let per_partition: u64 = (0..PARTITIONS)
+        .map(|p| ctl(&url, &["--partition", &p.to_string(), "status"]).1["dead_letters"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(per_partition, 6, "the partitions add up to the whole");
+    let (code, _) = ctl(&url, &["--partition", &PARTITIONS.to_string(), "status"]);
+    assert_eq!(code, Some(2), "a partition that does not exist is bad usage");
+
+    failing.store(false, Ordering::Relaxed);
+    let (code, redriven) = ctl(&url, &["dead", "redrive", "--all"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(redriven.as_array().map(Vec::len), Some(6));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !failed_ids.is_subset(&delivered(&sink)) || !settled(&ctl(&url, &["status"]).1, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "redriven letters not delivered in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for mut child in children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
