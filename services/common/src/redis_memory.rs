@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use tokio_util::sync::CancellationToken;
@@ -46,11 +47,27 @@ impl Memory {
     }
 }
 
-/// Reads Redis's memory figures once.
+/// Reads Redis's memory figures once; on a Cluster, those of the fullest
+/// primary (a partition fills the primary that holds it, whatever the
+/// others have free).
 pub async fn read(redis: &Client) -> Result<Memory, Error> {
-    let info: String =
-        redis.custom(CustomCommand::new_static("INFO", ClusterHash::Random, false), vec!["memory"]).await?;
-    Memory::parse(&info).ok_or_else(|| Error::new(ErrorKind::Parse, "INFO memory without used_memory or maxmemory"))
+    let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+    let parse = |text: String| {
+        Memory::parse(&text).ok_or_else(|| Error::new(ErrorKind::Parse, "INFO memory without used_memory or maxmemory"))
+    };
+    let primaries = redis.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
+    if primaries.is_empty() {
+        return parse(redis.custom(info, vec!["memory"]).await?);
+    }
+    let mut fullest: Option<Memory> = None;
+    for primary in primaries {
+        let memory = parse(redis.with_cluster_node(primary).custom(info.clone(), vec!["memory"]).await?)?;
+        let fuller = |m: &Memory| (m.ratio().unwrap_or(0.0), m.used);
+        if fullest.is_none_or(|f| fuller(&memory) > fuller(&f)) {
+            fullest = Some(memory);
+        }
+    }
+    fullest.ok_or_else(|| Error::new(ErrorKind::Unknown, "a cluster without primaries"))
 }
 
 /// The latest sample, shared by a service's tasks.

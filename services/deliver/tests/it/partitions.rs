@@ -137,9 +137,8 @@ async fn partitioned(redis: &RedisServer, url: String, client: &Client) {
     let delivered = |sink: &Sink| -> HashSet<String> {
         sink.received().iter().filter_map(|r| r.postback_id().map(|id| format!("\"{id}\""))).collect()
     };
-    let settled = |status: &Json, dead: u64| {
-        status["postbacks"] == 0 && status["pending"] == 0 && status["dead_letters"] == dead
-    };
+    let settled =
+        |status: &Json, dead: u64| status["postbacks"] == 0 && status["pending"] == 0 && status["dead_letters"] == dead;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (_, status) = ctl(&url, &["status"]);
@@ -150,12 +149,8 @@ async fn partitioned(redis: &RedisServer, url: String, client: &Client) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (_, letters) = ctl(&url, &["dead", "list", "--count", "100"]);
-    let letters: HashSet<String> = letters
-        .as_array()
-        .expect("dead letters")
-        .iter()
-        .map(|l| l["postback_id"].to_string())
-        .collect();
+    let letters: HashSet<String> =
+        letters.as_array().expect("dead letters").iter().map(|l| l["postback_id"].to_string()).collect();
     assert_eq!(letters, failed_ids, "dead letters of every partition are listed");
     let per_partition: u64 = (0..PARTITIONS)
         .map(|p| ctl(&url, &["--partition", &p.to_string(), "status"]).1["dead_letters"].as_u64().expect("count"))
@@ -176,5 +171,37 @@ async fn partitioned(redis: &RedisServer, url: String, client: &Client) {
     for mut child in children {
         let _ = child.start_kill();
         let _ = child.wait().await;
+    }
+}
+
+#[tokio::test]
+async fn memory_on_a_cluster_is_the_fullest_primarys() {
+    let cluster = Cluster::start(3);
+    let client = cluster.client().await;
+    let used: Vec<u64> = cluster
+        .nodes()
+        .iter()
+        .map(|node| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &node.port().to_string(), "INFO", "memory"])
+                .output()
+                .expect("redis-cli");
+            postback_common::redis_memory::Memory::parse(&String::from_utf8_lossy(&out.stdout)).expect("INFO").used
+        })
+        .collect();
+    // The second primary at about half its limit, the others far from it.
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        let max = if i == 1 { used[i] * 2 } else { used[i] * 100 };
+        let set = std::process::Command::new("redis-cli")
+            .args(["-p", &node.port().to_string(), "CONFIG", "SET", "maxmemory", &max.to_string()])
+            .status()
+            .expect("redis-cli");
+        assert!(set.success());
+    }
+    // Several reads: one node picked at random would be caught.
+    for _ in 0..6 {
+        let memory = postback_common::redis_memory::read(&client).await.expect("read");
+        let ratio = memory.ratio().expect("a limit");
+        assert!((0.4..0.7).contains(&ratio), "the fullest primary is at about half, not {ratio}");
     }
 }
