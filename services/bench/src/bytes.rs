@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis::{Aof, Counters, RedisServer};
-use crate::run::{Flavour, start_ingest, start_worker, wait_delivered};
+use crate::run::{Flavour, Queue, start_ingest, start_worker, wait_delivered};
 use crate::sink::{Sink, SinkOptions};
 
 /// The sample's endpoint template; its host is swapped for the sink's.
@@ -81,7 +81,9 @@ async fn measure(
     sink: &Sink,
     logs: &Path,
 ) -> anyhow::Result<BytesCase> {
-    let (ingest, base) = start_ingest(Flavour::Ours, Some(redis), items, logs).await?;
+    let url = redis.url();
+    let queue = Queue { url: &url, partitions: 1 };
+    let (ingest, base) = start_ingest(Flavour::Ours, Some(queue), items, logs).await?;
     let host = sink.base_url();
     let padding = "http://sample_domain_endpoint.com".len().saturating_sub(host.len());
     let url = format!(
@@ -136,7 +138,7 @@ async fn measure(
         .sum::<usize>() as f64
         / postbacks as f64;
 
-    let worker = start_worker(Flavour::Ours, redis, 64, 0, logs)?;
+    let worker = start_worker(Flavour::Ours, queue, 64, 0, logs)?;
     wait_delivered(sink, &ids, Duration::from_secs(60)).await?;
     // Let the acknowledgements and the delivery log land.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -136,6 +136,13 @@ pub struct RunArgs {
     /// Redis persistence.
     #[arg(long, value_enum, default_value_t = Aof::Everysec)]
     pub aof: Aof,
+    /// Split the queue into this many partitions (POSTBACK_PARTITIONS).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub partitions: u32,
+    /// Run on a Redis Cluster of this many primaries (at least 3) instead
+    /// of one server.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(3..=16))]
+    pub cluster: Option<u64>,
     /// Requests queued with no worker running, to measure stored bytes.
     #[arg(long, default_value_t = 1000)]
     pub fill: u64,

@@ -76,6 +76,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 workers: args.workers.max(1),
                 deliver_concurrency: args.deliver_concurrency.max(1),
                 aof: args.aof,
+                partitions: args.partitions,
+                cluster: args.cluster.unwrap_or(0) as usize,
                 fill: args.fill.max(1),
                 drain_timeout: args.drain_timeout,
                 ceilings: !args.no_ceilings,

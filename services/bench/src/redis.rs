@@ -1,5 +1,6 @@
 //! The run's own `redis-server` (in a temporary directory, on a free
-//! loopback port, AOF as asked), and the counters read from its INFO.
+//! loopback port, AOF as asked), or a Redis Cluster of several, and the
+//! counters read from their INFO.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,6 +35,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one, logging to `log_dir`.
     pub async fn start(aof: Aof, log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_named("redis-server", aof, &[], log_dir).await
+    }
+
+    /// Starts one called `name` with `extra` arguments.
+    async fn start_named(name: &str, aof: Aof, extra: &[String], log_dir: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let (appendonly, fsync) = match aof {
@@ -61,7 +67,9 @@ impl RedisServer {
             "--protected-mode",
             "yes",
         ];
-        let process = Process::spawn("redis-server", Path::new("redis-server"), &args, &[], log_dir)?;
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(extra.iter().map(String::as_str));
+        let process = Process::spawn(name, Path::new("redis-server"), &args, &[], log_dir)?;
         let server = Self { process, port, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -69,7 +77,7 @@ impl RedisServer {
                 let _ = client.quit().await;
                 return Ok(server);
             }
-            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start (see redis-server.log)");
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start (see {name}.log)");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -84,6 +92,116 @@ impl RedisServer {
         let client = Client::new(Config::from_url(&self.url())?, None, None, None);
         client.init().await?;
         Ok(client)
+    }
+}
+
+/// The Redis the run uses: one server, or the primaries of a cluster.
+pub struct Redis {
+    /// The servers.
+    pub nodes: Vec<RedisServer>,
+    cluster: bool,
+}
+
+impl Redis {
+    /// One server (`primaries` 0), or a cluster of `primaries` (at least
+    /// three) made with `redis-cli --cluster create`.
+    pub async fn start(aof: Aof, primaries: usize, log_dir: &Path) -> anyhow::Result<Self> {
+        if primaries == 0 {
+            return Ok(Self { nodes: vec![RedisServer::start(aof, log_dir).await?], cluster: false });
+        }
+        anyhow::ensure!(primaries >= 3, "a Redis Cluster needs at least three primaries (--cluster)");
+        let mut nodes = Vec::new();
+        for i in 0..primaries {
+            let extra = [
+                "--cluster-enabled".to_owned(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-port".into(),
+                free_port()?.to_string(),
+            ];
+            nodes.push(RedisServer::start_named(&format!("redis-{i}"), aof, &extra, log_dir).await?);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let client = node.client().await?;
+                let info: String = client
+                    .custom(
+                        fred::types::CustomCommand::new_static("CLUSTER", fred::types::ClusterHash::Random, false),
+                        vec!["INFO"],
+                    )
+                    .await?;
+                let _ = client.quit().await;
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the cluster never became ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(Self { nodes, cluster: true })
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The URL the services use.
+    pub fn url(&self) -> String {
+        if !self.cluster {
+            return self.nodes[0].url();
+        }
+        let others: Vec<String> = self.nodes[1..].iter().map(|n| format!("node=127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.nodes[0].port, others.join("&"))
+    }
+
+    /// A connected client (a cluster client for a cluster).
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let client = Client::new(Config::from_url(&self.url())?, None, None, None);
+        client.init().await?;
+        Ok(client)
+    }
+
+    /// The counters of all servers, added up.
+    pub async fn counters(&self) -> anyhow::Result<Counters> {
+        let mut total = Counters::default();
+        for node in &self.nodes {
+            let client = node.client().await?;
+            let one = Counters::read(&client).await?;
+            let _ = client.quit().await;
+            total = Counters {
+                net_in: total.net_in + one.net_in,
+                net_out: total.net_out + one.net_out,
+                commands: total.commands + one.commands,
+            };
+        }
+        Ok(total)
+    }
+
+    /// Empties every server.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            let client = node.client().await?;
+            let _: () = client.flushall(false).await?;
+            let _ = client.quit().await;
+        }
+        Ok(())
+    }
+
+    /// Stops every server.
+    pub fn stop(self) {
+        for node in self.nodes {
+            let _ = node.process.stop(Duration::from_secs(5));
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `postback-bench run`: the whole pipeline on this machine, and its
 //! ceilings, in one run.
 //!
-//! 1. Starts a redis-server of its own (AOF as asked) and the sink.
+//! 1. Starts a redis-server of its own (AOF as asked), or a cluster of
+//!    `--cluster N` primaries, and the sink.
 //! 2. Pipeline: starts `postback-ingest`; queues `--fill` requests with no
 //!    worker running and reads the stream's memory (bytes per stored
 //!    postback); starts N `postback-deliver` workers and lets them drain
@@ -23,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::load::{self, LoadOptions, LoadReport, Pace, Stop};
 use crate::process::{Process, Usage, free_port, sibling, wait_ready};
-use crate::redis::{Aof, Counters, RedisServer};
+use crate::redis::{Aof, Redis};
 use crate::report::{Ceilings, Machine, PipelineFigures, ProcessFigures, Ratio, RedisFigures, RunReport};
 use crate::sink::{Sink, SinkOptions};
+use postback_common::keys::Partitions;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct RunOptions {
     pub deliver_concurrency: usize,
     /// Redis persistence.
     pub aof: Aof,
+    /// `POSTBACK_PARTITIONS` for ingest and the workers.
+    pub partitions: u32,
+    /// Primaries of a Redis Cluster to run on; 0 for one plain server.
+    pub cluster: usize,
     /// Requests queued with no worker running, to measure stored bytes.
     pub fill: u64,
     /// Longest wait for the last deliveries after the load.
@@ -69,7 +75,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     let temp = tempfile::tempdir()?;
     let logs = options.logs.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&logs)?;
-    let redis = RedisServer::start(options.aof, &logs).await?;
+    let redis = Redis::start(options.aof, options.cluster, &logs).await?;
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     let sink = Sink::start("127.0.0.1:0".parse()?, options.sink, stop.clone()).await?;
@@ -80,7 +86,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     let pipeline = measure(options, Flavour::Ours, &redis, &client, &sink, &logs).await?;
     let (mut bare, mut ceilings) = (None, None);
     if options.ceilings {
-        let _: () = client.flushall(false).await?;
+        redis.flush().await?;
         sink.reset();
         eprintln!("==> bare pipeline: bare-ingest + {} bare-deliver", options.workers);
         bare = Some(measure(options, Flavour::Bare, &redis, &client, &sink, &logs).await?);
@@ -110,7 +116,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
         ));
     }
     let _ = client.quit().await;
-    let _ = redis.process.stop(Duration::from_secs(5));
+    redis.stop();
     Ok(RunReport {
         machine,
         settings: json!({
@@ -120,6 +126,8 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
             "workers": options.workers,
             "deliver_concurrency": options.deliver_concurrency,
             "aof": options.aof,
+            "partitions": options.partitions,
+            "cluster_primaries": options.cluster,
             "sink_latency_ms": options.sink.latency.as_millis() as u64,
             "sink_fail_ratio": options.sink.fail_ratio,
         }),
@@ -134,12 +142,14 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
 async fn measure(
     options: &RunOptions,
     flavour: Flavour,
-    redis: &RedisServer,
+    redis: &Redis,
     client: &Client,
     sink: &Sink,
     logs: &Path,
 ) -> anyhow::Result<PipelineFigures> {
-    let (ingest, base) = start_ingest(flavour, Some(redis), options.items, logs).await?;
+    let url = redis.url();
+    let with = Queue { url: &url, partitions: options.partitions };
+    let (ingest, base) = start_ingest(flavour, Some(with), options.items, logs).await?;
     let url = if flavour == Flavour::Ours { format!("{base}/v1/postbacks") } else { format!("{base}/") };
     let load_options = |pace, stop| LoadOptions {
         url: url.clone(),
@@ -160,31 +170,38 @@ async fn measure(
         "ingest accepted nothing during the fill (see the logs in {})",
         logs.display()
     );
-    let stream = if flavour == Flavour::Ours { "postbacks" } else { "bare" };
-    let memory: u64 = client
-        .custom(
-            CustomCommand::new_static("MEMORY", ClusterHash::FirstKey, false),
-            vec!["USAGE", stream, "SAMPLES", "0"],
-        )
-        .await?;
+    let streams: Vec<String> = if flavour == Flavour::Ours {
+        let partitions = Partitions::new("postbacks", "deliver", None, options.partitions, redis.is_cluster());
+        partitions.all().iter().map(|keys| keys.stream.clone()).collect()
+    } else {
+        vec!["bare".into()]
+    };
+    let mut memory = 0u64;
+    for stream in &streams {
+        let slot = ClusterHash::Custom(fred::util::redis_keyslot(stream.as_bytes()));
+        let usage: Option<u64> = client
+            .custom(CustomCommand::new_static("MEMORY", slot, false), vec!["USAGE", stream, "SAMPLES", "0"])
+            .await?;
+        memory += usage.unwrap_or(0);
+    }
     let stored_bytes_per_postback = memory as f64 / fill.accepted_postbacks as f64;
 
     let workers = (0..options.workers)
-        .map(|i| start_worker(flavour, redis, options.deliver_concurrency, i, logs))
+        .map(|i| start_worker(flavour, with, options.deliver_concurrency, i, logs))
         .collect::<anyhow::Result<Vec<_>>>()?;
     wait_delivered(sink, &fill.ids, options.drain_timeout).await?;
     sink.reset();
 
     let mut processes: Vec<&Process> = vec![&ingest];
     processes.extend(workers.iter());
-    processes.push(&redis.process);
+    processes.extend(redis.nodes.iter().map(|node| &node.process));
     let before_usage = usages(&processes)?;
-    let before = Counters::read(client).await?;
+    let before = redis.counters().await?;
     let started = Instant::now();
     let load = load::run(&load_options(options.pace, options.stop)).await?;
     let load_end = Instant::now();
     let _ = wait_delivered(sink, &load.ids, options.drain_timeout).await;
-    let after = Counters::read(client).await?;
+    let after = redis.counters().await?;
     let after_usage = usages(&processes)?;
 
     let stats = sink.stats();
@@ -284,11 +301,20 @@ async fn client_ceiling(sink: &Sink, options: &RunOptions) -> anyhow::Result<f64
     Ok(ok as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Where the services keep the queue.
+#[derive(Clone, Copy)]
+pub(crate) struct Queue<'a> {
+    /// `POSTBACK_REDIS_URL`.
+    pub(crate) url: &'a str,
+    /// `POSTBACK_PARTITIONS`.
+    pub(crate) partitions: u32,
+}
+
 /// Starts ingest (or its bare twin; without `redis`, the bare handler
 /// that answers at once) and waits until it is ready.
 pub(crate) async fn start_ingest(
     flavour: Flavour,
-    redis: Option<&RedisServer>,
+    redis: Option<Queue<'_>>,
     items: usize,
     logs: &Path,
 ) -> anyhow::Result<(Process, String)> {
@@ -297,7 +323,8 @@ pub(crate) async fn start_ingest(
     let process = match (flavour, redis) {
         (Flavour::Ours, Some(redis)) => {
             let envs = [
-                ("POSTBACK_REDIS_URL", redis.url()),
+                ("POSTBACK_REDIS_URL", redis.url.to_owned()),
+                ("POSTBACK_PARTITIONS", redis.partitions.to_string()),
                 ("POSTBACK_INGEST_ADDR", addr.clone()),
                 ("POSTBACK_MAX_BACKLOG", "0".into()),
                 ("RUST_LOG", "info".into()),
@@ -307,10 +334,9 @@ pub(crate) async fn start_ingest(
         (_, redis) => {
             let me = std::env::current_exe()?;
             let items = items.to_string();
-            let url = redis.map(RedisServer::url);
             let mut args = vec!["bare-ingest", "--addr", &addr, "--stream", "bare", "--items", &items];
-            if let Some(url) = &url {
-                args.extend(["--redis", url]);
+            if let Some(redis) = &redis {
+                args.extend(["--redis", redis.url]);
             }
             let name = if redis.is_some() { "bare-ingest" } else { "bare-handler" };
             Process::spawn(name, &me, &args, &[], logs)?
@@ -323,7 +349,7 @@ pub(crate) async fn start_ingest(
 
 pub(crate) fn start_worker(
     flavour: Flavour,
-    redis: &RedisServer,
+    redis: Queue<'_>,
     concurrency: usize,
     i: usize,
     logs: &Path,
@@ -331,7 +357,8 @@ pub(crate) fn start_worker(
     match flavour {
         Flavour::Ours => {
             let envs = [
-                ("POSTBACK_REDIS_URL", redis.url()),
+                ("POSTBACK_REDIS_URL", redis.url.to_owned()),
+                ("POSTBACK_PARTITIONS", redis.partitions.to_string()),
                 ("POSTBACK_DELIVER_ADDR", "127.0.0.1:0".into()),
                 ("POSTBACK_DELIVER_CONCURRENCY", concurrency.to_string()),
                 ("POSTBACK_PER_HOST_CONCURRENCY", concurrency.to_string()),
@@ -343,9 +370,8 @@ pub(crate) fn start_worker(
             Process::spawn(&format!("deliver-{i}"), &sibling("postback-deliver")?, &[], &envs, logs)
         }
         Flavour::Bare => {
-            let url = redis.url();
             let concurrency = concurrency.to_string();
-            let args = ["bare-deliver", "--redis", &url, "--stream", "bare", "--concurrency", &concurrency];
+            let args = ["bare-deliver", "--redis", redis.url, "--stream", "bare", "--concurrency", &concurrency];
             Process::spawn(&format!("bare-deliver-{i}"), &std::env::current_exe()?, &args, &[], logs)
         }
     }

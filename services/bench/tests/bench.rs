@@ -198,6 +198,28 @@ fn a_small_run_reports_figures_that_add_up() {
 }
 
 #[test]
+fn a_run_on_a_cluster_with_partitions_counts_every_primary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report_path = dir.path().join("run.json");
+    let output = Command::new(BIN)
+        .args(["run", "--requests", "100", "--concurrency", "8", "--fill", "20", "--no-ceilings"])
+        .args(["--partitions", "4", "--cluster", "3", "--json"])
+        .arg(&report_path)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("JSON");
+    let pipeline = &report["pipeline"];
+    assert_eq!(pipeline["delivered"], 100, "{pipeline}");
+    assert_eq!(pipeline["lost"], 0);
+    assert!(pipeline["redis"]["stored_bytes_per_postback"].as_f64().is_some_and(|b| b > 0.0), "{pipeline}");
+    let names: Vec<&str> =
+        pipeline["processes"].as_array().expect("processes").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["ingest", "deliver-0", "redis-0", "redis-1", "redis-2"]);
+    assert_eq!(report["settings"]["partitions"], 4);
+}
+
+#[test]
 fn bytes_reports_the_sample_postback_to_the_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bytes.json");

@@ -345,7 +345,7 @@ fn start_partition(
             signing: common.signing.clone(),
             unmatched_default: config.unmatched_default.clone(),
             log_body_bytes: config.log_body_bytes as usize,
-            policy: common.policy.clone(),
+            policy: common.policy,
             breaker: common.breaker.clone(),
             hosts: common.hosts.clone(),
             rates: common.rates.clone(),
