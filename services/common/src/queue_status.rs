@@ -105,7 +105,7 @@ pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
     let scheduled_retries: u64 = redis.zcard(&keys.retry).await?;
     let dead_letters: u64 = redis.xlen(&keys.dead).await?;
     let batched: Option<u64> = redis.get(&keys.batched).await?;
-    let first_due: Vec<(String, f64)> = redis.zrange(&keys.retry, 0, 0, None, false, None, true).await?;
+    let first_due: Vec<(Value, f64)> = redis.zrange(&keys.retry, 0, 0, None, false, None, true).await?;
     let oldest_overdue_retry_ms =
         first_due.first().map_or(0, |(_, due)| crate::time::now_ms().saturating_sub(due.max(0.0) as u64));
     let mut status = Status {
