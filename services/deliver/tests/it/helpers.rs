@@ -183,9 +183,15 @@ pub fn seed_request(url: &str) -> Value {
 /// Queues postbacks straight into Redis through ingest's own code (no HTTP),
 /// for tests that run deliver without an ingest service.
 pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
+    enqueue_in(redis, body, 0, 1).await
+}
+
+/// [`enqueue`] into partition `partition` of `partitions`.
+pub async fn enqueue_in(redis: &RedisServer, body: Value, partition: u32, partitions: u32) -> Vec<String> {
     use fred::prelude::ClientLike;
     let mut config = IngestConfig::defaults();
     config.redis.redis_url = redis.url();
+    config.redis.partitions = partitions;
     let state = postback_ingest::state::AppState::new(
         postback_common::redis::client(&redis.url(), Duration::from_secs(5)).expect("client"),
         config,
@@ -195,7 +201,8 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
     let parsed = postback_ingest::json::parse(&mut buf).expect("json");
     let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
         .expect("valid");
-    state.enqueuer.enqueue(&state.redis, state.partitions.shared(), &postbacks, None).await.expect("enqueue");
+    let keys = state.partitions.get(partition).expect("that partition");
+    state.enqueuer.enqueue(&state.redis, keys, &postbacks, None).await.expect("enqueue");
     postbacks.iter().map(|p| p.id.to_string()).collect()
 }
 

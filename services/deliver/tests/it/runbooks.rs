@@ -17,7 +17,7 @@ use fred::prelude::*;
 use postback_testkit::{RedisServer, Reply, Sink};
 use serde_json::json;
 
-use crate::helpers::{DELIVER_BIN, Pipeline, Running, WAIT, admin_of, deliver_env, enqueue, wait_dead};
+use crate::helpers::{DELIVER_BIN, Pipeline, Running, WAIT, admin_of, deliver_env, enqueue, enqueue_in, wait_dead};
 
 fn page(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../runbooks").join(name);
@@ -70,11 +70,13 @@ struct Shell {
     admin: Option<String>,
     /// A Sentinel's port, for the pages' `redis-cli -p 26379`.
     sentinel: Option<u16>,
+    /// `POSTBACK_PARTITIONS`, as the services run with it.
+    partitions: u32,
 }
 
 impl Shell {
     fn new(redis: &RedisServer) -> Self {
-        Self { redis: redis.url(), redis_port: redis.port(), ingest: None, admin: None, sentinel: None }
+        Self { redis: redis.url(), redis_port: redis.port(), ingest: None, admin: None, sentinel: None, partitions: 1 }
     }
 
     /// Runs `command` in bash; its stdout and stderr together.
@@ -102,6 +104,7 @@ impl Shell {
             .args(["-c", &format!("{prelude}{command}")])
             .env("PATH", path)
             .env("POSTBACK_REDIS_URL", &self.redis)
+            .env("POSTBACK_PARTITIONS", self.partitions.to_string())
             .kill_on_drop(true)
             .output();
         let out =
@@ -362,4 +365,40 @@ async fn a_failover_shows_the_new_primary_the_lost_one_and_a_quorum() {
     }
     let quorum = shell.run(&command(page, "redis-cli -p 26379 SENTINEL ckquorum")).await;
     assert!(quorum.starts_with("OK"), "three Sentinels make a quorum: {quorum}");
+}
+
+/// The "scheduled retries" column of a `postbackctl status` table.
+fn scheduled(status: &str) -> Option<&str> {
+    let row: Vec<&str> = status.lines().nth(1)?.split_whitespace().collect();
+    row.len().checked_sub(2).map(|i| row[i])
+}
+
+#[tokio::test]
+async fn partitions_show_added_up_and_one_by_one() {
+    let redis = RedisServer::start();
+    let sink = Sink::start_with(|_, _| Reply::status(500)).await;
+    let partitions = [("POSTBACK_PARTITIONS", "2".to_owned()), ("POSTBACK_RETRY_BASE_MS", "60000".into())];
+    let (_worker, _admin) = deliver(&redis, &partitions);
+    let shell = Shell { partitions: 2, ..Shell::new(&redis) };
+    for partition in 0..2 {
+        enqueue_in(&redis, request(format!("{}/boom?i={{i}}", sink.base_url()), 2), partition, 2).await;
+    }
+    sink.wait_for(4, WAIT).await;
+    let page = "partitions.md";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = shell.run(&command(page, "postbackctl status")).await;
+        if status.contains("{postbacks:0} … {postbacks:1}") && scheduled(&status) == Some("4") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "four retries scheduled over two partitions: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let one = shell.run(&command(page, "postbackctl --partition 1 status")).await;
+    assert!(one.lines().nth(1).is_some_and(|l| l.starts_with("{postbacks:1} ")), "{one}");
+    assert_eq!(scheduled(&one), Some("2"), "{one}");
+    let drained = shell.run(&command(page, "postbackctl --partition 3 status --json")).await;
+    assert!(drained.contains("there are 2 partitions"), "{drained}");
+    let pending = shell.run(&command(page, "redis-cli -c XPENDING '{postbacks:1}' deliver")).await;
+    assert!(pending.starts_with("0\n") || pending.starts_with("(integer) 0"), "{pending}");
 }
