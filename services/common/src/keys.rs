@@ -5,19 +5,9 @@
 //! names (`redis-cli XPENDING postbacks deliver`), so they are a contract.
 //!
 //! # Partitions
-//! `POSTBACK_PARTITIONS=N` splits the queue into N partitions, each a
-//! stream with its own retry schedule, dead letters, endpoint records,
-//! finished positions and idempotency records ([`Partitions`]). Every
-//! script touches the keys of one partition only, so on a Redis Cluster
-//! each partition's keys carry one hash tag and live in one slot:
-//! partition 3 of `postbacks` is the stream `{postbacks:3}` with
-//! `{postbacks:3}:retry`, `{postbacks:3}:dead` and so on. The names shared
-//! by all partitions (the attempt log, rate budgets, per-minute counts)
-//! are single keys and keep their plain names; a host's breaker record and
-//! the set of open breakers, which one script changes together, share the
-//! tag `{postbacks:breaker}`. With one partition on a plain Redis every
-//! name is exactly as without partitions (`postbacks`, `postbacks:retry`);
-//! on a Cluster even one partition is tagged, `{postbacks:0}`.
+//! `POSTBACK_PARTITIONS=N` splits the queue into N partitions, each with
+//! its own keys under one hash tag ([`Partitions`]); the names are listed
+//! in the README's "Scaling out" section.
 
 /// Default name of the stream that holds postbacks waiting for delivery.
 pub const DEFAULT_STREAM: &str = "postbacks";
