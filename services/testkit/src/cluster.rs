@@ -19,8 +19,14 @@ impl Cluster {
     /// the 16,384 slots over them and waits until every node says the
     /// cluster is ok.
     pub fn start(primaries: usize) -> Self {
+        Self::start_with_replicas(primaries, 0)
+    }
+
+    /// Like [`Cluster::start`], with `replicas` replicas of each primary
+    /// (the node order after the primaries is Redis's choice).
+    pub fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
         assert!(primaries >= 3, "a Redis Cluster needs three primaries");
-        let nodes: Vec<RedisServer> = (0..primaries)
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
                 // The bus port defaults to port + 10,000, which may not exist
                 // or be free; choose it too.
@@ -33,6 +39,15 @@ impl Cluster {
                     crate::free_port().to_string(),
                     "--cluster-node-timeout".into(),
                     "2000".into(),
+                    // As ops/cluster/redis-cluster.conf: a lost primary
+                    // stops its own slots, not the others.
+                    "--cluster-require-full-coverage".into(),
+                    "no".into(),
+                    "--cluster-replica-validity-factor".into(),
+                    "0".into(),
+                    // Replicas sync at once, not after the default 5 s.
+                    "--repl-diskless-sync-delay".into(),
+                    "0".into(),
                 ])
             })
             .collect();
@@ -40,13 +55,14 @@ impl Cluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         let cluster = Self { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster.nodes.iter().all(|n| cluster_ok(n.port())) {
+        let ready = |n: &RedisServer| cluster_ok(n.port()) && (!is_replica(n.port()) || n.replicating());
+        while !cluster.nodes.iter().all(ready) {
             assert!(Instant::now() < deadline, "the cluster on {addresses:?} never became ok");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -59,9 +75,36 @@ impl Cluster {
         format!("redis-cluster://127.0.0.1:{}?{}", self.nodes[0].port(), others.join("&"))
     }
 
-    /// The primaries.
+    /// The nodes, primaries first as created.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// The nodes, to kill and restart one.
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// The port of the primary that serves `key`'s slot now, as a node
+    /// other than `not` (say, one just killed) sees the cluster; `None`
+    /// while the slot has no live primary.
+    pub fn primary_of(&self, key: &str, not: u16) -> Option<u16> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let asked = self.nodes.iter().find(|n| n.port() != not)?.port().to_string();
+        let out = Command::new("redis-cli").args(["-p", &asked, "CLUSTER", "NODES"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if (l..=h).contains(&slot))
+            });
+            let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            serves.then_some(port)
+        })
     }
 
     /// A connected cluster client for checks made by the test itself.
@@ -81,6 +124,12 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// Whether the node on `port` is a replica.
+fn is_replica(port: u16) -> bool {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string(), "ROLE"]).output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("slave"))
 }
 
 /// Whether the node on `port` reports `cluster_state:ok`.

@@ -205,3 +205,92 @@ async fn memory_on_a_cluster_is_the_fullest_primarys() {
         assert!((0.4..0.7).contains(&ratio), "the fullest primary is at about half, not {ratio}");
     }
 }
+
+/// Cluster failover: three primaries with a replica each, four partitions,
+/// ingest (with `POSTBACK_INGEST_WAIT_REPLICAS=1`) and two deliver
+/// processes, one-postback requests every 10 ms; 2 s in, the primary of
+/// partition 0 is killed. Its replica takes over, both services follow
+/// without a restart, and every postback that got a 202 arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_cluster_primary_loses_no_acknowledged_postback() {
+    let mut cluster = Cluster::start_with_replicas(3, 1);
+    let sink = Sink::start().await;
+    let url = cluster.url();
+    let shared = [
+        ("POSTBACK_REDIS_URL", url.clone()),
+        ("POSTBACK_PARTITIONS", PARTITIONS.to_string()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
+    let spawn = |program: std::path::PathBuf, envs: Vec<(&'static str, String)>| {
+        tokio::process::Command::new(program)
+            .envs(envs)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn a service")
+    };
+    let mut envs = vec![("POSTBACK_INGEST_ADDR", addr.clone()), ("POSTBACK_INGEST_WAIT_REPLICAS", "1".into())];
+    envs.extend(shared.iter().cloned());
+    let mut children = vec![spawn(sibling_bin("postback-ingest"), envs)];
+    for i in 0..2 {
+        let mut extra = vec![("POSTBACK_CONSUMER", format!("w{i}"))];
+        extra.extend(shared.iter().cloned());
+        children.push(spawn(DELIVER_BIN.into(), deliver_env(&cluster.nodes()[0], &extra)));
+    }
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let ingest = format!("http://{addr}/v1/postbacks");
+    let target = format!("{}/f?i={{i}}", sink.base_url());
+    let victim_port = cluster.primary_of("{postbacks:0}", 0).expect("partition 0 has a primary");
+    let started = std::time::Instant::now();
+    let (mut accepted, mut accepted_after, mut refused) = (HashSet::new(), 0usize, 0usize);
+    let (mut killed_at, mut promoted) = (None, false);
+    for i in 0.. {
+        assert!(started.elapsed() < Duration::from_secs(90), "{accepted_after} accepted after the failover in 90 s");
+        if killed_at.is_none() && started.elapsed() > Duration::from_secs(2) {
+            let victim = cluster.nodes_mut().iter_mut().find(|n| n.port() == victim_port).expect("victim");
+            victim.kill();
+            killed_at = Some(std::time::Instant::now());
+        }
+        if let Some(at) = killed_at
+            && !promoted
+            && cluster.primary_of("{postbacks:0}", victim_port).is_some_and(|p| p != victim_port)
+        {
+            promoted = true;
+            println!("partition 0 promoted {:?} after the kill", at.elapsed());
+            // Back empty, it rejoins as the new primary's replica, so WAIT
+            // is answered for partition 0 again.
+            cluster.nodes_mut().iter_mut().find(|n| n.port() == victim_port).expect("victim").restart();
+        }
+        let body = json!({"endpoint": {"method": "GET", "url": target}, "data": [{"i": i}]});
+        match http.post(&ingest).json(&body).send().await {
+            Ok(response) if response.status() == 202 => {
+                let answer: Json = response.json().await.expect("202 body");
+                for id in answer["ids"].as_array().expect("ids") {
+                    accepted.insert(id.as_str().expect("id").to_owned());
+                    accepted_after += usize::from(promoted);
+                }
+            }
+            _ => refused += 1,
+        }
+        if accepted_after >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for child in &mut children {
+        assert!(child.try_wait().expect("child").is_none(), "every service carried on without a restart");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lost = loop {
+        let got: HashSet<String> = sink.received().iter().filter_map(|r| r.postback_id().map(str::to_owned)).collect();
+        let lost: Vec<&String> = accepted.iter().filter(|id| !got.contains(*id)).collect();
+        if lost.is_empty() || std::time::Instant::now() > deadline {
+            break lost;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("{} accepted ({accepted_after} after the promotion), {refused} refused meanwhile", accepted.len());
+    assert!(lost.is_empty(), "{} of {} acknowledged postbacks lost: {lost:?}", lost.len(), accepted.len());
+}
