@@ -12,12 +12,23 @@
 //! 3. Otherwise new entries (`XREADGROUP … >`), blocking while there are
 //!    none; those have been handed out once.
 //!
+//! A read of new entries that fails may still have handed entries to this
+//! consumer: Redis can have answered on a connection that then dropped (a
+//! failover on a Cluster resets the client's connections, and the client
+//! re-sends what was in flight). So after a failed read the own pending
+//! entries newer than the last one read as new are read again (step 1),
+//! leaving out any this worker is handling ([`InFlight`]; claimed entries
+//! can be newer); otherwise they would wait for `POSTBACK_CLAIM_IDLE_MS`.
+//! Older ones are not re-read: this worker may have finished them with
+//! their acknowledgement not yet recorded.
+//!
 //! Claiming waits until the own pending entries are re-read: claimed
 //! entries join this consumer's pending list, and the re-read would hand
 //! them out a second time. Whatever way an entry came, the same delivery
 //! count decides whether it is poison ([`crate::entry`]).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -36,6 +47,38 @@ pub(crate) struct Taken {
     pub(crate) entry: Entry,
     /// How many times Redis has handed it to a worker, this time included.
     pub(crate) deliveries: u64,
+}
+
+/// Ids of the entries this worker is handling now.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+impl InFlight {
+    /// Notes `id` as handled until the guard is dropped.
+    pub(crate) fn hold(&self, id: &str) -> InFlightGuard {
+        self.lock().insert(id.to_owned());
+        InFlightGuard { set: self.clone(), id: id.to_owned() }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.lock().contains(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Keeps an entry in [`InFlight`] while it lives.
+pub(crate) struct InFlightGuard {
+    set: InFlight,
+    id: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
 }
 
 /// Where the next read starts.
@@ -60,6 +103,10 @@ pub(crate) struct Intake {
     claim_idle: Duration,
     next_claim: Instant,
     metrics: Arc<DeliverMetrics>,
+    in_flight: InFlight,
+    /// The newest entry read as new, where a re-read after a failed read
+    /// starts.
+    last_new: String,
 }
 
 impl Intake {
@@ -83,7 +130,14 @@ impl Intake {
             claim_idle,
             next_claim: Instant::now(),
             metrics,
+            in_flight: InFlight::default(),
+            last_new: "0".into(),
         }
+    }
+
+    /// The entries this intake's worker is handling.
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
     }
 
     /// How often to look for entries to claim.
@@ -96,11 +150,17 @@ impl Intake {
     /// block for some to arrive).
     pub(crate) async fn take(&mut self, count: usize) -> Result<Vec<Taken>, Error> {
         if let Cursor::Pending(after) = &self.cursor {
-            let entries = self.read(after.clone(), count).await?;
+            let mut entries = self.read(after.clone(), count).await?;
             match entries.last() {
                 Some(last) => {
                     self.cursor = Cursor::Pending(last.id.clone());
-                    tracing::info!(count = entries.len(), "re-reading entries this worker held before it restarted");
+                    entries.retain(|entry| !self.in_flight.contains(&entry.id));
+                    if !entries.is_empty() {
+                        tracing::info!(
+                            count = entries.len(),
+                            "re-reading entries this worker holds but is not handling (after a restart or a failed read)"
+                        );
+                    }
                     return self.counted(entries).await;
                 }
                 None => {
@@ -118,7 +178,17 @@ impl Intake {
                 return self.counted(claimed).await;
             }
         }
-        let entries = self.read(">".into(), count).await?;
+        let entries = match self.read(">".into(), count).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                // It may have handed entries over all the same.
+                self.cursor = Cursor::Pending(self.last_new.clone());
+                return Err(e);
+            }
+        };
+        if let Some(last) = entries.last() {
+            self.last_new.clone_from(&last.id);
+        }
         Ok(entries.into_iter().map(|entry| Taken { entry, deliveries: 1 }).collect())
     }
 

@@ -173,7 +173,12 @@ impl Worker {
             debug_assert!(taken.len() <= permits.len(), "every entry taken has a slot");
             for (taken, permit) in taken.into_iter().zip(permits) {
                 self.sizes.saw(&taken);
-                tracker.spawn(crate::entry::handle(self.shared.clone(), taken, permit));
+                let held = self.intake.in_flight().hold(&taken.entry.id);
+                let handled = crate::entry::handle(self.shared.clone(), taken, permit);
+                tracker.spawn(async move {
+                    handled.await;
+                    drop(held);
+                });
             }
         }
         tracker.close();
