@@ -36,6 +36,32 @@ async fn four_partitions_on_a_plain_redis() {
     assert_eq!(plain, 0, "with partitions nothing is written under the unpartitioned names");
 }
 
+/// Starts the ingest binary with `ingest` settings and two deliver
+/// binaries (consumers `w0` and `w1`, on [`deliver_env`] for `redis`) with
+/// `deliver` settings; returns ingest's address and the processes.
+fn start_services(
+    redis: &RedisServer,
+    ingest: &[(&'static str, String)],
+    deliver: &[(&'static str, String)],
+) -> (String, Vec<tokio::process::Child>) {
+    let spawn = |program: std::path::PathBuf, envs: Vec<(&'static str, String)>| {
+        tokio::process::Command::new(program)
+            .envs(envs)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn a service")
+    };
+    let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
+    let ingest = [ingest, &[("POSTBACK_INGEST_ADDR", addr.clone())]].concat();
+    let mut children = vec![spawn(sibling_bin("postback-ingest"), ingest)];
+    for i in 0..2 {
+        let extra = [deliver, &[("POSTBACK_CONSUMER", format!("w{i}"))]].concat();
+        children.push(spawn(DELIVER_BIN.into(), deliver_env(redis, &extra)));
+    }
+    (addr, children)
+}
+
 /// postbackctl's JSON output for `args`, with the exit code.
 fn ctl(url: &str, args: &[&str]) -> (Option<i32>, Json) {
     let out = std::process::Command::new(sibling_bin("postbackctl"))
@@ -59,25 +85,13 @@ async fn partitioned(redis: &RedisServer, url: String, client: &Client) {
         })
         .await
     };
-    let shared = [("POSTBACK_REDIS_URL", url.clone()), ("POSTBACK_PARTITIONS", PARTITIONS.to_string())];
-    let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
-    let mut children = Vec::new();
-    let spawn = |program: std::path::PathBuf, envs: Vec<(&'static str, String)>| {
-        tokio::process::Command::new(program)
-            .envs(envs)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn a service")
-    };
-    let mut envs = vec![("POSTBACK_INGEST_ADDR", addr.clone()), ("RUST_LOG", "warn".to_owned())];
-    envs.extend(shared.iter().cloned());
-    children.push(spawn(sibling_bin("postback-ingest"), envs));
-    for i in 0..2 {
-        let mut extra = vec![("POSTBACK_CONSUMER", format!("w{i}")), ("POSTBACK_MAX_ATTEMPTS", "1".into())];
-        extra.extend(shared.iter().cloned());
-        children.push(spawn(DELIVER_BIN.into(), deliver_env(redis, &extra)));
-    }
+    let shared = [
+        ("POSTBACK_REDIS_URL", url.clone()),
+        ("POSTBACK_PARTITIONS", PARTITIONS.to_string()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let deliver = [shared.to_vec(), vec![("POSTBACK_MAX_ATTEMPTS", "1".to_owned())]].concat();
+    let (addr, children) = start_services(redis, &shared, &deliver);
 
     let http = reqwest::Client::new();
     let ingest = format!("http://{addr}/v1/postbacks");
@@ -221,23 +235,8 @@ async fn a_killed_cluster_primary_loses_no_acknowledged_postback() {
         ("POSTBACK_PARTITIONS", PARTITIONS.to_string()),
         ("RUST_LOG", "warn".to_owned()),
     ];
-    let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
-    let spawn = |program: std::path::PathBuf, envs: Vec<(&'static str, String)>| {
-        tokio::process::Command::new(program)
-            .envs(envs)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn a service")
-    };
-    let mut envs = vec![("POSTBACK_INGEST_ADDR", addr.clone()), ("POSTBACK_INGEST_WAIT_REPLICAS", "1".into())];
-    envs.extend(shared.iter().cloned());
-    let mut children = vec![spawn(sibling_bin("postback-ingest"), envs)];
-    for i in 0..2 {
-        let mut extra = vec![("POSTBACK_CONSUMER", format!("w{i}"))];
-        extra.extend(shared.iter().cloned());
-        children.push(spawn(DELIVER_BIN.into(), deliver_env(&cluster.nodes()[0], &extra)));
-    }
+    let ingest = [shared.to_vec(), vec![("POSTBACK_INGEST_WAIT_REPLICAS", "1".to_owned())]].concat();
+    let (addr, mut children) = start_services(&cluster.nodes()[0], &ingest, &shared);
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let ingest = format!("http://{addr}/v1/postbacks");
@@ -292,5 +291,15 @@ async fn a_killed_cluster_primary_loses_no_acknowledged_postback() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("{} accepted ({accepted_after} after the promotion), {refused} refused meanwhile", accepted.len());
+    if !lost.is_empty() {
+        let client = cluster.client().await;
+        for p in 0..PARTITIONS {
+            let stream = format!("{{postbacks:{p}}}");
+            let pending: Value = client.xpending(&stream, "deliver", ("-", "+", 100)).await.unwrap_or(Value::Null);
+            let len: u64 = client.xlen(&stream).await.unwrap_or(0);
+            let retry: u64 = client.zcard(format!("{stream}:retry")).await.unwrap_or(0);
+            println!("DIAG {stream}: len {len} retry {retry} pending {pending:?}");
+        }
+    }
     assert!(lost.is_empty(), "{} of {} acknowledged postbacks lost: {lost:?}", lost.len(), accepted.len());
 }
