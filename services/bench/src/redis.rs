@@ -2,6 +2,7 @@
 //! loopback port, AOF as asked), or a Redis Cluster of several, and the
 //! counters read from their INFO.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -178,11 +179,7 @@ impl Redis {
             let client = node.client().await?;
             let one = Counters::read(&client).await?;
             let _ = client.quit().await;
-            total = Counters {
-                net_in: total.net_in + one.net_in,
-                net_out: total.net_out + one.net_out,
-                commands: total.commands + one.commands,
-            };
+            total = total.plus(&one);
         }
         Ok(total)
     }
@@ -206,7 +203,7 @@ impl Redis {
 }
 
 /// Counters of the server since it started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Counters {
     /// Bytes received from clients.
     pub net_in: u64,
@@ -214,6 +211,13 @@ pub struct Counters {
     pub net_out: u64,
     /// Commands run (those inside scripts included).
     pub commands: u64,
+    /// CPU time the server used (user + system, all its threads), in µs,
+    /// as `INFO cpu` reports it.
+    pub cpu_us: u64,
+    /// Per command (`INFO commandstats`, lower case, e.g. `evalsha`,
+    /// `xadd`): calls, and µs spent in them (a script's time includes
+    /// the commands it calls, which are also counted on their own).
+    pub by_command: BTreeMap<String, (u64, u64)>,
 }
 
 impl Counters {
@@ -221,24 +225,84 @@ impl Counters {
     pub async fn read(client: &Client) -> anyhow::Result<Self> {
         let stats: String = client.info(Some(fred::types::InfoKind::Stats)).await?;
         let commands: String = client.info(Some(fred::types::InfoKind::CommandStats)).await?;
-        let field = |name: &str| {
-            stats
-                .lines()
+        let cpu: String = client.info(Some(fred::types::InfoKind::Cpu)).await?;
+        let field = |text: &str, name: &str| {
+            text.lines()
                 .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
         };
-        let calls =
-            commands.lines().filter_map(|l| l.split_once("calls=")?.1.split(',').next()?.parse::<u64>().ok()).sum();
-        Ok(Self { net_in: field("total_net_input_bytes"), net_out: field("total_net_output_bytes"), commands: calls })
+        let by_command: BTreeMap<String, (u64, u64)> = commands.lines().filter_map(parse_commandstat).collect();
+        Ok(Self {
+            net_in: field(&stats, "total_net_input_bytes") as u64,
+            net_out: field(&stats, "total_net_output_bytes") as u64,
+            commands: by_command.values().map(|(calls, _)| calls).sum(),
+            cpu_us: ((field(&cpu, "used_cpu_sys") + field(&cpu, "used_cpu_user")) * 1e6) as u64,
+            by_command,
+        })
     }
 
     /// What happened between `self` and `later`.
     pub fn until(&self, later: &Counters) -> Counters {
+        let by_command = later
+            .by_command
+            .iter()
+            .map(|(name, (calls, us))| {
+                let (calls0, us0) = self.by_command.get(name).copied().unwrap_or_default();
+                (name.clone(), (calls.saturating_sub(calls0), us.saturating_sub(us0)))
+            })
+            .filter(|(_, (calls, _))| *calls > 0)
+            .collect();
         Counters {
             net_in: later.net_in.saturating_sub(self.net_in),
             net_out: later.net_out.saturating_sub(self.net_out),
             commands: later.commands.saturating_sub(self.commands),
+            cpu_us: later.cpu_us.saturating_sub(self.cpu_us),
+            by_command,
         }
+    }
+
+    /// These counters and another server's, added up.
+    pub fn plus(&self, other: &Counters) -> Counters {
+        let mut by_command = self.by_command.clone();
+        for (name, (calls, us)) in &other.by_command {
+            let sum = by_command.entry(name.clone()).or_default();
+            *sum = (sum.0 + calls, sum.1 + us);
+        }
+        Counters {
+            net_in: self.net_in + other.net_in,
+            net_out: self.net_out + other.net_out,
+            commands: self.commands + other.commands,
+            cpu_us: self.cpu_us + other.cpu_us,
+            by_command,
+        }
+    }
+}
+
+/// `cmdstat_xadd:calls=3,usec=12,…` as `("xadd", (3, 12))`.
+fn parse_commandstat(line: &str) -> Option<(String, (u64, u64))> {
+    let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+    let value = |key: &str| rest.split(',').find_map(|kv| kv.strip_prefix(key)?.parse::<u64>().ok());
+    Some((name.to_owned(), (value("calls=")?, value("usec=").unwrap_or(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_commandstats_lines() {
+        let line = "cmdstat_evalsha:calls=192925,usec=3819684,usec_per_call=19.80,rejected_calls=0,failed_calls=20";
+        assert_eq!(parse_commandstat(line), Some(("evalsha".into(), (192_925, 3_819_684))));
+        assert_eq!(
+            parse_commandstat("cmdstat_config|resetstat:calls=1,usec=108"),
+            Some(("config|resetstat".into(), (1, 108)))
+        );
+        assert_eq!(parse_commandstat("# Commandstats"), None);
+        let a = Counters { commands: 3, by_command: [("xadd".into(), (3, 10))].into(), ..Counters::default() };
+        let b = Counters { commands: 9, by_command: [("xadd".into(), (9, 25))].into(), ..Counters::default() };
+        let d = a.until(&b);
+        assert_eq!((d.commands, d.by_command["xadd"]), (6, (6, 15)));
+        assert_eq!(a.plus(&b).by_command["xadd"], (12, 35));
     }
 }

@@ -21,6 +21,9 @@ pub struct RunReport {
     pub ceilings: Option<Ceilings>,
     /// Our figures beside their ceilings.
     pub ratios: Vec<Ratio>,
+    /// What a delivered postback costs us beside the bare pipeline (lower
+    /// is better: `ratio` is ours / bare).
+    pub costs: Vec<Ratio>,
 }
 
 /// The machine.
@@ -61,7 +64,7 @@ pub struct PipelineFigures {
 }
 
 /// What a postback costs Redis.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RedisFigures {
     /// Stream memory per queued postback (`MEMORY USAGE` / postbacks, with
     /// no worker running).
@@ -70,6 +73,23 @@ pub struct RedisFigures {
     pub net_bytes_per_postback: f64,
     /// Commands Redis ran per delivered postback (script bodies included).
     pub commands_per_postback: f64,
+    /// Redis's CPU time (user + system, every primary) per delivered
+    /// postback, in µs.
+    pub cpu_us_per_postback: f64,
+    /// Per command, most time first: calls and µs per delivered postback
+    /// (a script's time includes the commands it calls).
+    pub by_command: Vec<CommandCost>,
+}
+
+/// One command's share of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CommandCost {
+    /// The command, as `INFO commandstats` names it.
+    pub command: String,
+    /// Calls per delivered postback.
+    pub calls_per_postback: f64,
+    /// µs spent in it per delivered postback.
+    pub us_per_postback: f64,
 }
 
 /// What one process cost during the measured load.
@@ -136,6 +156,8 @@ impl RunReport {
         add("Redis stream bytes per postback", &|p| format!("{:.0}", p.redis.stored_bytes_per_postback));
         add("Redis network bytes per postback", &|p| format!("{:.0}", p.redis.net_bytes_per_postback));
         add("Redis commands per postback", &|p| format!("{:.2}", p.redis.commands_per_postback));
+        add("Redis CPU µs per postback", &|p| format!("{:.1}", p.redis.cpu_us_per_postback));
+        add("total CPU µs per postback", &|p| format!("{:.1}", p.total_cpu_us_per_postback()));
         add("CPU s per 1,000 postbacks", &|p| {
             p.processes.iter().map(|x| format!("{} {:.3}", x.name, x.cpu_s_per_1000)).collect::<Vec<_>>().join(", ")
         });
@@ -160,7 +182,34 @@ impl RunReport {
             }
             out += &table(&rows);
         }
+        if !self.costs.is_empty() {
+            out += "\n";
+            let mut rows = vec![row("cost per delivered postback", &["ours", "bare", "ours ÷ bare"])];
+            for r in &self.costs {
+                rows.push(row_owned(
+                    &r.figure,
+                    vec![format!("{:.2}", r.ours), format!("{:.2}", r.ceiling), format!("{:.2}", r.ratio)],
+                ));
+            }
+            out += &table(&rows);
+        }
+        out += "\nRedis commands of the pipeline, per delivered postback (a script's µs include its commands'):\n";
+        let mut rows = vec![row("command", &["calls", "µs"])];
+        for c in self.pipeline.redis.by_command.iter().take(12) {
+            rows.push(row_owned(
+                &c.command,
+                vec![format!("{:.3}", c.calls_per_postback), format!("{:.2}", c.us_per_postback)],
+            ));
+        }
+        out += &table(&rows);
         out
+    }
+}
+
+impl PipelineFigures {
+    /// CPU of every process (services and Redis) per delivered postback, in µs.
+    pub fn total_cpu_us_per_postback(&self) -> f64 {
+        self.processes.iter().map(|p| p.cpu_s_per_1000 * 1000.0).sum()
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::load::{self, LoadOptions, LoadReport, Pace, Stop};
 use crate::process::{Process, Usage, free_port, sibling, wait_ready};
 use crate::redis::{Aof, Redis};
-use crate::report::{Ceilings, Machine, PipelineFigures, ProcessFigures, Ratio, RedisFigures, RunReport};
+use crate::report::{Ceilings, CommandCost, Machine, PipelineFigures, ProcessFigures, Ratio, RedisFigures, RunReport};
 use crate::sink::{Sink, SinkOptions};
 use postback_common::keys::Partitions;
 
@@ -95,7 +95,19 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
         ceilings = Some(measure_ceilings(options, &sink, &logs).await?);
     }
     let mut ratios = Vec::new();
+    let mut costs = Vec::new();
     if let Some(b) = &bare {
+        costs.push(Ratio::new("Redis CPU µs", pipeline.redis.cpu_us_per_postback, b.redis.cpu_us_per_postback));
+        costs.push(Ratio::new(
+            "Redis commands (scripts' included)",
+            pipeline.redis.commands_per_postback,
+            b.redis.commands_per_postback,
+        ));
+        costs.push(Ratio::new(
+            "total CPU µs (services and Redis)",
+            pipeline.total_cpu_us_per_postback(),
+            b.total_cpu_us_per_postback(),
+        ));
         ratios.push(Ratio::new("postbacks/s delivered vs bare pipeline", pipeline.delivered_per_s, b.delivered_per_s));
         ratios.push(Ratio::new(
             "requests/s accepted vs bare pipeline",
@@ -135,6 +147,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
         bare_pipeline: bare,
         ceilings,
         ratios,
+        costs,
     })
 }
 
@@ -221,6 +234,8 @@ async fn measure(
             stored_bytes_per_postback,
             net_bytes_per_postback: per(traffic.net_in + traffic.net_out),
             commands_per_postback: per(traffic.commands),
+            cpu_us_per_postback: per(traffic.cpu_us),
+            by_command: command_costs(&traffic, delivered),
         },
         processes: processes
             .iter()
@@ -392,6 +407,22 @@ pub(crate) async fn wait_delivered(sink: &Sink, ids: &[String], timeout: Duratio
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The commands of `traffic`, per delivered postback, most time first.
+fn command_costs(traffic: &crate::redis::Counters, delivered: u64) -> Vec<CommandCost> {
+    let per = |x: u64| x as f64 / delivered.max(1) as f64;
+    let mut costs: Vec<CommandCost> = traffic
+        .by_command
+        .iter()
+        .map(|(name, (calls, us))| CommandCost {
+            command: name.clone(),
+            calls_per_postback: per(*calls),
+            us_per_postback: per(*us),
+        })
+        .collect();
+    costs.sort_by(|a, b| b.us_per_postback.total_cmp(&a.us_per_postback));
+    costs
 }
 
 fn usages(processes: &[&Process]) -> anyhow::Result<Vec<Usage>> {
