@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use postback_common::{request_entry, template, wire};
+use postback_common::{records::postback as wire, records::request as request_entry, template};
 
 const SEED: &str = include_str!("../../../schemas/examples/seed-request.json");
 

@@ -7,8 +7,8 @@ use fred::prelude::*;
 
 use crate::Postback;
 use crate::keys::{ENTRY_FIELD, Keys};
-use crate::request_entry::Endpoint;
-use crate::wire::{self, Decoded};
+use crate::records::endpoint::Endpoint;
+use crate::records::postback::{self as wire, Decoded};
 
 /// The postbacks an entry's `p` value holds, or why they cannot be read.
 pub async fn resolve(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Result<Vec<Postback>, String>, Error> {
@@ -21,10 +21,11 @@ pub async fn resolve(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Resu
     let Some(record) = record else {
         return Ok(Err(format!("endpoint record {} is not in {}", entry.endpoint, keys.endpoints)));
     };
-    if Endpoint::reference(&record) != entry.endpoint {
-        return Ok(Err(format!("the record under {} in {} has another address", entry.endpoint, keys.endpoints)));
-    }
-    Ok(Endpoint::decode(&record).and_then(|endpoint| entry.postbacks(&endpoint)).map_err(|e| e.to_string()))
+    let endpoint = match Endpoint::verify(entry.endpoint, &record) {
+        Ok(endpoint) => endpoint,
+        Err(why) => return Ok(Err(format!("{why} (in {})", keys.endpoints))),
+    };
+    Ok(entry.postbacks(&endpoint).map_err(|e| e.to_string()))
 }
 
 /// Entries of the stream from `start` (an id, or `-`), at most `count`:

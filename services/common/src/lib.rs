@@ -4,8 +4,9 @@
 //! - [`keys`]: Redis key names and the stream entry layout (a contract).
 //! - [`method`], [`scalar`], [`data`]: the parts of one postback.
 //! - [`delivery`]: a request's delivery policy (attempts, delay, timeout).
-//! - [`wire`]: the versioned MessagePack encoding of a postback.
-//! - [`request_entry`]: wire version 3, a request's postbacks in one entry.
+//! - [`records`]: every record kept in Redis that more than one process
+//!   reads or writes (wire versions, endpoint records, retries, dead
+//!   letters, …), each with its owning type.
 //! - [`entries`]: stream entries read back as postbacks, records resolved.
 //! - [`template`]: `{key}` URL templates and their percent-encoding.
 //! - [`config`]: settings both services share, and config error reporting.
@@ -31,9 +32,9 @@ pub mod keys;
 pub mod method;
 pub mod metrics;
 pub mod queue_status;
+pub mod records;
 pub mod redis;
 pub mod redis_memory;
-pub mod request_entry;
 pub mod runtime;
 pub mod scalar;
 pub mod script;
@@ -42,9 +43,8 @@ pub mod telemetry;
 pub mod template;
 pub mod time;
 pub mod trace_context;
-pub mod wire;
 
 pub use data::Data;
 pub use method::Method;
+pub use records::postback::Postback;
 pub use scalar::Scalar;
-pub use wire::Postback;

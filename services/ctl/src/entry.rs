@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::{ENTRY_FIELD, Keys};
-use postback_common::{Postback, entries, request_entry};
+use postback_common::{Postback, entries, records::request as request_entry};
 use serde_json::{Map, Value as Json, json};
 
 use crate::dead::DeadError;
@@ -104,7 +104,8 @@ pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadErr
     if count > 1
         && let Json::Object(map) = &mut shown
     {
-        let done = request_entry::finished_positions(&bits.unwrap_or_default(), count);
+        let done =
+            postback_common::records::finished::FinishedPositions::from_bytes(&bits.unwrap_or_default()).flags(count);
         let finished: Vec<usize> = (0..count).filter(|p| done[*p]).collect();
         map.insert("finished".into(), finished.into());
     }

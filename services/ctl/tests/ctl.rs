@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 use fred::prelude::*;
-use postback_common::{Data, Method, Postback, Scalar, wire};
+use postback_common::{Data, Method, Postback, Scalar, records::postback as wire};
 use postback_testkit::RedisServer;
 use serde_json::Value as Json;
 
@@ -203,11 +203,11 @@ async fn attempts_come_from_the_delivery_log() {
 /// A version 3 entry as ingest writes it: the entry, and its endpoint
 /// record in the hash, counted.
 async fn queue_request_entry(client: &Client, items: i64) -> (String, Vec<String>) {
-    let first = postback_common::request_entry::first_id(postback_common::time::now_ms(), items as usize);
+    let first = postback_common::records::request::first_id(postback_common::time::now_ms(), items as usize);
     let postbacks: Vec<Postback> = (0..items)
         .map(|n| Postback {
-            id: postback_common::request_entry::nth_id(first, n as usize),
-            accepted_at_ms: postback_common::request_entry::timestamp_ms(first),
+            id: postback_common::records::request::nth_id(first, n as usize),
+            accepted_at_ms: postback_common::records::request::timestamp_ms(first),
             method: Method::Post,
             url: "http://h.example/{n}".into(),
             data: Data(vec![("n".into(), Scalar::Int(n))]),
@@ -215,7 +215,7 @@ async fn queue_request_entry(client: &Client, items: i64) -> (String, Vec<String
             delivery: None,
         })
         .collect();
-    let packed = postback_common::request_entry::pack(&postbacks);
+    let packed = postback_common::records::request::pack(&postbacks);
     assert_eq!(packed.len(), 1);
     let (address, record) = packed[0].endpoint.clone().expect("a version 3 entry");
     let _: i64 = client.hset("postbacks:endpoints", (address.to_string(), record)).await.expect("HSET");

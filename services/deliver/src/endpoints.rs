@@ -4,14 +4,15 @@
 //! ingest refuses to store other bytes under a taken address), so what an
 //! address resolves to never changes: the worker keeps what it has read,
 //! up to [`CAPACITY`] records, and starts afresh when that fills up. A
-//! record read from Redis is checked against its address before use.
+//! record read from Redis is checked against its address before use
+//! ([`Endpoint::verify`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::request_entry::{Endpoint, EndpointRef};
+use postback_common::records::request::{Endpoint, EndpointRef};
 
 /// Records kept in memory.
 pub(crate) const CAPACITY: usize = 10_000;
@@ -41,12 +42,9 @@ impl Endpoints {
         }
         let stored: Option<Bytes> = redis.hget(key, address.to_string()).await?;
         let Some(stored) = stored else { return Ok(Lookup::Missing) };
-        if Endpoint::reference(&stored) != address {
-            return Ok(Lookup::Corrupt(format!("the record under {address} has another address")));
-        }
-        let endpoint = match Endpoint::decode(&stored) {
+        let endpoint = match Endpoint::verify(address, &stored) {
             Ok(endpoint) => Arc::new(endpoint),
-            Err(e) => return Ok(Lookup::Corrupt(e.to_string())),
+            Err(why) => return Ok(Lookup::Corrupt(why)),
         };
         let mut known = self.lock();
         if known.len() >= CAPACITY {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use postback_common::Postback;
-use postback_common::wire::{self, Decoded};
+use postback_common::records::postback::{self as wire, Decoded};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::instrument;
 
@@ -122,7 +122,8 @@ async fn skip_finished(shared: &Shared, unpacked: &mut Unpacked, tally: &Tally) 
         fred::prelude::HashesInterface::hget(&shared.redis, &shared.keys.finished, &held.id).await;
     let done = match bits {
         Ok(bits) => {
-            postback_common::request_entry::finished_positions(bits.as_deref().unwrap_or_default(), held.postbacks)
+            postback_common::records::finished::FinishedPositions::from_bytes(bits.as_deref().unwrap_or_default())
+                .flags(held.postbacks)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read which postbacks are finished; the entry stays pending and will be handled again");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
+use postback_common::records::request::EndpointRef;
 use postback_common::redis::id_order;
-use postback_common::request_entry::EndpointRef;
 use postback_common::script::Script;
 
 /// A stream entry this worker holds, as the script needs to know it.
@@ -178,8 +178,9 @@ mod tests {
             let reply: Value =
                 client.xreadgroup("deliver", "w", Some(1), None, false, "postbacks", ">").await.expect("read");
             let entry = crate::reply::from_reply(reply).pop().expect("an entry");
-            let endpoint = match postback_common::wire::decode_entry(entry.payload.as_deref().expect("p")) {
-                Ok(postback_common::wire::Decoded::Request(request)) => Some(request.endpoint),
+            let endpoint = match postback_common::records::postback::decode_entry(entry.payload.as_deref().expect("p"))
+            {
+                Ok(postback_common::records::postback::Decoded::Request(request)) => Some(request.endpoint),
                 _ => None,
             };
             Held { id: entry.id, postbacks: items, endpoint }
@@ -219,7 +220,10 @@ mod tests {
         one(0, Step::Delivered).await.expect("record");
         assert_eq!(numbers(client).await, (1, 0, 0, Some(2)));
         let bits: Bytes = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
-        assert_eq!(postback_common::request_entry::finished_positions(&bits, 4), [true, false, false, false]);
+        assert_eq!(
+            postback_common::records::finished::FinishedPositions::from_bytes(&bits).flags(4),
+            [true, false, false, false]
+        );
         redis.assert_counts_exact().await;
 
         // Every step again, as after a reply lost on the way back: nothing more.

@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use postback_common::keys::Keys;
-use postback_common::request_entry::{self, MAX_POSTBACKS};
+use postback_common::records::request::{self as request_entry, MAX_POSTBACKS};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

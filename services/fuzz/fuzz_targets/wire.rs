@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    postback_common::wire::check_fuzz_input(bytes);
+    postback_common::records::postback::check_fuzz_input(bytes);
 });

@@ -1,7 +1,7 @@
 //! Appending a request's postbacks to the stream: one command, all or none.
 //!
 //! The postbacks are packed into version 3 entries (see
-//! `postback_common::request_entry`): usually one entry for the whole request, with
+//! `postback_common::records::request`): usually one entry for the whole request, with
 //! its endpoint record kept once in `<stream>:endpoints`. The XADDs and the
 //! record bookkeeping of one request run inside one Lua script
 //! (`enqueue.lua`, sent with EVALSHA): Redis applies all of them or none, so
@@ -40,9 +40,9 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use postback_common::keys::Keys;
-use postback_common::request_entry::{self, Packed};
+use postback_common::records::request::{self as request_entry, Packed};
 use postback_common::script::Script;
-use postback_common::{Postback, wire};
+use postback_common::{Postback, records::postback as wire};
 use uuid::Uuid;
 
 use crate::idempotency::{Given, Idempotency};

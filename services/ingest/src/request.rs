@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use postback_common::delivery::{self, Delivery};
-use postback_common::{Data, Method, Postback, Scalar, request_entry, template};
+use postback_common::{Data, Method, Postback, Scalar, records::request as request_entry, template};
 
 use crate::json::Json;
 
@@ -295,7 +295,8 @@ pub fn check_body(body: &[u8]) {
             assert!(!accepted.is_empty());
             let mut json_bytes = 0;
             for postback in &accepted {
-                let decoded = postback_common::wire::decode(&postback_common::wire::encode(postback));
+                let decoded =
+                    postback_common::records::postback::decode(&postback_common::records::postback::encode(postback));
                 assert_eq!(decoded.as_ref().ok(), Some(postback), "wire round trip");
                 let url = template::expand_within(&postback.url, &postback.data, "", limits.max_url_bytes);
                 assert!(url.is_ok(), "an accepted URL expands within the limit: {url:?}");

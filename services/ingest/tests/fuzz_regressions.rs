@@ -47,6 +47,6 @@ fn expansion_regressions() {
 fn wire_regressions() {
     for (path, input) in inputs("wire") {
         println!("{}", path.display());
-        postback_common::wire::check_fuzz_input(&input);
+        postback_common::records::postback::check_fuzz_input(&input);
     }
 }

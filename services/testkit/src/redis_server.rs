@@ -168,7 +168,7 @@ impl RedisServer {
     /// dead-letter stream that refer to the record, which is there.
     /// Returns the postbacks waiting.
     pub async fn assert_counts_exact(&self) -> u64 {
-        use postback_common::wire::{Decoded, decode_entry};
+        use postback_common::records::postback::{Decoded, decode_entry};
         use std::collections::HashMap;
         let client = self.client().await;
         let entries: Vec<(String, HashMap<String, Bytes>)> =
@@ -186,7 +186,11 @@ impl RedisServer {
                 _ => (1, None),
             };
             let bits = finished.get(id).map_or(0, |b| {
-                postback_common::request_entry::finished_positions(b, count).into_iter().filter(|done| *done).count()
+                postback_common::records::finished::FinishedPositions::from_bytes(b)
+                    .flags(count)
+                    .into_iter()
+                    .filter(|done| *done)
+                    .count()
             });
             assert!(bits < count, "entry {id} is still in the stream with all {count} postbacks finished");
             waiting += (count - bits) as u64;

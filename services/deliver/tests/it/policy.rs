@@ -121,7 +121,7 @@ async fn the_schemas_policy_example_is_accepted_and_its_policy_kept() {
         // `<attempts>:<first attempt ms>:<postback>`.
         let payload = member.splitn(3, |b| *b == b':').nth(2).expect("payload");
         assert_eq!(payload[..2], [0x98, 0x04], "version 4");
-        let postback = postback_common::wire::decode(payload).expect("decodes");
+        let postback = postback_common::records::postback::decode(payload).expect("decodes");
         assert_eq!(postback.delivery, Some(want));
         assert!(ids.contains(&postback.id.to_string()));
     }

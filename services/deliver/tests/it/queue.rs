@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::ENTRY_FIELD;
-use postback_common::{Data, Method, Postback, wire};
+use postback_common::{Data, Method, Postback, records::postback as wire};
 use postback_deliver::Deliverer;
 use postback_testkit::{RedisServer, Sink};
 use serde_json::json;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::request_entry;
-use postback_common::wire;
+use postback_common::records::postback as wire;
+use postback_common::records::request as request_entry;
 use postback_testkit::{RedisServer, Reply, Sink, expect_metric};
 use serde_json::json;
 

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use postback_common::request_entry;
+use postback_common::records::request as request_entry;
 use serde::Serialize;
 use tracing::{Span, field, instrument};
 

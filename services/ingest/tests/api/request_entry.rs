@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
-use postback_common::request_entry::{self, Endpoint};
+use postback_common::records::request::{self as request_entry, Endpoint};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, problem};

@@ -15,7 +15,7 @@
 //! [`TraceContext`]) or nil.
 //!
 //! Version 3: several postbacks of one request in one entry, their shared
-//! endpoint stored once elsewhere; see [`crate::request_entry`].
+//! endpoint stored once elsewhere; see [`super::request`].
 //!
 //! Version 4: version 2 (the trace context nil when there is none) plus an
 //! eighth element, the request's delivery policy ([`Delivery`]).
@@ -24,7 +24,7 @@
 //! context (no exporter configured) nor a delivery policy, 2 when it has
 //! only a trace context, and 4 when it has a policy; [`decode`] reads
 //! them, and [`decode_entry`] reads all four. Ingest writes version 3 (see
-//! [`crate::request_entry::pack`]); the retry schedule and the dead-letter
+//! [`crate::records::request::pack`]); the retry schedule and the dead-letter
 //! stream hold single postbacks (versions 1 and 2), which need nothing else to be
 //! read. Rolling upgrades: deploy deliver (the reader) before ingest (the
 //! writer) whenever a new version is introduced.
@@ -32,10 +32,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::request::{self as request_entry, RequestEntry};
 use crate::data::Data;
 use crate::delivery::Delivery;
 use crate::method::Method;
-use crate::request_entry::{self, RequestEntry};
 use crate::trace_context::TraceContext;
 
 /// One postback: a single delivery to make, produced by ingest from one item
@@ -215,7 +215,7 @@ pub fn check_fuzz_input(bytes: &[u8]) {
         Ok(Decoded::Request(entry)) => {
             let width = entry.values.len().checked_div(entry.count).unwrap_or(0);
             let keys = (0..width).map(|i| format!("k{i}")).collect();
-            let endpoint = crate::request_entry::Endpoint {
+            let endpoint = crate::records::endpoint::Endpoint {
                 method: crate::Method::Get,
                 url: "http://h/".into(),
                 keys,

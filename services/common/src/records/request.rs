@@ -22,117 +22,17 @@
 //! which needs no record. `schemas/wire-format.md` has the byte layout.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use super::endpoint::{Endpoint, EndpointRef};
+use super::postback::{self as wire, Postback, WireError};
 use crate::data::Data;
-use crate::delivery::Delivery;
-use crate::method::Method;
 use crate::scalar::Scalar;
 use crate::trace_context::TraceContext;
-use crate::wire::{self, Postback, WireError};
 
 /// Most postbacks in one version 3 entry: a worker holds an entry until all
 /// of them are finished, so this bounds that unit of work.
 pub const MAX_POSTBACKS: usize = 128;
-
-/// What a version 3 entry's postbacks share: stored once per distinct
-/// value in the endpoint hash.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
-    /// How to deliver.
-    pub method: Method,
-    /// The URL template, `{key}` placeholders still in place.
-    pub url: String,
-    /// The data keys, in request order; each row holds one value per key.
-    pub keys: Vec<String>,
-    /// The request's delivery policy, if it gave one.
-    pub delivery: Option<Delivery>,
-}
-
-/// A record's content address: the first 8 bytes of the SHA-256 of its
-/// encoding. Written as 16 lower-case hex digits as the hash field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EndpointRef(pub [u8; 8]);
-
-impl std::fmt::Display for EndpointRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-/// The record as stored: `[1, method, url, [keys…]]`, or `[2, method, url,
-/// [keys…], delivery]` for a request with a delivery policy.
-#[derive(Serialize)]
-struct RecordOut<'a> {
-    version: u8,
-    method: &'a str,
-    url: &'a str,
-    keys: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delivery: Option<&'a Delivery>,
-}
-
-#[derive(Deserialize)]
-struct RecordIn {
-    version: u8,
-    method: String,
-    url: String,
-    keys: Vec<String>,
-    #[serde(default)]
-    delivery: Option<Delivery>,
-}
-
-impl Endpoint {
-    /// The shared part of `postback`.
-    pub fn of(postback: &Postback) -> Self {
-        Self {
-            method: postback.method,
-            url: postback.url.clone(),
-            keys: postback.data.0.iter().map(|(k, _)| k.clone()).collect(),
-            delivery: postback.delivery,
-        }
-    }
-
-    /// The record's bytes, as stored in the endpoint hash.
-    pub fn encode(&self) -> Vec<u8> {
-        let record = RecordOut {
-            version: if self.delivery.is_some() { 2 } else { 1 },
-            method: self.method.as_str(),
-            url: &self.url,
-            keys: &self.keys,
-            delivery: self.delivery.as_ref(),
-        };
-        let mut out = Vec::with_capacity(16 + self.url.len() + 16 * self.keys.len());
-        wire::write_msgpack(&mut out, &record);
-        out
-    }
-
-    /// Reads a record back.
-    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let malformed =
-            |reason: String| WireError::Malformed { version: 3, reason: format!("endpoint record: {reason}") };
-        let record: RecordIn = rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-        match (record.version, record.delivery) {
-            (1, None) | (2, Some(_)) => {}
-            (version @ (1 | 2), _) => return Err(malformed(format!("record version {version} with the wrong fields"))),
-            (version, _) => return Err(malformed(format!("unknown record version {version}"))),
-        }
-        if record.delivery.is_some_and(|d| !d.is_valid()) {
-            return Err(malformed(format!("delivery policy out of range: {:?}", record.delivery)));
-        }
-        let method = record.method.parse().map_err(|e: crate::method::UnsupportedMethod| malformed(e.to_string()))?;
-        Ok(Self { method, url: record.url, keys: record.keys, delivery: record.delivery })
-    }
-
-    /// The content address of an encoded record.
-    pub fn reference(encoded: &[u8]) -> EndpointRef {
-        let digest = Sha256::digest(encoded);
-        let mut out = [0; 8];
-        out.copy_from_slice(&digest[..8]);
-        EndpointRef(out)
-    }
-}
 
 /// A decoded version 3 entry, before its endpoint is looked up.
 #[derive(Debug, Clone, PartialEq)]
@@ -331,13 +231,6 @@ pub fn postbacks_in(bytes: &[u8]) -> usize {
     peek().unwrap_or(1)
 }
 
-/// Which postbacks of an entry of `postbacks` are finished, from its
-/// bitmap in `<stream>:finished` (position `p` is bit `7 - p % 8` of byte
-/// `p / 8`, as SETBIT numbers bits; see `schemas/wire-format.md`).
-pub fn finished_positions(bits: &[u8], postbacks: usize) -> Vec<bool> {
-    (0..postbacks).map(|p| bits.get(p / 8).is_some_and(|byte| byte & (0x80 >> (p % 8)) != 0)).collect()
-}
-
 /// Decodes a version 3 entry whose array length `len` was read already.
 pub(crate) fn decode(bytes: &[u8], len: u32) -> Result<RequestEntry, WireError> {
     let malformed = |reason: String| WireError::Malformed { version: 3, reason };
@@ -364,8 +257,10 @@ pub(crate) fn decode(bytes: &[u8], len: u32) -> Result<RequestEntry, WireError> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::postback::{Decoded, decode_entry};
     use super::*;
-    use crate::wire::{Decoded, decode_entry};
+    use crate::delivery::Delivery;
+    use crate::method::Method;
 
     const URL: &str = "http://sample_domain_endpoint.com/data?title={mascot}&image={location}&foo={bar}";
 
@@ -545,33 +440,6 @@ mod tests {
     }
 
     #[test]
-    fn finished_positions_are_numbered_as_setbit_numbers_bits() {
-        // SETBIT k 0 1, SETBIT k 7 1, SETBIT k 9 1
-        let bits = [0b1000_0001, 0b0100_0000];
-        let done = finished_positions(&bits, 12);
-        let positions: Vec<_> = (0..12).filter(|p| done[*p]).collect();
-        assert_eq!(positions, [0, 7, 9]);
-        assert_eq!(finished_positions(&[], 3), [false; 3], "no bitmap: nothing finished");
-    }
-
-    #[test]
-    fn records_round_trip_and_are_content_addressed() {
-        let endpoint = Endpoint {
-            method: Method::Post,
-            url: "http://h/{a}".into(),
-            keys: vec!["a".into(), "b".into()],
-            delivery: None,
-        };
-        let bytes = endpoint.encode();
-        assert_eq!(Endpoint::decode(&bytes).expect("decodes"), endpoint);
-        let other = Endpoint { keys: vec!["b".into(), "a".into()], ..endpoint.clone() };
-        assert_ne!(Endpoint::reference(&bytes), Endpoint::reference(&other.encode()));
-        assert_eq!(Endpoint::reference(&bytes).to_string().len(), 16);
-        assert!(Endpoint::decode(b"\x94\x02\xa3GET\xa0\x90").is_err(), "version 2 without a policy");
-        assert!(Endpoint::decode(b"\x94\x03\xa3GET\xa0\x90").is_err(), "unknown record version");
-    }
-
-    #[test]
     fn a_delivery_policy_goes_into_the_record_and_back_to_every_postback() {
         let policy = Delivery { max_attempts: Some(2), delay_ms: Some(1_000), timeout_ms: None };
         let postbacks: Vec<_> =
@@ -584,7 +452,9 @@ mod tests {
         assert_eq!(endpoint.delivery, Some(policy));
         let plain = Endpoint { delivery: None, ..endpoint.clone() };
         assert_ne!(Endpoint::reference(&plain.encode()), reference, "a policy is part of the address");
-        let crate::wire::Decoded::Request(entry) = crate::wire::decode_entry(&packed[0].payload).expect("entry") else {
+        let crate::records::postback::Decoded::Request(entry) =
+            crate::records::postback::decode_entry(&packed[0].payload).expect("entry")
+        else {
             panic!("version 3")
         };
         assert_eq!(entry.postbacks(&endpoint).expect("postbacks"), postbacks);
