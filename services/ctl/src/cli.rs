@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use postback_common::config::{GroupArgs, RedisArgs};
+use postback_common::records::dead_letter::Category;
 
 /// On-call view of the postback queue: what waits, who holds it, what was
 /// given up, and putting given-up postbacks back.
@@ -172,10 +173,11 @@ pub struct LetterFilter {
     /// Only letters whose postback goes to this host (or host:port).
     #[arg(long)]
     pub host: Option<String>,
-    /// Only letters of this reason category: rejected, refused, exhausted
-    /// or poison.
-    #[arg(long)]
-    pub reason: Option<String>,
+    /// Only letters of this category: exhausted, rejected, refused,
+    /// undecodable, poison or other (a letter's `category` field; for
+    /// letters written before it, read from the reason).
+    #[arg(long, value_parser = Category::parse)]
+    pub reason: Option<Category>,
     /// Only letters written at or after this time (RFC 3339, or an age
     /// such as 2h).
     #[arg(long, value_parser = parse_time)]

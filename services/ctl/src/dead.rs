@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::{Keys, Partitions};
+use postback_common::records::dead_letter::{DeadLetter, field};
 use postback_common::redis::id_order;
 use postback_common::script::Script;
 use serde::Serialize;
@@ -75,10 +76,7 @@ fn matches(filter: &LetterFilter, letter: &Json) -> bool {
         target.eq_ignore_ascii_case(want)
             || target.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case(want))
     });
-    let reason_ok = filter.reason.as_deref().is_none_or(|want| {
-        let reason = letter["reason"].as_str().unwrap_or_default();
-        reason.split(':').next().is_some_and(|category| category.trim().eq_ignore_ascii_case(want))
-    });
+    let reason_ok = filter.reason.is_none_or(|want| letter["category"].as_str() == Some(want.as_str()));
     host_ok && reason_ok
 }
 
@@ -103,7 +101,7 @@ async fn select(
         let full = page.len() as u64 == EXPORT_PAGE;
         let Some(last) = page.last().map(|(id, _)| id.clone()) else { break };
         for (id, fields) in page {
-            let letter = entry::fields_json(redis, keys, id, fields).await?;
+            let letter = letter_json(redis, keys, id, fields).await?;
             if matches(filter, &letter) && (out.len() as u64) < limit {
                 out.push(letter);
             }
@@ -131,6 +129,7 @@ pub fn print_list(letters: &[Json]) {
             ("attempts", "attempts"),
             ("status", "last_status"),
             ("last attempt", "last_attempt_at"),
+            ("category", "category"),
             ("reason", "reason"),
         ],
     );
@@ -142,7 +141,18 @@ pub async fn show(redis: &Client, keys: &Keys, id: &str) -> Result<Json, DeadErr
     let Some((id, fields)) = entries.pop() else {
         return Err(DeadError::NotFound(format!("no dead letter {id} in {}", keys.dead)));
     };
-    Ok(entry::fields_json(redis, keys, id, fields).await?)
+    Ok(letter_json(redis, keys, id, fields).await?)
+}
+
+/// A dead letter as JSON: its fields, `p` decoded, and its `category`
+/// (from its reason, for a letter written before the field existed).
+async fn letter_json(redis: &Client, keys: &Keys, id: String, fields: Vec<(String, Bytes)>) -> Result<Json, Error> {
+    let letter = DeadLetter::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
+    let mut json = entry::fields_json(redis, keys, id, fields).await?;
+    if let Json::Object(map) = &mut json {
+        map.insert(field::CATEGORY.into(), letter.category.as_str().into());
+    }
+    Ok(json)
 }
 
 /// A progress line on stderr every this many letters of a long redrive.
@@ -181,7 +191,7 @@ pub async fn export(
         let full = page.len() as u64 == EXPORT_PAGE;
         let Some(last) = page.last().map(|(id, _)| id.clone()) else { break };
         for (id, fields) in page {
-            let letter = entry::fields_json(redis, keys, id, fields).await?;
+            let letter = letter_json(redis, keys, id, fields).await?;
             serde_json::to_writer(&mut *out, &letter).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
             written += 1;

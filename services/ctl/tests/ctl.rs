@@ -413,13 +413,19 @@ async fn dead_letters_are_filtered_by_host_reason_and_time_for_list_and_redrive(
     for i in 0..3 {
         let id = format!("{}-{i}", now - 86_400_000);
         let _: String = client
-            .xadd("postbacks:dead", false, None, id.as_str(), letter("a.example", "exhausted: gave up"))
+            .xadd(
+                "postbacks:dead",
+                false,
+                None,
+                id.as_str(),
+                letter("a.example", "gave up after 3 attempts; last: HTTP 503"),
+            )
             .await
             .expect("XADD");
     }
     for (host, reason) in [
-        ("b.example:8080", "exhausted: gave up"),
-        ("b.example:8080", "exhausted: gave up"),
+        ("b.example:8080", "gave up after 3 attempts; last: HTTP 503"),
+        ("b.example:8080", "gave up after 3 attempts; last: HTTP 503"),
         ("a.example", "rejected: HTTP 404"),
     ] {
         let _: String = client.xadd("postbacks:dead", false, None, "*", letter(host, reason)).await.expect("XADD");
@@ -471,7 +477,10 @@ async fn a_long_redrive_reports_progress() {
                 false,
                 None,
                 "*",
-                vec![("reason", bytes::Bytes::from_static(b"exhausted: x")), ("p", bytes::Bytes::from(postback(n)))],
+                vec![
+                    ("reason", bytes::Bytes::from_static(b"gave up after 1 attempts; last: HTTP 503")),
+                    ("p", bytes::Bytes::from(postback(n))),
+                ],
             )
             .await
             .expect("queue XADD");

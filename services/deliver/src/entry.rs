@@ -95,7 +95,7 @@ async fn unpack(shared: &Shared, entry: &Entry, tally: &Tally, poisoned: Option<
     }
     let Some(payload) = entry.payload.clone() else {
         tracing::error!("dead-lettering an entry without a postback field");
-        let reason = DeadReason::Poison("entry has no \"p\" field".into());
+        let reason = DeadReason::Undecodable("entry has no \"p\" field".into());
         bury_whole(shared, whole(1, None), reason, None, Bytes::new(), tally.clone()).await;
         return None;
     };
@@ -187,7 +187,7 @@ async fn decode(
         Err(e) => {
             tracing::error!(error = %e, "dead-lettering an entry that is not a postback");
             // Not written by ingest, so not counted as holding several.
-            return Ok(Err((held(1, None), DeadReason::Poison(format!("undecodable: {e}")), None)));
+            return Ok(Err((held(1, None), DeadReason::Undecodable(e.to_string()), None)));
         }
     };
     let whole = held(request.count, Some(request.endpoint));
@@ -196,12 +196,12 @@ async fn decode(
     let endpoint = match shared.endpoints.resolve(&shared.redis, key, request.endpoint).await? {
         Lookup::Found(endpoint) => endpoint,
         Lookup::Missing => {
-            let reason = DeadReason::Poison(format!("endpoint record {} is not in {key}", request.endpoint));
+            let reason = DeadReason::Undecodable(format!("endpoint record {} is not in {key}", request.endpoint));
             tracing::error!(%reason, "dead-lettering an entry whose endpoint is gone");
             return Ok(Err((whole, reason, first_id)));
         }
         Lookup::Corrupt(why) => {
-            let reason = DeadReason::Poison(format!("endpoint record {}: {why}", request.endpoint));
+            let reason = DeadReason::Undecodable(format!("endpoint record {}: {why}", request.endpoint));
             tracing::error!(%reason, "dead-lettering an entry whose endpoint record is damaged");
             return Ok(Err((whole, reason, first_id)));
         }
@@ -210,7 +210,7 @@ async fn decode(
         Ok(postbacks) => Ok(Ok((whole, postbacks.into_iter().enumerate().collect(), false))),
         Err(e) => {
             tracing::error!(error = %e, "dead-lettering an entry that does not match its endpoint record");
-            Ok(Err((whole, DeadReason::Poison(format!("undecodable: {e}")), first_id)))
+            Ok(Err((whole, DeadReason::Undecodable(e.to_string()), first_id)))
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::prelude::*;
+use postback_common::records::dead_letter::DeadLetter;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -167,37 +167,25 @@ impl Finisher {
     }
 }
 
-/// The dead-letter entry's fields (`schemas/wire-format.md`): reason, the
-/// postback's id, its tally, the entry it came from, and its bytes. Times
-/// are RFC 3339 text, so `redis-cli XRANGE` reads well.
+/// The dead letter of a postback given up for `reason` (its id, when it
+/// could be decoded, and what a letter keeps of it).
 fn dead_letter(
     reason: &DeadReason,
     postback_id: Option<&str>,
     tally: &Tally,
     entry_id: &str,
     payload: &Bytes,
-) -> Vec<(&'static str, Value)> {
-    let time = |ms: Option<u64>| ms.map(|ms| postback_common::time::rfc3339_ms(postback_common::time::from_ms(ms)));
-    let mut fields: Vec<(&'static str, Value)> = vec![("reason", reason.to_string().into())];
-    if let Some(id) = postback_id {
-        fields.push(("postback_id", id.into()));
+) -> DeadLetter {
+    DeadLetter {
+        category: reason.category(),
+        reason: reason.to_string(),
+        postback_id: postback_id.map(str::to_owned),
+        attempts: tally.attempts,
+        first_attempt_ms: tally.first_ms,
+        last_attempt_ms: tally.last_ms,
+        last_status: tally.last_status,
+        last_error: tally.last_error.clone(),
+        entry_id: entry_id.to_owned(),
+        payload: Some(payload.clone()).filter(|p| !p.is_empty()),
     }
-    fields.push(("attempts", i64::from(tally.attempts).into()));
-    if let Some(at) = time(tally.first_ms) {
-        fields.push(("first_attempt_at", at.into()));
-    }
-    if let Some(at) = time(tally.last_ms) {
-        fields.push(("last_attempt_at", at.into()));
-    }
-    if let Some(status) = tally.last_status {
-        fields.push(("last_status", i64::from(status).into()));
-    }
-    if let Some(error) = &tally.last_error {
-        fields.push(("last_error", error.as_str().into()));
-    }
-    fields.push(("entry_id", entry_id.into()));
-    if !payload.is_empty() {
-        fields.push(("p", Value::Bytes(payload.clone())));
-    }
-    fields
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
+use postback_common::records::dead_letter::DeadLetter;
 use postback_common::records::request::EndpointRef;
 use postback_common::redis::id_order;
 use postback_common::script::Script;
@@ -46,8 +47,8 @@ pub(crate) enum Step {
         /// `<attempts>:<first attempt ms>:<postback bytes>`.
         member: Bytes,
     },
-    /// Appended to the dead-letter stream with these fields.
-    Dead(Vec<(&'static str, Value)>),
+    /// Appended to the dead-letter stream.
+    Dead(DeadLetter),
 }
 
 /// What a call did besides its steps.
@@ -110,12 +111,13 @@ impl Ledger {
                         args.push((delay.as_millis() as i64).into());
                         args.push(Value::Bytes(member));
                     }
-                    Step::Dead(fields) => {
+                    Step::Dead(letter) => {
+                        let fields = letter.fields();
                         args.push("d".into());
                         args.push((2 * fields.len() as i64).into());
                         for (name, value) in fields {
                             args.push(name.into());
-                            args.push(value);
+                            args.push(Value::Bytes(value));
                         }
                     }
                 }
@@ -197,7 +199,18 @@ mod tests {
     }
 
     fn dead() -> Step {
-        Step::Dead(vec![("reason", "rejected: HTTP 404".into()), ("p", Value::Bytes(Bytes::from_static(b"x")))])
+        Step::Dead(DeadLetter {
+            category: postback_common::records::dead_letter::Category::Rejected,
+            reason: "rejected: HTTP 404".into(),
+            postback_id: None,
+            attempts: 1,
+            first_attempt_ms: None,
+            last_attempt_ms: None,
+            last_status: Some(404),
+            last_error: None,
+            entry_id: "0-1".into(),
+            payload: Some(Bytes::from_static(b"x")),
+        })
     }
 
     async fn numbers(client: &Client) -> (u64, u64, u64, Option<i64>) {

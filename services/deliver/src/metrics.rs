@@ -281,7 +281,8 @@ impl DeliverMetrics {
     }
 
     /// Counts `n` dead-lettered postbacks of a reason's `category`.
-    pub(crate) fn dead_lettered(&self, category: &'static str, n: u64) {
+    pub(crate) fn dead_lettered(&self, category: crate::outcome::Category, n: u64) {
+        let category = category.as_str();
         self.dead.get_or_create(&ReasonLabels { reason: category }).inc_by(n);
         self.minutes.add(format!("dead:{category}"), n as i64);
     }

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub(crate) use postback_common::records::dead_letter::Category;
+
 /// How a postback's turn ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -92,18 +94,23 @@ pub(crate) enum DeadReason {
         /// What the last one ran into.
         last: String,
     },
-    /// Not a postback, or one that keeps killing its workers.
+    /// Not a postback, or one whose endpoint record is missing or damaged.
+    Undecodable(String),
+    /// Handed to workers too often without being finished: it keeps
+    /// killing them.
     Poison(String),
 }
 
 impl DeadReason {
-    /// The `reason` label of `postback_dead_lettered_total`.
-    pub(crate) fn category(&self) -> &'static str {
+    /// Its category: the letter's `category` field and the `reason` label
+    /// of `postback_dead_lettered_total`.
+    pub(crate) fn category(&self) -> Category {
         match self {
-            DeadReason::Rejected(_) => "rejected",
-            DeadReason::Refused(_) => "refused",
-            DeadReason::Exhausted { .. } => "exhausted",
-            DeadReason::Poison(_) => "poison",
+            DeadReason::Rejected(_) => Category::Rejected,
+            DeadReason::Refused(_) => Category::Refused,
+            DeadReason::Exhausted { .. } => Category::Exhausted,
+            DeadReason::Undecodable(_) => Category::Undecodable,
+            DeadReason::Poison(_) => Category::Poison,
         }
     }
 }
@@ -114,6 +121,7 @@ impl fmt::Display for DeadReason {
             DeadReason::Rejected(why) => write!(f, "rejected: {why}"),
             DeadReason::Refused(why) => write!(f, "refused: {why}"),
             DeadReason::Exhausted { attempts, last } => write!(f, "gave up after {attempts} attempts; last: {last}"),
+            DeadReason::Undecodable(why) => write!(f, "undecodable: {why}"),
             DeadReason::Poison(why) => write!(f, "poison: {why}"),
         }
     }
@@ -158,11 +166,13 @@ mod tests {
                 "gave up after 3 attempts; last: HTTP 503",
                 "exhausted",
             ),
-            (DeadReason::Poison("undecodable: bad".into()), "poison: undecodable: bad", "poison"),
+            (DeadReason::Undecodable("not a postback".into()), "undecodable: not a postback", "undecodable"),
+            (DeadReason::Poison("handed to workers 6 times".into()), "poison: handed to workers 6 times", "poison"),
         ];
         for (reason, text, category) in cases {
             assert_eq!(reason.to_string(), text);
-            assert_eq!(reason.category(), category);
+            assert_eq!(reason.category().as_str(), category);
+            assert_eq!(Category::of_reason(text), reason.category(), "old letters read the same");
         }
     }
 }

@@ -10,7 +10,9 @@
 //! | a request's postbacks (version 3) | [`request::RequestEntry`] | field `p` of a stream entry |
 //! | endpoint record | [`endpoint::Endpoint`] | `<stream>:endpoints` |
 //! | finished positions | [`finished::FinishedPositions`] | `<stream>:finished` |
+//! | dead letter | [`dead_letter::DeadLetter`] | `<stream>:dead` |
 
+pub mod dead_letter;
 pub mod endpoint;
 pub mod finished;
 pub mod postback;

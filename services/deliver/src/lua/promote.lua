@@ -4,7 +4,8 @@
 -- twice, whichever worker runs it and whenever one dies.
 -- KEYS[1]  the retry schedule (sorted set, score = due time in ms)
 -- KEYS[2]  the stream
--- KEYS[3]  the dead-letter stream (for a member this code did not write)
+-- KEYS[3]  the dead-letter stream (for a member this code did not write; the
+--          letter has the fields of postback_common::records::dead_letter)
 -- ARGV[1]  most retries moved per call
 -- Returns  {moved, ms until the next retry is due or -1 when none is}.
 local t = redis.call('TIME')
@@ -27,7 +28,8 @@ for _, member in ipairs(due) do
       'a', string.sub(member, 1, i - 1),
       'f', string.sub(member, i + 1, j - 1))
   else
-    redis.call('XADD', KEYS[3], '*', 'reason', 'malformed retry schedule member', 'raw', member)
+    redis.call('XADD', KEYS[3], '*', 'category', 'undecodable', 'reason', 'malformed retry schedule member',
+      'raw', member)
   end
   redis.call('ZREM', KEYS[1], member)
 end

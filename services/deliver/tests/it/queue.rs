@@ -28,7 +28,7 @@ async fn delivered_entries_are_acknowledged_and_removed() {
 }
 
 #[tokio::test]
-async fn garbage_entries_are_dead_lettered_as_poison_and_delivery_goes_on() {
+async fn garbage_entries_are_dead_lettered_as_undecodable_and_delivery_goes_on() {
     let p = Pipeline::start().await;
     let client = p.redis.client().await;
     let _: String = client.xadd(&p.stream, false, None, "*", (ENTRY_FIELD, "not msgpack")).await.expect("XADD");
@@ -38,7 +38,8 @@ async fn garbage_entries_are_dead_lettered_as_poison_and_delivery_goes_on() {
     assert_eq!(got[0].target, "/after");
     let dead = wait_dead(&p.redis, 2).await;
     for letter in &dead {
-        assert!(letter["reason"].starts_with("poison: "), "{letter:?}");
+        assert!(letter["reason"].starts_with("undecodable: "), "{letter:?}");
+        assert_eq!(letter["category"], "undecodable");
         assert_eq!(letter["attempts"], "0");
     }
     let kept: Vec<(String, Vec<(String, bytes::Bytes)>)> =

@@ -80,7 +80,8 @@ async fn an_entry_whose_endpoint_record_is_gone_is_dead_lettered_whole() {
 
     let p = Pipeline::start_on(redis, sink, |_| {}).await;
     let dead = wait_dead(&p.redis, 1).await;
-    assert!(dead[0]["reason"].starts_with("poison: endpoint record "), "{:?}", dead[0]);
+    assert!(dead[0]["reason"].starts_with("undecodable: endpoint record "), "{:?}", dead[0]);
+    assert_eq!(dead[0]["category"], "undecodable");
     assert!(dead[0]["reason"].ends_with(" is not in postbacks:endpoints"), "{:?}", dead[0]);
     assert_eq!(dead[0]["postback_id"], ids[0], "named by its first postback");
     let payloads = dead_payloads(&p.redis).await;

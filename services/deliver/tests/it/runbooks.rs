@@ -323,7 +323,7 @@ async fn an_entry_stuck_in_pending_shows_its_holder() {
 }
 
 #[tokio::test]
-async fn an_undecodable_entry_is_a_poison_letter_with_its_bytes() {
+async fn an_undecodable_entry_is_a_letter_of_its_category_with_its_bytes() {
     let redis = RedisServer::start();
     let (_worker, admin) = deliver(&redis, &[]);
     wait_ready(&admin).await;
@@ -332,9 +332,15 @@ async fn an_undecodable_entry_is_a_poison_letter_with_its_bytes() {
     wait_dead(&redis, 1).await;
     let shell = Shell::new(&redis);
     let dead = shell
-        .run(&command("undecodable-entries.md", "redis-cli XRANGE postbacks:dead - + | grep -A1 -E 'reason|entry_id'"))
+        .run(&command(
+            "undecodable-entries.md",
+            "redis-cli XRANGE postbacks:dead - + | grep -A1 -E 'category|reason|entry_id'",
+        ))
         .await;
-    assert!(dead.contains("poison: undecodable"), "{dead}");
+    assert!(dead.contains("category\nundecodable"), "{dead}");
+    assert!(dead.contains("undecodable: "), "{dead}");
+    let listed = shell.run(&command("undecodable-entries.md", "postbackctl dead list --reason undecodable")).await;
+    assert!(listed.contains("undecodable"), "{listed}");
     assert!(dead.contains(&id), "the entry it came from: {dead}");
 }
 
