@@ -1,5 +1,5 @@
 //! Reading stream entries back as postbacks, with the endpoint records of
-//! version 3 entries looked up: for `postbackctl`, the benchmarks and the
+//! version 3 and 5 entries looked up: for `postbackctl`, the benchmarks and the
 //! tests (deliver has its own, cached, path).
 
 use bytes::Bytes;
@@ -12,20 +12,21 @@ use crate::records::postback::{self as wire, Decoded};
 
 /// The postbacks an entry's `p` value holds, or why they cannot be read.
 pub async fn resolve(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Result<Vec<Postback>, String>, Error> {
-    let entry = match wire::decode_entry(payload) {
+    let decoded = match wire::decode_entry(payload) {
         Ok(Decoded::Single(postback)) => return Ok(Ok(vec![postback])),
-        Ok(Decoded::Request(entry)) => entry,
+        Ok(decoded) => decoded,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let record: Option<Bytes> = redis.hget(&keys.endpoints, entry.endpoint.to_string()).await?;
+    let Some(address) = decoded.endpoint() else { return Ok(Err("no endpoint record address".into())) };
+    let record: Option<Bytes> = redis.hget(&keys.endpoints, address.to_string()).await?;
     let Some(record) = record else {
-        return Ok(Err(format!("endpoint record {} is not in {}", entry.endpoint, keys.endpoints)));
+        return Ok(Err(format!("endpoint record {address} is not in {}", keys.endpoints)));
     };
-    let endpoint = match Endpoint::verify(entry.endpoint, &record) {
+    let endpoint = match Endpoint::verify(address, &record) {
         Ok(endpoint) => endpoint,
         Err(why) => return Ok(Err(format!("{why} (in {})", keys.endpoints))),
     };
-    Ok(entry.postbacks(&endpoint).map_err(|e| e.to_string()))
+    Ok(decoded.postbacks(&endpoint).map_err(|e| e.to_string()))
 }
 
 /// Entries of the stream from `start` (an id, or `-`), at most `count`:

@@ -15,18 +15,10 @@ pub const DEFAULT_STREAM: &str = "postbacks";
 /// Default name of the consumer group that the delivery workers share.
 pub const DEFAULT_GROUP: &str = "deliver";
 
-/// The single field of a stream entry; its value is the MessagePack postback
-/// (see `schemas/wire-format.md`). One short field name keeps every entry
-/// small: Redis stores field names per entry unless they repeat exactly.
-pub const ENTRY_FIELD: &str = "p";
-
-/// Stream entry field of a retried postback: the number of attempts made so
-/// far (absent on a fresh postback: none yet).
-pub const ATTEMPTS_FIELD: &str = "a";
-
-/// Stream entry field of a retried postback: when its first attempt was
-/// made, in ms since the Unix epoch.
-pub const FIRST_ATTEMPT_FIELD: &str = "f";
+/// The stream entry's fields ([`crate::records::stream_entry`]).
+pub use crate::records::stream_entry::{
+    ATTEMPTS as ATTEMPTS_FIELD, FIRST_ATTEMPT as FIRST_ATTEMPT_FIELD, PAYLOAD as ENTRY_FIELD,
+};
 
 /// Names of the Redis keys one deployment uses, derived from the stream name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +29,14 @@ pub struct Keys {
     pub stream: String,
     /// The consumer group of the delivery workers.
     pub group: String,
-    /// Sorted set of scheduled retries (`<stream>:retry`), scored by the
-    /// time they are due, in ms since the Unix epoch on Redis's clock.
+    /// The index of the retry schedule (`<stream>:schedule`): a sorted set
+    /// of its levels, each the stream `<schedule>:@<ms>`, scored by when
+    /// the level's oldest entry is due ([`crate::records::schedule`]).
+    pub schedule: String,
+    /// Postbacks in the retry schedule's levels (`<stream>:scheduled`).
+    pub scheduled: String,
+    /// The retry schedule as it was before levels (`<stream>:retry`, one
+    /// sorted-set member per postback): only read, until it is empty.
     pub retry: String,
     /// Stream of postbacks that will not be delivered (`<stream>:dead`
     /// unless `POSTBACK_DEAD_STREAM` says otherwise).
@@ -87,6 +85,8 @@ impl Keys {
     pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
         let stream = stream.into();
         Self {
+            schedule: format!("{stream}:schedule"),
+            scheduled: format!("{stream}:scheduled"),
             retry: format!("{stream}:retry"),
             dead: format!("{stream}:dead"),
             log: format!("{stream}:log"),
@@ -112,6 +112,8 @@ impl Keys {
         let tag = format!("{{{stream}:{partition}}}");
         let plain = Self::new(stream, group);
         Self {
+            schedule: format!("{tag}:schedule"),
+            scheduled: format!("{tag}:scheduled"),
             retry: format!("{tag}:retry"),
             dead: format!("{tag}:{}", dead.unwrap_or("dead")),
             endpoints: format!("{tag}:endpoints"),
@@ -200,6 +202,8 @@ mod tests {
     fn derived_names() {
         let keys = Keys::default();
         assert_eq!(keys.retry, "postbacks:retry");
+        assert_eq!(keys.schedule, "postbacks:schedule");
+        assert_eq!(keys.scheduled, "postbacks:scheduled");
         assert_eq!(keys.dead, "postbacks:dead");
         assert_eq!(keys.log, "postbacks:log");
         assert_eq!(keys.endpoints, "postbacks:endpoints");
@@ -231,7 +235,18 @@ mod tests {
         assert_eq!(third.breaker, "{postbacks:breaker}:");
         let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
         for keys in partitions.all() {
-            let own = [&keys.retry, &keys.dead, &keys.endpoints, &keys.endpoint_refs, &keys.batched, &keys.finished];
+            let level = crate::records::schedule::level_key(&keys.schedule, 1_024);
+            let own = [
+                &keys.retry,
+                &keys.schedule,
+                &keys.scheduled,
+                &level,
+                &keys.dead,
+                &keys.endpoints,
+                &keys.endpoint_refs,
+                &keys.batched,
+                &keys.finished,
+            ];
             assert!(own.iter().all(|key| slot(key) == slot(&keys.stream)), "{keys:?}");
             assert_eq!(slot(&format!("{}scope:key", keys.idempotency)), slot(&keys.stream));
         }

@@ -102,12 +102,19 @@ impl Status {
 /// Gathers the status of one partition (a handful of read-only commands).
 pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
     let length: u64 = redis.xlen(&keys.stream).await?;
-    let scheduled_retries: u64 = redis.zcard(&keys.retry).await?;
+    let scheduled: Option<u64> = redis.get(&keys.scheduled).await?;
+    let old_schedule: u64 = redis.zcard(&keys.retry).await?;
     let dead_letters: u64 = redis.xlen(&keys.dead).await?;
     let batched: Option<u64> = redis.get(&keys.batched).await?;
-    let first_due: Vec<(Value, f64)> = redis.zrange(&keys.retry, 0, 0, None, false, None, true).await?;
-    let oldest_overdue_retry_ms =
-        first_due.first().map_or(0, |(_, due)| crate::time::now_ms().saturating_sub(due.max(0.0) as u64));
+    let mut first_due = None;
+    for index in [&keys.schedule, &keys.retry] {
+        let first: Vec<(Value, f64)> = redis.zrange(index, 0, 0, None, false, None, true).await?;
+        if let Some((_, due)) = first.first() {
+            first_due = Some(first_due.map_or(*due, |d: f64| d.min(*due)));
+        }
+    }
+    let oldest_overdue_retry_ms = first_due.map_or(0, |due| crate::time::now_ms().saturating_sub(due.max(0.0) as u64));
+    let scheduled_retries = scheduled.unwrap_or(0) + old_schedule;
     let mut status = Status {
         stream: keys.stream.clone(),
         group: keys.group.clone(),

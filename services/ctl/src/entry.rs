@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::{ENTRY_FIELD, Keys};
-use postback_common::{Postback, entries, records::request as request_entry};
+use postback_common::{Postback, entries, records::postback as wire, records::request as request_entry};
 use serde_json::{Map, Value as Json, json};
 
 use crate::dead::DeadError;
@@ -35,11 +35,20 @@ pub fn target_of(url: &str) -> &str {
     authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }
 
-/// A `p` value as JSON fields (with `target`, the host it goes to): `postback` for a single postback,
-/// `postbacks` for a version 3 entry, `undecodable` (and the bytes as
-/// text) when it cannot be read.
+/// A `p` value as JSON fields (with `target`, the host it goes to):
+/// `postback` for one postback, `postbacks` for several, `undecodable`
+/// (and the bytes as text) when it cannot be read; a version 5 value (a
+/// retry of postbacks of a request) also gives their `attempts` so far and
+/// `first_attempt_at`.
 pub async fn payload_json(redis: &Client, keys: &Keys, payload: &[u8]) -> Result<Map<String, Json>, Error> {
     let mut out = Map::new();
+    if let Ok(wire::Decoded::Retried(retried)) = wire::decode_entry(payload) {
+        out.insert("attempts".into(), retried.attempts.into());
+        if let Some(ms) = retried.first_attempt_ms {
+            let at = postback_common::time::rfc3339_ms(postback_common::time::from_ms(ms));
+            out.insert("first_attempt_at".into(), at.into());
+        }
+    }
     match entries::resolve(redis, keys, payload).await? {
         Ok(postbacks) if postbacks.len() == 1 && request_entry::postbacks_in(payload) == 1 => {
             out.insert("target".into(), target_of(&postbacks[0].url).into());

@@ -20,10 +20,14 @@
 //!
 //! Each worker reads the hosts not closed once a second, so asking costs
 //! Redis nothing per attempt; a failure costs one script call, and so does
-//! the first answer after failures. If Redis cannot be asked, attempts go
-//! on: the breaker spares a failing partner, it does not hold postbacks.
+//! the first answer after failures. A worker whose own attempts to a host
+//! fail `POSTBACK_BREAKER_FAILURES` times in a row pauses the host in its
+//! own view at once, before Redis has answered, so its postbacks waiting
+//! for that host's slots stop there ([`crate::turn`] asks again once it has
+//! a slot). If Redis cannot be asked, attempts go on: the breaker spares a
+//! failing partner, it does not hold postbacks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,8 +79,9 @@ pub(crate) struct Breaker {
     /// The hosts not closed at the last look: the end of their pause (ms
     /// since the epoch), `None` when paused by hand.
     not_closed: Mutex<HashMap<String, Option<i64>>>,
-    /// Hosts this worker saw fail since their last answer.
-    failing: Mutex<HashSet<String>>,
+    /// Hosts this worker saw fail since their last answer, with how many
+    /// of its own attempts failed in a row.
+    failing: Mutex<HashMap<String, u32>>,
 }
 
 impl Breaker {
@@ -127,10 +132,21 @@ impl Breaker {
             return;
         }
         let result = if failed {
-            lock(&self.failing).insert(host.to_owned());
+            let in_a_row = {
+                let mut failing = lock(&self.failing);
+                let n = failing.entry(host.to_owned()).or_default();
+                *n += 1;
+                *n
+            };
+            if in_a_row >= self.settings.failures && !probe {
+                // Paused in this worker's view at once; Redis's answer below
+                // (or the next look) replaces it with the real pause.
+                let until = postback_common::time::now_ms() as i64 + self.settings.pause.as_millis() as i64;
+                lock(&self.not_closed).entry(host.to_owned()).or_insert(Some(until));
+            }
             let Settings { failures, pause, .. } = self.settings;
             self.breakers.failed(&self.redis, host, failures, pause, MAX_PAUSE).await
-        } else if probe || lock(&self.failing).remove(host) || lock(&self.not_closed).contains_key(host) {
+        } else if probe || lock(&self.failing).remove(host).is_some() || lock(&self.not_closed).contains_key(host) {
             self.breakers.succeeded(&self.redis, host).await
         } else {
             return;

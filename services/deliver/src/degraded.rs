@@ -8,14 +8,12 @@
 //! - The log gets one line when refusals start, a summary at most every
 //!   [`SUMMARY_EVERY`] while they go on, and one line when a write lands
 //!   again: never one line per refusal.
-//! - While Redis refuses finishing steps, the worker's postbacks waiting to
-//!   be finished queue behind one of them (the probe), which retries with
-//!   growing delays (the shared backoff, up to 2 s); the others wait
-//!   without calling Redis, and go through as soon as the probe's step
-//!   lands. A full Redis costs a worker one script call per delay, however
-//!   many postbacks it holds, and each postback stays with the worker that
-//!   attempted it until its step lands. When the worker is shutting down
-//!   nobody queues: each step gets its last tries at once.
+//! - While Redis refuses finishing steps, each partition's recorder tries
+//!   its batch again with growing delays (the shared backoff, up to 2 s),
+//!   the steps that arrive meanwhile waiting in its channel
+//!   ([`crate::recorder`]): a refusing Redis costs a worker one script call
+//!   per delay, however many postbacks it holds, and no new attempt starts
+//!   until a call lands.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -23,19 +21,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::MutexGuard;
-
 use crate::metrics::DeliverMetrics;
 
 /// Longest silence in the log while Redis keeps refusing writes.
 pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Refused writes, counted and summarised, and the probe finishing steps
-/// queue behind.
+/// Refused writes, counted and summarised.
 pub(crate) struct Degraded {
     metrics: Arc<DeliverMetrics>,
     failing: AtomicBool,
-    probe: tokio::sync::Mutex<()>,
     summary: Mutex<Summary>,
 }
 
@@ -51,24 +45,7 @@ struct Summary {
 impl Degraded {
     /// Counting into `metrics`.
     pub(crate) fn new(metrics: Arc<DeliverMetrics>) -> Self {
-        Self {
-            metrics,
-            failing: AtomicBool::new(false),
-            probe: tokio::sync::Mutex::new(()),
-            summary: Mutex::new(Summary::default()),
-        }
-    }
-
-    /// Waits for this step's turn: at once while Redis takes writes (or
-    /// when `stopping`), else behind the probe. What it returns makes the
-    /// step the probe: hold it through every try and every wait until the
-    /// step lands.
-    pub(crate) async fn turn(&self, stopping: bool) -> Option<MutexGuard<'_, ()>> {
-        if stopping || !self.failing.load(Ordering::Relaxed) {
-            return None;
-        }
-        let probe = self.probe.lock().await;
-        self.failing.load(Ordering::Relaxed).then_some(probe)
+        Self { metrics, failing: AtomicBool::new(false), summary: Mutex::new(Summary::default()) }
     }
 
     /// Counts `n` writes of kind `write` refused (or skipped) for `error`,

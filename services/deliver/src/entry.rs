@@ -1,10 +1,12 @@
 //! One stream entry in the worker's hands, until the last of its postbacks
 //! is finished.
 //!
-//! 1. Decode it: a single postback (versions 1 and 2), or the postbacks of
-//!    a version 3 entry with its endpoint record looked up. An entry that
-//!    is not a postback, or whose record is missing or damaged, cannot be
-//!    delivered: it is dead-lettered whole, bytes as they are, as poison.
+//! 1. Decode it: a single postback (versions 1, 2 and 4), or the postbacks
+//!    of a version 3 or 5 entry with its endpoint record looked up (a
+//!    version 5 entry also carries its postbacks' attempts so far). An
+//!    entry that is not a postback, or whose record is missing or damaged,
+//!    cannot be delivered: it is dead-lettered whole, bytes as they are, as
+//!    undecodable.
 //! 2. If it was handed out before (re-read after a restart, or claimed from
 //!    another worker), skip the postbacks whose outcome its entry already
 //!    records (see [`crate::ledger`]).
@@ -13,7 +15,9 @@
 //!    poison, each alone.
 //! 4. Otherwise each postback left takes its turn ([`crate::turn`]; the
 //!    first with the worker slot the entry was read with, the others wait
-//!    for one) and is finished on its own ([`crate::finish`]).
+//!    for one) and is finished on its own ([`crate::finish`]). The jitter
+//!    of their retries is drawn once for the entry, so those that fail
+//!    together are scheduled together, as one entry of the schedule.
 //!
 //! Nothing here can stop the worker: whatever goes wrong with one entry
 //! ends in a dead letter, or leaves the entry pending to be handled again.
@@ -23,11 +27,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use postback_common::Postback;
 use postback_common::records::postback::{self as wire, Decoded};
+use postback_common::records::request as request_entry;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::instrument;
 
 use crate::endpoints::Lookup;
-use crate::finish::Finishing;
+use crate::finish::{Finishing, Kept};
 use crate::intake::Taken;
 use crate::ledger::{Held, Position};
 use crate::outcome::{DeadReason, Ending, Outcome, Tally};
@@ -38,18 +43,21 @@ use crate::shared::Shared;
 struct Unpacked {
     held: Arc<Held>,
     /// Each with its position.
-    postbacks: Vec<(usize, Postback)>,
+    postbacks: Vec<(usize, Arc<Postback>)>,
     /// The entry's bytes.
     payload: Bytes,
     /// A single postback keeps the entry's own bytes when it is retried or
-    /// dead-lettered; those of a version 3 entry are written alone.
+    /// dead-lettered; those of a version 3 or 5 entry keep referring to
+    /// their record.
     single: bool,
+    /// The attempts its postbacks have made so far.
+    tally: Tally,
 }
 
 impl Unpacked {
     /// What a retry or a dead letter of `postback` keeps.
-    fn bytes_of(&self, postback: &Postback) -> Bytes {
-        if self.single { self.payload.clone() } else { Bytes::from(wire::encode(postback)) }
+    fn kept(&self, postback: &Arc<Postback>) -> Kept {
+        if self.single { Kept::Own(self.payload.clone()) } else { Kept::Row(postback.clone()) }
     }
 }
 
@@ -62,7 +70,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, slot: OwnedSemapho
         Tally { attempts: entry.attempts, first_ms: entry.first_attempt_ms.filter(|ms| *ms > 0), ..Tally::default() };
     let poisoned = (deliveries > shared.max_deliveries)
         .then(|| DeadReason::Poison(format!("handed to workers {deliveries} times without being finished")));
-    let Some(mut unpacked) = unpack(&shared, &entry, &tally, poisoned.as_ref()).await else { return };
+    let Some(mut unpacked) = unpack(&shared, &entry, tally, poisoned.as_ref()).await else { return };
+    let tally = unpacked.tally.clone();
     if deliveries > 1 && unpacked.held.postbacks > 1 && !skip_finished(&shared, &mut unpacked, &tally).await {
         return;
     }
@@ -72,7 +81,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, slot: OwnedSemapho
             let letters = unpacked
                 .postbacks
                 .iter()
-                .map(|(i, p)| (Position::At(*i), p.id.to_string(), unpacked.bytes_of(p)))
+                .map(|(i, p)| (Position::At(*i), p.id.to_string(), unpacked.kept(p)))
                 .collect();
             shared.finisher.bury(&unpacked.held, &reason, &tally, letters).await;
         }
@@ -84,26 +93,31 @@ pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, slot: OwnedSemapho
 /// (the entry was finished whole: deleted while pending, or dead-lettered as
 /// undeliverable, with `poisoned` as the reason when given) or when it must
 /// stay pending (Redis could not be asked for its endpoint record).
-async fn unpack(shared: &Shared, entry: &Entry, tally: &Tally, poisoned: Option<&DeadReason>) -> Option<Unpacked> {
-    let whole = |postbacks: usize, endpoint| Arc::new(Held { id: entry.id.clone(), postbacks, endpoint });
+async fn unpack(shared: &Shared, entry: &Entry, tally: Tally, poisoned: Option<&DeadReason>) -> Option<Unpacked> {
+    let whole = |postbacks: usize| Arc::new(Held { id: entry.id.clone(), postbacks, endpoint: None, first_id: None });
     if !entry.has_fields {
         // Deleted while it was pending: nothing left to deliver.
-        let ending = Ending { outcome: Outcome::Delivered, tally: tally.clone() };
-        let finishing = Finishing { position: Position::Whole, postback_id: None, payload: Bytes::new(), ending };
-        shared.finisher.finish(&whole(1, None), finishing).await;
+        let ending = Ending { outcome: Outcome::Delivered, tally };
+        let finishing =
+            Finishing { position: Position::Whole, postback_id: None, kept: Kept::Whole(Bytes::new()), ending };
+        shared.finisher.finish(&whole(1), finishing).await;
         return None;
     }
     let Some(payload) = entry.payload.clone() else {
         tracing::error!("dead-lettering an entry without a postback field");
         let reason = DeadReason::Undecodable("entry has no \"p\" field".into());
-        bury_whole(shared, whole(1, None), reason, None, Bytes::new(), tally.clone()).await;
+        bury_whole(shared, whole(1), reason, None, Bytes::new(), tally).await;
         return None;
     };
     match decode(shared, &entry.id, &payload).await {
-        Ok(Ok((held, postbacks, single))) => Some(Unpacked { held, postbacks, payload, single }),
+        Ok(Ok(Contents { held, postbacks, single, so_far })) => {
+            let tally = so_far.unwrap_or(tally);
+            let postbacks = postbacks.into_iter().map(|(i, p)| (i, Arc::new(p))).collect();
+            Some(Unpacked { held, postbacks, payload, single, tally })
+        }
         Ok(Err((held, reason, first_id))) => {
             let reason = poisoned.cloned().unwrap_or(reason);
-            bury_whole(shared, held, reason, first_id, payload, tally.clone()).await;
+            bury_whole(shared, held, reason, first_id, payload, tally).await;
             None
         }
         Err(e) => {
@@ -136,7 +150,8 @@ async fn skip_finished(shared: &Shared, unpacked: &mut Unpacked, tally: &Tally) 
         // Every outcome recorded, yet the entry is still there (a count
         // someone changed by hand): nothing left but to let it go.
         let ending = Ending { outcome: Outcome::Delivered, tally: tally.clone() };
-        let finishing = Finishing { position: Position::Whole, postback_id: None, payload: Bytes::new(), ending };
+        let finishing =
+            Finishing { position: Position::Whole, postback_id: None, kept: Kept::Whole(Bytes::new()), ending };
         shared.finisher.finish(held, finishing).await;
         return false;
     }
@@ -146,6 +161,9 @@ async fn skip_finished(shared: &Shared, unpacked: &mut Unpacked, tally: &Tally) 
 /// Step 4: every postback left takes its turn and is finished on its own.
 async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: OwnedSemaphorePermit) {
     let mut first = Some(slot);
+    // One draw for the entry: its postbacks that fail together are
+    // scheduled together.
+    let jitter = fastrand::f64();
     let turns = unpacked.postbacks.iter().map(|(i, postback)| {
         let slot = first.take();
         let tally = tally.clone();
@@ -153,19 +171,25 @@ async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: Owned
             // Boxed: a postback waiting for its slot holds a small future,
             // not the space of a whole attempt, and spawning the entry's
             // task copies little.
-            let ending = Box::pin(crate::turn::take(shared, postback, tally, &unpacked.held.id, slot)).await;
-            let payload = if ending.outcome == Outcome::Delivered { Bytes::new() } else { unpacked.bytes_of(postback) };
+            let turn = crate::turn::take(shared, postback, tally, &unpacked.held.id, slot, jitter);
+            let ending = Box::pin(turn).await;
+            let kept = unpacked.kept(postback);
             let finishing =
-                Finishing { position: Position::At(*i), postback_id: Some(postback.id.to_string()), payload, ending };
+                Finishing { position: Position::At(*i), postback_id: Some(postback.id.to_string()), kept, ending };
             shared.finisher.finish(&unpacked.held, finishing).await;
         }
     });
     futures::future::join_all(turns).await;
 }
 
-/// An entry's postbacks with their positions, and whether it is a single
-/// postback.
-type Contents = (Arc<Held>, Vec<(usize, Postback)>, bool);
+/// An entry's postbacks with their positions, whether it is a single
+/// postback, and (version 5) the attempts they made so far.
+struct Contents {
+    held: Arc<Held>,
+    postbacks: Vec<(usize, Postback)>,
+    single: bool,
+    so_far: Option<Tally>,
+}
 
 /// Why an entry cannot be delivered: its whole self, the reason, and the
 /// first postback's id when known.
@@ -178,36 +202,52 @@ async fn decode(
     id: &str,
     payload: &Bytes,
 ) -> Result<Result<Contents, Undeliverable>, fred::error::Error> {
-    let held = |postbacks: usize, endpoint| Arc::new(Held { id: id.to_owned(), postbacks, endpoint });
-    let request = match wire::decode_entry(payload) {
+    let held =
+        |postbacks: usize, endpoint, first_id| Arc::new(Held { id: id.to_owned(), postbacks, endpoint, first_id });
+    let decoded = match wire::decode_entry(payload) {
         Ok(Decoded::Single(postback)) => {
-            return Ok(Ok((held(1, None), vec![(0, postback)], true)));
+            let held = held(1, None, None);
+            return Ok(Ok(Contents { held, postbacks: vec![(0, postback)], single: true, so_far: None }));
         }
-        Ok(Decoded::Request(request)) => request,
+        Ok(decoded) => decoded,
         Err(e) => {
             tracing::error!(error = %e, "dead-lettering an entry that is not a postback");
             // Not written by ingest, so not counted as holding several.
-            return Ok(Err((held(1, None), DeadReason::Undecodable(e.to_string()), None)));
+            return Ok(Err((held(1, None, None), DeadReason::Undecodable(e.to_string()), None)));
         }
     };
-    let whole = held(request.count, Some(request.endpoint));
-    let first_id = Some(request.first_id.to_string());
+    let (address, first, so_far) = match &decoded {
+        Decoded::Request(request) => (request.endpoint, request.first_id, None),
+        Decoded::Retried(retried) => {
+            let so_far = Tally { attempts: retried.attempts, first_ms: retried.first_attempt_ms, ..Tally::default() };
+            (retried.endpoint, retried.first_id, Some(so_far))
+        }
+        Decoded::Single(_) => unreachable!("handled above"),
+    };
+    let whole = held(decoded.count(), Some(address), Some(first));
+    let first_id = Some(match &decoded {
+        Decoded::Retried(retried) => request_entry::nth_id(first, usize::from(retried.offsets[0])).to_string(),
+        _ => first.to_string(),
+    });
     let key = &shared.keys.endpoints;
-    let endpoint = match shared.endpoints.resolve(&shared.redis, key, request.endpoint).await? {
+    let endpoint = match shared.endpoints.resolve(&shared.redis, key, address).await? {
         Lookup::Found(endpoint) => endpoint,
         Lookup::Missing => {
-            let reason = DeadReason::Undecodable(format!("endpoint record {} is not in {key}", request.endpoint));
+            let reason = DeadReason::Undecodable(format!("endpoint record {address} is not in {key}"));
             tracing::error!(%reason, "dead-lettering an entry whose endpoint is gone");
             return Ok(Err((whole, reason, first_id)));
         }
         Lookup::Corrupt(why) => {
-            let reason = DeadReason::Undecodable(format!("endpoint record {}: {why}", request.endpoint));
+            let reason = DeadReason::Undecodable(format!("endpoint record {address}: {why}"));
             tracing::error!(%reason, "dead-lettering an entry whose endpoint record is damaged");
             return Ok(Err((whole, reason, first_id)));
         }
     };
-    match request.postbacks(&endpoint) {
-        Ok(postbacks) => Ok(Ok((whole, postbacks.into_iter().enumerate().collect(), false))),
+    match decoded.postbacks(&endpoint) {
+        Ok(postbacks) => {
+            let postbacks = postbacks.into_iter().enumerate().collect();
+            Ok(Ok(Contents { held: whole, postbacks, single: false, so_far }))
+        }
         Err(e) => {
             tracing::error!(error = %e, "dead-lettering an entry that does not match its endpoint record");
             Ok(Err((whole, DeadReason::Undecodable(e.to_string()), first_id)))
@@ -225,5 +265,6 @@ async fn bury_whole(
     tally: Tally,
 ) {
     let ending = Ending { outcome: Outcome::Dead(reason), tally };
-    shared.finisher.finish(&held, Finishing { position: Position::Whole, postback_id, payload, ending }).await;
+    let finishing = Finishing { position: Position::Whole, postback_id, kept: Kept::Whole(payload), ending };
+    shared.finisher.finish(&held, finishing).await;
 }

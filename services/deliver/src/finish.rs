@@ -1,182 +1,148 @@
-//! The end of a postback's turn: its [`Outcome`] becomes one step in Redis.
+//! The end of a postback's turn: its [`Outcome`] becomes one step of the
+//! finish script, recorded in a batch by the partition's recorder
+//! ([`crate::recorder`]).
 //!
-//! * Delivered: recorded by the acker, in a batch ([`crate::acker`]).
-//! * Retry: into the retry schedule, keeping its tally of attempts.
-//! * Dead: into the dead-letter stream, with its reason and tally.
+//! * Delivered: recorded as such.
+//! * Retry: into the retry schedule, at the level of its delay (rounded up
+//!   to the ladder of `postback_common::records::schedule`), keeping its
+//!   tally of attempts: a postback of a version 3 or 5 entry as a row of a
+//!   version 5 value that still refers to its endpoint record, a single
+//!   postback as its own bytes.
+//! * Dead: into the dead-letter stream with its reason and tally: a
+//!   postback of a version 3 or 5 entry as a version 3 entry of one that
+//!   refers to the record, a single postback as its own bytes.
 //!
-//! Each is a call of the finish script ([`crate::ledger`]), which records
-//! the postback as finished in its entry and removes the entry with its
-//! last postback, only while this worker still holds the entry. One that
-//! another worker took over meanwhile is left to that worker: the step
-//! changes nothing in Redis and is counted
-//! (`postback_stale_finishes_total`).
-//!
-//! When Redis does not answer or refuses the write, a step is retried with
-//! backoff, behind the worker's probe ([`crate::degraded`]), until it lands,
-//! the entry is found taken over, or the worker shuts down; then the entry
-//! stays pending and is handled again later (at-least-once).
+//! The script records each postback as finished in its entry and removes
+//! the entry with its last postback, only while this worker still holds the
+//! entry. One that another worker took over meanwhile is left to that
+//! worker: the step changes nothing in Redis and is counted
+//! (`postback_stale_finishes_total`). A step Redis does not take is tried
+//! again by the recorder until it lands or the worker shuts down; then the
+//! entry stays pending and is handled again later (at-least-once).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
+use postback_common::Postback;
 use postback_common::records::dead_letter::DeadLetter;
+use postback_common::records::request;
+use postback_common::records::schedule;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::acker::AckSender;
-use crate::backoff::Backoff;
-use crate::degraded::Degraded;
-use crate::ledger::{Held, Ledger, Position, Step};
+use crate::ledger::{Held, Position};
 use crate::metrics::DeliverMetrics;
 use crate::outcome::{DeadReason, Ending, Outcome, Tally};
-
-/// How long a step keeps trying once the worker is shutting down.
-const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
+use crate::recorder::{End, Keep, Recorder};
 
 /// Finishes postbacks.
 pub(crate) struct Finisher {
-    ledger: Arc<Ledger>,
-    acks: AckSender,
+    recorder: Recorder,
     metrics: Arc<DeliverMetrics>,
-    degraded: Arc<Degraded>,
-    stop: CancellationToken,
     /// Woken when a retry is scheduled, so the scheduler can move it back in
     /// time even when it is due sooner than the scheduler's next look.
     pub(crate) scheduled: Arc<Notify>,
 }
 
-/// One postback to finish: where it is, what a retry or a dead letter
-/// keeps of it (the postback alone, or the entry's own bytes), and how its
-/// turn ended.
+/// What a retry or a dead letter keeps of a postback.
+#[derive(Debug, Clone)]
+pub(crate) enum Kept {
+    /// A single postback's entry: its own bytes.
+    Own(Bytes),
+    /// A postback of a version 3 or 5 entry (whose record the entry names).
+    Row(Arc<Postback>),
+    /// Nothing: an entry let go of, or dead-lettered whole with these
+    /// bytes (none when it had no `p`).
+    Whole(Bytes),
+}
+
+/// One postback (or a whole entry) to finish.
 pub(crate) struct Finishing {
     /// Its place in the entry.
     pub(crate) position: Position,
     /// Its id, when it could be decoded.
     pub(crate) postback_id: Option<String>,
-    /// What a retry or a dead letter keeps (unused when delivered).
-    pub(crate) payload: Bytes,
+    /// What a retry or a dead letter keeps.
+    pub(crate) kept: Kept,
     /// How its turn ended.
     pub(crate) ending: Ending,
 }
 
 impl Finisher {
-    /// A finisher writing through `ledger`; steps stop retrying soon after
-    /// `stop` is cancelled.
-    pub(crate) fn new(
-        ledger: Arc<Ledger>,
-        acks: AckSender,
-        metrics: Arc<DeliverMetrics>,
-        degraded: Arc<Degraded>,
-        stop: CancellationToken,
-    ) -> Self {
-        Self { ledger, acks, metrics, degraded, stop, scheduled: Arc::new(Notify::new()) }
+    /// A finisher recording through `recorder`.
+    pub(crate) fn new(recorder: Recorder, metrics: Arc<DeliverMetrics>) -> Self {
+        Self { recorder, metrics, scheduled: Arc::new(Notify::new()) }
     }
 
-    /// Finishes one postback of `entry`.
-    pub(crate) async fn finish(&self, entry: &Arc<Held>, finishing: Finishing) {
-        let Finishing { position, postback_id, payload, ending: Ending { outcome, tally } } = finishing;
+    /// Returns once this partition's steps land in Redis again (at once
+    /// while they do): an attempt is not started unless its outcome can be
+    /// recorded.
+    pub(crate) async fn wait_recording(&self) {
+        if !self.recorder.healthy() {
+            tracing::debug!("waiting for Redis to take finishing steps again before the next attempt");
+        }
+        self.recorder.wait_healthy().await;
+    }
+
+    /// Finishes one postback of `entry` (or the entry, for
+    /// [`Position::Whole`]); whether the step landed.
+    pub(crate) async fn finish(&self, entry: &Arc<Held>, finishing: Finishing) -> bool {
+        let Finishing { position, postback_id, kept, ending: Ending { outcome, tally } } = finishing;
         match outcome {
-            Outcome::Delivered => self.acks.delivered(entry.clone(), position),
+            Outcome::Delivered => self.recorder.record(entry.clone(), position, End::Delivered).await,
             Outcome::Retry { after, reason } => {
-                let mut member = format!("{}:{}:", tally.attempts, tally.first_ms.unwrap_or(0)).into_bytes();
-                member.extend_from_slice(&payload);
-                if self.persist(entry, vec![(position, Step::Retry { delay: after, member: member.into() })]).await {
+                let keep = match kept {
+                    Kept::Own(bytes) | Kept::Whole(bytes) => Keep::Own(bytes),
+                    Kept::Row(postback) => Keep::Row(postback),
+                };
+                let delay_ms = schedule::round_up(after.as_millis() as u64);
+                let end = End::Retry { delay_ms, attempts: tally.attempts, first_ms: tally.first_ms, keep };
+                let landed = self.recorder.record(entry.clone(), position, end).await;
+                if landed {
                     self.metrics.rescheduled(reason);
                     self.scheduled.notify_one();
                 }
+                landed
             }
             Outcome::Dead(reason) => {
-                let letter = dead_letter(&reason, postback_id.as_deref(), &tally, &entry.id, &payload);
-                if self.persist(entry, vec![(position, Step::Dead(letter))]).await {
+                let end = dead_end(entry, &reason, postback_id.as_deref(), &tally, kept);
+                let landed = self.recorder.record(entry.clone(), position, end).await;
+                if landed {
                     self.metrics.dead_lettered(reason.category(), 1);
                 }
+                landed
             }
         }
     }
 
-    /// Dead-letters several postbacks of `entry` in one step, for `reason`
-    /// (an entry that keeps killing its workers), each with its id and
-    /// bytes, all with `tally`.
+    /// Dead-letters several postbacks of `entry` for `reason` (an entry
+    /// that keeps failing its workers), each on its own, all with `tally`.
     pub(crate) async fn bury(
         &self,
         entry: &Arc<Held>,
         reason: &DeadReason,
         tally: &Tally,
-        letters: Vec<(Position, String, Bytes)>,
+        letters: Vec<(Position, String, Kept)>,
     ) {
-        let n = letters.len() as u64;
-        let steps = letters
-            .into_iter()
-            .map(|(position, id, payload)| {
-                (position, Step::Dead(dead_letter(reason, Some(&id), tally, &entry.id, &payload)))
-            })
-            .collect();
-        if self.persist(entry, steps).await {
-            self.metrics.dead_lettered(reason.category(), n);
-        }
-    }
-
-    /// Runs the steps until they land; whether they did (false: the entry
-    /// was taken over or is gone, or Redis stayed away until shutdown).
-    async fn persist(&self, entry: &Held, steps: Vec<(Position, Step)>) -> bool {
-        let mut backoff = Backoff::default();
-        let mut tries = 0u32;
-        let mut stopping_since = None;
-        // Once this step is the probe, it stays the probe until it lands.
-        let mut probe = None;
-        loop {
-            tries += 1;
-            if probe.is_none() {
-                probe = self.degraded.turn(self.stop.is_cancelled()).await;
-            }
-            match self.ledger.record([(entry, steps.clone())]).await {
-                Ok(recorded) => {
-                    self.degraded.landed();
-                    self.metrics.stale_finishes(&recorded);
-                    if tries > 1 {
-                        tracing::debug!(entry_id = %entry.id, tries, "finished once Redis took the write");
-                    }
-                    if !recorded.taken.is_empty() {
-                        tracing::warn!(
-                            entry_id = %entry.id,
-                            "another worker took this entry over while it was being delivered; leaving it to that worker \
-                             (is POSTBACK_CLAIM_IDLE_MS too short?)"
-                        );
-                    }
-                    return recorded.taken.is_empty() && recorded.gone.is_empty();
-                }
-                Err(e) => {
-                    self.degraded.refused("finish", 1, &e);
-                    if self.stop.is_cancelled() {
-                        let since = *stopping_since.get_or_insert_with(tokio::time::Instant::now);
-                        if since.elapsed() >= SHUTDOWN_PATIENCE {
-                            tracing::error!(
-                                entry_id = %entry.id,
-                                error = %e,
-                                "cannot finish a postback before shutdown; its entry stays pending and it will be \
-                                 attempted again"
-                            );
-                            return false;
-                        }
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
+        let steps = letters.into_iter().map(|(position, id, kept)| {
+            let end = dead_end(entry, reason, Some(&id), tally, kept);
+            self.recorder.record(entry.clone(), position, end)
+        });
+        let landed = futures::future::join_all(steps).await.into_iter().filter(|landed| *landed).count();
+        self.metrics.dead_lettered(reason.category(), landed as u64);
     }
 }
 
-/// The dead letter of a postback given up for `reason` (its id, when it
-/// could be decoded, and what a letter keeps of it).
-fn dead_letter(
-    reason: &DeadReason,
-    postback_id: Option<&str>,
-    tally: &Tally,
-    entry_id: &str,
-    payload: &Bytes,
-) -> DeadLetter {
-    DeadLetter {
+/// The letter of a postback (or a whole entry) given up for `reason`, and
+/// the record it refers to on its own account.
+fn dead_end(entry: &Held, reason: &DeadReason, postback_id: Option<&str>, tally: &Tally, kept: Kept) -> End {
+    let (payload, endpoint) = match kept {
+        Kept::Own(bytes) | Kept::Whole(bytes) => (bytes, None),
+        Kept::Row(postback) => match entry.endpoint {
+            Some(endpoint) => (Bytes::from(request::alone(&postback, endpoint)), Some(endpoint)),
+            None => (Bytes::from(postback_common::records::postback::encode(&postback)), None),
+        },
+    };
+    let letter = DeadLetter {
         category: reason.category(),
         reason: reason.to_string(),
         postback_id: postback_id.map(str::to_owned),
@@ -185,7 +151,8 @@ fn dead_letter(
         last_attempt_ms: tally.last_ms,
         last_status: tally.last_status,
         last_error: tally.last_error.clone(),
-        entry_id: entry_id.to_owned(),
-        payload: Some(payload.clone()).filter(|p| !p.is_empty()),
-    }
+        entry_id: entry.id.clone(),
+        payload: Some(payload).filter(|p| !p.is_empty()),
+    };
+    End::Dead { letter, endpoint }
 }

@@ -4,15 +4,15 @@
 //! entries removed with their last postback. The script's header states the
 //! rules; `schemas/wire-format.md` the keys it keeps.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
 use postback_common::records::dead_letter::DeadLetter;
 use postback_common::records::request::EndpointRef;
+use postback_common::records::stream_entry::StreamEntry;
 use postback_common::redis::id_order;
 use postback_common::script::Script;
+use uuid::Uuid;
 
 /// A stream entry this worker holds, as the script needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +22,15 @@ pub(crate) struct Held {
     /// Postbacks in it (1 for a single postback, or for an entry that is
     /// not one).
     pub(crate) postbacks: usize,
-    /// The endpoint record it refers to (version 3).
+    /// The endpoint record it refers to (versions 3 and 5).
     pub(crate) endpoint: Option<EndpointRef>,
+    /// The id its postbacks' ids count from (versions 3 and 5), which a
+    /// version 5 value of some of them keeps.
+    pub(crate) first_id: Option<Uuid>,
 }
 
 /// Which postbacks of an entry a step finishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Position {
     /// The postback at this index (from 0).
     At(usize),
@@ -35,20 +38,50 @@ pub(crate) enum Position {
     Whole,
 }
 
-/// What happens to the postbacks at a position.
+/// What happens to the postbacks of an operation.
 #[derive(Debug, Clone)]
 pub(crate) enum Step {
     /// Delivered: nothing to keep.
     Delivered,
-    /// Scheduled again after `delay`, as `member` of the retry schedule.
-    Retry {
-        /// From now.
-        delay: Duration,
-        /// `<attempts>:<first attempt ms>:<postback bytes>`.
-        member: Bytes,
+    /// Scheduled again: one entry of the schedule's level of `delay_ms`
+    /// (a delay of [`postback_common::records::schedule::LADDER`]) with
+    /// these fields, holding `postbacks` postbacks and referring to
+    /// `endpoint`.
+    Scheduled {
+        /// The level.
+        delay_ms: u64,
+        /// The level entry's fields (those of the stream entry it becomes).
+        entry: StreamEntry,
+        /// Postbacks it holds.
+        postbacks: usize,
+        /// The record its value refers to, if any.
+        endpoint: Option<EndpointRef>,
     },
-    /// Appended to the dead-letter stream.
-    Dead(DeadLetter),
+    /// Appended to the dead-letter stream; `endpoint` is the record its
+    /// payload refers to, when that is a reference of its own (a letter of
+    /// a whole entry keeps the entry's).
+    Dead {
+        /// The letter.
+        letter: DeadLetter,
+        /// The record its payload refers to.
+        endpoint: Option<EndpointRef>,
+    },
+}
+
+/// One step for some postbacks of an entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Op {
+    /// Which: positions, or [`Position::Whole`] alone.
+    pub(crate) positions: Vec<Position>,
+    /// What happens to them.
+    pub(crate) step: Step,
+}
+
+impl Op {
+    /// `step` for the postback at `position`.
+    pub(crate) fn one(position: Position, step: Step) -> Self {
+        Self { positions: vec![position], step }
+    }
 }
 
 /// What a call did besides its steps.
@@ -77,14 +110,14 @@ impl Ledger {
         Self { redis, keys, consumer, script: Script::new(include_str!("lua/finish.lua")) }
     }
 
-    /// Records `steps` for the entries they belong to, in one call.
-    pub(crate) async fn record<'a, I>(&self, steps: I) -> Result<Recorded, Error>
+    /// Records `ops` for the entries they belong to, in one call.
+    pub(crate) async fn record<'a, I>(&self, ops: I) -> Result<Recorded, Error>
     where
-        I: IntoIterator<Item = (&'a Held, Vec<(Position, Step)>)>,
+        I: IntoIterator<Item = (&'a Held, Vec<Op>)>,
     {
-        let steps: Vec<_> = steps.into_iter().collect();
+        let ops: Vec<_> = ops.into_iter().collect();
         let order = |(entry, _): &&(&Held, _)| id_order(&entry.id);
-        let (Some(low), Some(high)) = (steps.iter().min_by_key(order), steps.iter().max_by_key(order)) else {
+        let (Some(low), Some(high)) = (ops.iter().min_by_key(order), ops.iter().max_by_key(order)) else {
             return Ok(Recorded::default());
         };
         let mut args: Vec<Value> = vec![
@@ -92,33 +125,48 @@ impl Ledger {
             self.consumer.as_str().into(),
             low.0.id.as_str().into(),
             high.0.id.as_str().into(),
-            (steps.len() as i64).into(),
+            (ops.len() as i64).into(),
         ];
-        for (entry, steps) in steps {
+        let address =
+            |endpoint: Option<EndpointRef>| -> Value { endpoint.map_or_else(String::new, |e| e.to_string()).into() };
+        for (entry, ops) in ops {
             args.push(entry.id.as_str().into());
             args.push((entry.postbacks as i64).into());
-            args.push(entry.endpoint.map_or_else(String::new, |e| e.to_string()).into());
-            args.push((steps.len() as i64).into());
-            for (position, step) in steps {
-                args.push(match position {
-                    Position::At(i) => (i as i64).into(),
-                    Position::Whole => "*".into(),
-                });
-                match step {
-                    Step::Delivered => args.push("a".into()),
-                    Step::Retry { delay, member } => {
-                        args.push("r".into());
-                        args.push((delay.as_millis() as i64).into());
-                        args.push(Value::Bytes(member));
+            args.push(address(entry.endpoint));
+            args.push((ops.len() as i64).into());
+            for op in ops {
+                let positions: Vec<u8> = if op.positions.contains(&Position::Whole) {
+                    Vec::new()
+                } else {
+                    op.positions
+                        .iter()
+                        .filter_map(|p| match p {
+                            Position::At(i) => u8::try_from(*i).ok(),
+                            Position::Whole => None,
+                        })
+                        .collect()
+                };
+                args.push(Value::Bytes(positions.into()));
+                let fields = |args: &mut Vec<Value>, fields: Vec<(&'static str, Bytes)>| {
+                    args.push((2 * fields.len() as i64).into());
+                    for (name, value) in fields {
+                        args.push(name.into());
+                        args.push(Value::Bytes(value));
                     }
-                    Step::Dead(letter) => {
-                        let fields = letter.fields();
+                };
+                match op.step {
+                    Step::Delivered => args.push("a".into()),
+                    Step::Scheduled { delay_ms, entry, postbacks, endpoint } => {
+                        args.push("r".into());
+                        args.push((delay_ms as i64).into());
+                        args.push((postbacks as i64).into());
+                        args.push(address(endpoint));
+                        fields(&mut args, entry.fields());
+                    }
+                    Step::Dead { letter, endpoint } => {
                         args.push("d".into());
-                        args.push((2 * fields.len() as i64).into());
-                        for (name, value) in fields {
-                            args.push(name.into());
-                            args.push(Value::Bytes(value));
-                        }
+                        args.push(address(endpoint));
+                        fields(&mut args, letter.fields());
                     }
                 }
             }
@@ -126,12 +174,13 @@ impl Ledger {
         let keys = &self.keys;
         let script_keys = [
             keys.stream.as_str(),
-            &keys.retry,
+            &keys.schedule,
             &keys.dead,
             &keys.endpoints,
             &keys.endpoint_refs,
             &keys.batched,
             &keys.finished,
+            &keys.scheduled,
         ];
         let (deleted, taken, gone): (u64, Vec<String>, Vec<String>) =
             self.script.call(&self.redis, &script_keys, args).await?;
@@ -141,8 +190,6 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use postback_testkit::RedisServer;
 
     use super::*;
@@ -180,12 +227,14 @@ mod tests {
             let reply: Value =
                 client.xreadgroup("deliver", "w", Some(1), None, false, "postbacks", ">").await.expect("read");
             let entry = crate::reply::from_reply(reply).pop().expect("an entry");
-            let endpoint = match postback_common::records::postback::decode_entry(entry.payload.as_deref().expect("p"))
-            {
-                Ok(postback_common::records::postback::Decoded::Request(request)) => Some(request.endpoint),
-                _ => None,
-            };
-            Held { id: entry.id, postbacks: items, endpoint }
+            let (endpoint, first_id) =
+                match postback_common::records::postback::decode_entry(entry.payload.as_deref().expect("p")) {
+                    Ok(postback_common::records::postback::Decoded::Request(request)) => {
+                        (Some(request.endpoint), Some(request.first_id))
+                    }
+                    _ => (None, None),
+                };
+            Held { id: entry.id, postbacks: items, endpoint, first_id }
         }
 
         /// The ledger of `consumer`.
@@ -195,11 +244,12 @@ mod tests {
     }
 
     fn retry() -> Step {
-        Step::Retry { delay: Duration::from_secs(60), member: Bytes::from_static(b"1:0:x") }
+        let entry = StreamEntry::again(Bytes::from_static(b"x"), 1, None);
+        Step::Scheduled { delay_ms: 60_000, entry, postbacks: 1, endpoint: None }
     }
 
     fn dead() -> Step {
-        Step::Dead(DeadLetter {
+        let letter = DeadLetter {
             category: postback_common::records::dead_letter::Category::Rejected,
             reason: "rejected: HTTP 404".into(),
             postback_id: None,
@@ -210,13 +260,15 @@ mod tests {
             last_error: None,
             entry_id: "0-1".into(),
             payload: Some(Bytes::from_static(b"x")),
-        })
+        };
+        Step::Dead { letter, endpoint: None }
     }
 
     async fn numbers(client: &Client) -> (u64, u64, u64, Option<i64>) {
         let len: u64 = client.xlen("postbacks").await.expect("XLEN");
         let dead: u64 = client.xlen("postbacks:dead").await.expect("XLEN");
-        let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
+        let scheduled: Option<u64> = client.get("postbacks:scheduled").await.expect("GET");
+        let scheduled = scheduled.unwrap_or(0);
         let batched: Option<i64> = client.get("postbacks:batched").await.expect("GET");
         (len, dead, scheduled, batched)
     }
@@ -227,7 +279,7 @@ mod tests {
         let Setup { redis, client } = &setup;
         let entry = setup.held(4).await;
         let ledger = setup.ledger("w");
-        let one = |position, step| ledger.record([(&entry, vec![(Position::At(position), step)])]);
+        let one = |position, step| ledger.record([(&entry, vec![Op::one(Position::At(position), step)])]);
         assert_eq!(numbers(client).await, (1, 0, 0, Some(3)));
 
         one(0, Step::Delivered).await.expect("record");
@@ -264,10 +316,10 @@ mod tests {
         let entry = setup.held(3).await;
         let other = setup.ledger("other");
         for step in [Step::Delivered, retry(), dead()] {
-            let recorded = other.record([(&entry, vec![(Position::At(0), step)])]).await.expect("record");
+            let recorded = other.record([(&entry, vec![Op::one(Position::At(0), step)])]).await.expect("record");
             assert_eq!(recorded.taken, std::slice::from_ref(&entry.id));
         }
-        let whole = other.record([(&entry, vec![(Position::Whole, dead())])]).await.expect("record");
+        let whole = other.record([(&entry, vec![Op::one(Position::Whole, dead())])]).await.expect("record");
         assert_eq!(whole.taken, std::slice::from_ref(&entry.id));
         assert_eq!(numbers(client).await, (1, 0, 0, Some(2)));
         let bits: Option<Bytes> = client.hget("postbacks:finished", &entry.id).await.expect("HGET");
@@ -281,8 +333,15 @@ mod tests {
         let client = &setup.client;
         let entry = setup.held(5).await;
         let ledger = setup.ledger("w");
-        ledger.record([(&entry, vec![(Position::At(4), Step::Delivered)])]).await.expect("record");
-        let recorded = ledger.record([(&entry, vec![(Position::Whole, dead())])]).await.expect("record");
+        ledger.record([(&entry, vec![Op::one(Position::At(4), Step::Delivered)])]).await.expect("record");
+        let whole = Step::Dead {
+            letter: match dead() {
+                Step::Dead { letter, .. } => letter,
+                _ => unreachable!(),
+            },
+            endpoint: entry.endpoint,
+        };
+        let recorded = ledger.record([(&entry, vec![Op::one(Position::Whole, whole)])]).await.expect("record");
         assert_eq!(recorded.deleted, 1);
         assert_eq!(numbers(client).await, (0, 1, 0, None));
         let refs: Option<i64> =
@@ -300,7 +359,7 @@ mod tests {
         let _: () = client.flushall(false).await.expect("FLUSHALL");
         let ledger = setup.ledger("w");
         for step in [Step::Delivered, retry(), dead()] {
-            let recorded = ledger.record([(&entry, vec![(Position::At(0), step)])]).await.expect("record");
+            let recorded = ledger.record([(&entry, vec![Op::one(Position::At(0), step)])]).await.expect("record");
             assert_eq!(recorded.gone, std::slice::from_ref(&entry.id));
         }
         let keys: u64 = client.dbsize().await.expect("DBSIZE");
@@ -320,7 +379,7 @@ mod tests {
             .await
             .expect("XCLAIM");
         let ledger = setup.ledger("w");
-        let delivered = |entry| (entry, vec![(Position::At(0), Step::Delivered)]);
+        let delivered = |entry| (entry, vec![Op::one(Position::At(0), Step::Delivered)]);
         let recorded = ledger.record([delivered(&a), delivered(&c), delivered(&b)]).await.expect("record");
         assert_eq!(recorded, Recorded { deleted: 1, taken: vec![c.id.clone()], gone: Vec::new() });
         assert_eq!(numbers(client).await.0, 2, "a (one postback left) and c stay");
@@ -337,7 +396,7 @@ mod tests {
         }
         let ledger = setup.ledger("w");
         let (first, last) = (&held[0], &held[149]);
-        let steps = [first, last].map(|entry| (entry, vec![(Position::At(0), Step::Delivered)]));
+        let steps = [first, last].map(|entry| (entry, vec![Op::one(Position::At(0), Step::Delivered)]));
         let recorded = ledger.record(steps).await.expect("record");
         assert_eq!(recorded, Recorded { deleted: 2, ..Recorded::default() }, "148 held entries lie between them");
         redis.assert_counts_exact().await;

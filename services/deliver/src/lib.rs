@@ -13,14 +13,14 @@
 //! - [`retry`]: what is retried, when, and when given up.
 //! - [`outcome`]: how a turn ends: delivered, retry or dead, and why.
 //! - [`finish`]: an outcome made one step in Redis.
-//! - [`acker`]: delivered postbacks recorded in batches.
+//! - [`recorder`]: every postback's step recorded in batches.
 //! - [`ledger`]: the finish script: ownership, outcomes recorded once.
 //!
 //! Beside it:
 //! - [`scheduler`]: moving due retries back into the stream.
 //! - [`janitor`]: removing consumers that are gone.
 //! - [`group`]: creating the consumer group.
-//! - [`endpoints`]: endpoint records of version 3 entries, cached.
+//! - [`endpoints`]: endpoint records of version 3 and 5 entries, cached.
 //! - [`breaker`]: per-host circuit breakers.
 //! - [`hosts`]: per-host in-flight limits and pacing.
 //! - [`host_rates`]: per-host rate budgets (`POSTBACK_HOST_LIMITS_FILE`).
@@ -34,7 +34,6 @@
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: Prometheus counters, histograms and sampled queue gauges.
 
-mod acker;
 mod admin;
 mod attempt;
 mod attempt_log;
@@ -57,6 +56,7 @@ mod ledger;
 mod metrics;
 mod minutes;
 mod outcome;
+mod recorder;
 mod reply;
 mod retention;
 mod retry;

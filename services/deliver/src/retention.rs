@@ -2,17 +2,19 @@
 //! (`30d`, `12h`) or a count (`100000`); unset keeps every letter.
 //!
 //! Every worker's scheduler trims the dead-letter stream once a minute
-//! ([`TRIM_EVERY`]): by age with `XTRIM MINID` (dead-letter ids are the
-//! time they were written), by count with `XTRIM MAXLEN`. Both trim
-//! approximately (`~`): whole stream nodes go, so up to about a hundred
-//! letters past the limit may stay until the next node fills. Trimmed
-//! letters are counted in `postback_dead_trimmed_total`; export them first
-//! with `postbackctl dead export --since … --until …`.
+//! ([`TRIM_EVERY`]): by age (dead-letter ids are the time they were
+//! written) or by count, exactly, oldest first, [`PAGE`] letters per call
+//! of a script (`lua/trim_dead.lua`) that also gives back the endpoint
+//! record references of the letters it removes (a letter of a postback of
+//! a request refers to its record). Trimmed letters are counted in
+//! `postback_dead_trimmed_total`; export them first with `postbackctl dead
+//! export --since … --until …`.
 
 use std::time::{Duration, SystemTime};
 
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
+use postback_common::keys::Keys;
+use postback_common::script::Script;
 
 /// How often the dead-letter stream is trimmed.
 pub(crate) const TRIM_EVERY: Duration = Duration::from_secs(60);
@@ -39,20 +41,32 @@ impl Retention {
         }
     }
 
-    /// Trims `stream` to what is kept; how many letters went.
-    pub(crate) async fn trim(&self, redis: &Client, stream: &str) -> Result<u64, Error> {
-        let xtrim = CustomCommand::new_static("XTRIM", ClusterHash::FirstKey, false);
-        let args: Vec<Value> = match *self {
+    /// Trims the dead-letter stream of `keys` to what is kept; how many
+    /// letters went.
+    pub(crate) async fn trim(&self, redis: &Client, keys: &Keys) -> Result<u64, Error> {
+        let script = Script::new(include_str!("lua/trim_dead.lua"));
+        let (mode, limit) = match *self {
             Self::Age(age) => {
                 let cutoff = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
-                let ms = cutoff.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-                vec![stream.into(), "MINID".into(), "~".into(), ms.into()]
+                ("age", cutoff.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64)
             }
-            Self::Count(count) => vec![stream.into(), "MAXLEN".into(), "~".into(), (count as i64).into()],
+            Self::Count(count) => ("count", count as i64),
         };
-        redis.custom(xtrim, args).await
+        let script_keys = [keys.dead.as_str(), &keys.endpoints, &keys.endpoint_refs];
+        let mut trimmed = 0;
+        loop {
+            let args: Vec<Value> = vec![mode.into(), limit.into(), (PAGE as i64).into()];
+            let removed: u64 = script.call(redis, &script_keys, args).await?;
+            trimmed += removed;
+            if removed < PAGE {
+                return Ok(trimmed);
+            }
+        }
     }
 }
+
+/// Letters removed per script call.
+const PAGE: u64 = 1_000;
 
 #[cfg(test)]
 mod tests {

@@ -4,10 +4,11 @@
 //! * No response (connection error, timeout), 408, 425, 429 and 5xx: worth
 //!   another attempt, after an exponential delay with equal jitter
 //!   (`POSTBACK_RETRY_BASE_MS` doubling up to `POSTBACK_RETRY_MAX_MS`, the
-//!   actual delay random between half of that and all of it, so the
-//!   retry window can never collapse), or after the target's `Retry-After`
-//!   (capped by the maximum delay). [`RetryPolicy::window`] says how long a
-//!   failing postback is retried; with the defaults, 12 to 24 hours.
+//!   actual delay one of the retry schedule's levels between half of that
+//!   and all of it, so the retry window can never collapse), or after the
+//!   target's `Retry-After` (capped by the maximum delay).
+//!   [`RetryPolicy::window`] says how long a failing postback is retried;
+//!   with the defaults, 12 to 24 hours.
 //! * Any other status (other 4xx, a 3xx left after following redirects),
 //!   or a postback that cannot even be sent: final.
 //! * After `POSTBACK_MAX_ATTEMPTS` attempts in all: given up.
@@ -55,15 +56,16 @@ impl RetryPolicy {
         Self { max_attempts: max_attempts.unwrap_or(self.max_attempts), ..self }
     }
 
-    /// The outcome of attempt number `number` (1 for the first).
-    pub(crate) fn decide(&self, attempt: &Attempt, number: u32) -> Outcome {
+    /// The outcome of attempt number `number` (1 for the first); `jitter`
+    /// (in `[0, 1)`) picks the delay of a retry.
+    pub(crate) fn decide(&self, attempt: &Attempt, number: u32, jitter: f64) -> Outcome {
         let again = |reason: String, retry_after: Option<Duration>| {
             if number >= self.max_attempts {
                 return Outcome::Dead(DeadReason::Exhausted { attempts: number, last: reason });
             }
             let after = match retry_after {
                 Some(wait) => wait.min(self.max),
-                None => self.jittered(number),
+                None => self.jittered(number, jitter),
             };
             Outcome::Retry { after, reason: RetryReason::FailedAttempt }
         };
@@ -92,21 +94,25 @@ impl RetryPolicy {
         Duration::from_millis(ceiling.as_millis() as u64)
     }
 
-    /// Equal jitter: uniformly random between half the ceiling and the
-    /// ceiling, so that postbacks that failed together do not come back
-    /// together, and every wait is at least half its step.
-    pub(crate) fn jittered(&self, failed: u32) -> Duration {
+    /// Equal jitter: one of the retry schedule's levels between half the
+    /// ceiling and the ceiling, picked by `u` in `[0, 1)`, so that
+    /// entries that failed together do not come back together, and every
+    /// wait is at least half its step and at most all of it.
+    pub(crate) fn jittered(&self, failed: u32, u: f64) -> Duration {
         let ceiling = self.ceiling(failed).as_millis() as u64;
-        Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))
+        Duration::from_millis(postback_common::records::schedule::jittered(ceiling, u))
     }
 
     /// From the first attempt to the dead letter of a postback that keeps
     /// failing (without `Retry-After`): the shortest and the longest it can
     /// take, the sum of the waits' lower and upper bounds.
     pub(crate) fn window(&self) -> (Duration, Duration) {
-        (1..self.max_attempts)
-            .map(|failed| self.ceiling(failed))
-            .fold((Duration::ZERO, Duration::ZERO), |(low, high), c| (low + c / 2, high + c))
+        let (mut low, mut high) = (Duration::ZERO, Duration::ZERO);
+        for failed in 1..self.max_attempts {
+            low += self.jittered(failed, 0.0);
+            high += self.jittered(failed, 0.999_999);
+        }
+        (low, high)
     }
 }
 
@@ -135,13 +141,13 @@ mod tests {
     #[test]
     fn classifies_statuses() {
         for delivered in [200, 201, 204, 299] {
-            assert_eq!(POLICY.decide(&answered(delivered, None), 1), Outcome::Delivered, "{delivered}");
+            assert_eq!(POLICY.decide(&answered(delivered, None), 1, 0.5), Outcome::Delivered, "{delivered}");
         }
         for retryable in [408, 425, 429, 500, 502, 503, 504, 599] {
-            assert!(matches!(POLICY.decide(&answered(retryable, None), 1), Outcome::Retry { .. }), "{retryable}");
+            assert!(matches!(POLICY.decide(&answered(retryable, None), 1, 0.5), Outcome::Retry { .. }), "{retryable}");
         }
         for last in [301, 304, 400, 401, 403, 404, 409, 410, 422] {
-            let outcome = POLICY.decide(&answered(last, None), 1);
+            let outcome = POLICY.decide(&answered(last, None), 1, 0.5);
             assert_eq!(outcome, Outcome::Dead(DeadReason::Rejected(format!("HTTP {last}"))));
         }
     }
@@ -150,15 +156,15 @@ mod tests {
     fn retries_until_the_last_attempt() {
         let fail = answered(500, None);
         for number in 1..4 {
-            let outcome = POLICY.decide(&fail, number);
+            let outcome = POLICY.decide(&fail, number, 0.5);
             assert!(matches!(outcome, Outcome::Retry { reason: RetryReason::FailedAttempt, .. }), "{number}");
         }
-        let Outcome::Dead(reason) = POLICY.decide(&fail, 4) else { panic!("4th attempt is the last") };
+        let Outcome::Dead(reason) = POLICY.decide(&fail, 4, 0.5) else { panic!("4th attempt is the last") };
         assert_eq!(reason.to_string(), "gave up after 4 attempts; last: HTTP 500");
         let timeout = Attempt::failed(SystemTime::now(), Failure::Transport("timeout: slow".into()));
-        assert!(matches!(POLICY.decide(&timeout, 1), Outcome::Retry { .. }));
+        assert!(matches!(POLICY.decide(&timeout, 1, 0.5), Outcome::Retry { .. }));
         let refused = Attempt::failed(SystemTime::now(), Failure::Refused("10.0.0.1 is private".into()));
-        assert_eq!(POLICY.decide(&refused, 1).as_str(), "dead");
+        assert_eq!(POLICY.decide(&refused, 1, 0.5).as_str(), "dead");
     }
 
     #[test]
@@ -166,14 +172,16 @@ mod tests {
         let ceilings: Vec<_> = (1..=6).map(|n| POLICY.ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1_000, 1_000]);
         for n in 1..=6 {
-            for _ in 0..50 {
-                let wait = POLICY.jittered(n);
+            for i in 0..50 {
+                let wait = POLICY.jittered(n, f64::from(i) / 50.0);
                 let ceiling = POLICY.ceiling(n);
                 assert!(wait <= ceiling && wait >= ceiling / 2, "{wait:?} for {n}, ceiling {ceiling:?}");
+                let level = wait.as_millis() as u64;
+                assert_eq!(postback_common::records::schedule::round_up(level), level, "a level of the schedule");
             }
         }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| POLICY.jittered(3)).collect();
-        assert!(spread.len() > 1, "jitter varies the delay");
+        let spread: std::collections::HashSet<_> = (0..50).map(|i| POLICY.jittered(3, f64::from(i) / 50.0)).collect();
+        assert!(spread.len() > 10, "jitter varies the delay: {spread:?}");
     }
 
     #[test]
@@ -183,9 +191,9 @@ mod tests {
             Outcome::Retry { after, .. } => after,
             other => panic!("{other:?}"),
         };
-        assert_eq!(after(POLICY.decide(&slow, 1)), Duration::from_millis(700));
+        assert_eq!(after(POLICY.decide(&slow, 1, 0.5)), Duration::from_millis(700));
         let slower = answered(429, Some(Duration::from_secs(60)));
-        assert_eq!(after(POLICY.decide(&slower, 1)), POLICY.max);
+        assert_eq!(after(POLICY.decide(&slower, 1, 0.5)), POLICY.max);
     }
 
     #[test]

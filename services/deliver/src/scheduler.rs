@@ -1,5 +1,7 @@
-//! The retry scheduler: moves due retries from the schedule (a sorted set
-//! scored by due time) back into the stream, where any worker reads them.
+//! The retry scheduler: moves due retries from the schedule (streams by
+//! delay, indexed by when each one's oldest entry is due; see
+//! `postback_common::records::schedule`) back into the stream, where any
+//! worker reads them.
 //!
 //! Every worker runs one; the move is a Lua script, so several schedulers
 //! never move a retry twice. It looks again when the next retry is due, at
@@ -53,7 +55,7 @@ pub(crate) async fn run(scheduler: Scheduler, shutdown: CancellationToken) {
             && tokio::time::Instant::now() >= next_trim
         {
             next_trim += TRIM_EVERY;
-            match retention.trim(&redis, &keys.dead).await {
+            match retention.trim(&redis, &keys).await {
                 Ok(0) => {}
                 Ok(trimmed) => {
                     metrics.dead_trimmed(trimmed);
@@ -62,7 +64,14 @@ pub(crate) async fn run(scheduler: Scheduler, shutdown: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "cannot trim the dead-letter stream; trying again in a minute"),
             }
         }
-        let keys_list = [keys.retry.as_str(), keys.stream.as_str(), keys.dead.as_str()];
+        let keys_list = [
+            keys.schedule.as_str(),
+            keys.stream.as_str(),
+            keys.scheduled.as_str(),
+            keys.batched.as_str(),
+            keys.retry.as_str(),
+            keys.dead.as_str(),
+        ];
         let pause = match promote.call::<_, (i64, i64)>(&redis, &keys_list, vec![BATCH.into()]).await {
             Ok((moved, wait_ms)) => {
                 backoff.reset();

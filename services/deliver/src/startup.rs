@@ -39,7 +39,7 @@ use crate::worker::{EntrySizes, Worker};
 /// Longest wait for a Redis reply to any non-blocking command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long, at shutdown, acknowledgements wait for Redis.
+/// How long, at shutdown, finishing steps wait for Redis.
 const ACK_GRACE: Duration = Duration::from_secs(5);
 
 /// What every partition's worker shares.
@@ -63,7 +63,7 @@ struct Common {
 /// One partition's tasks, running, and its worker loop until it starts.
 struct Partition {
     worker: Option<Worker>,
-    acker: tokio::task::JoinHandle<()>,
+    recorder: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
     janitor: tokio::task::JoinHandle<()>,
 }
@@ -263,7 +263,7 @@ impl Deliverer {
         // Acknowledge what finished; anything abandoned stays pending.
         ack_stop.cancel();
         for partition in running {
-            let _ = partition.acker.await;
+            let _ = partition.recorder.await;
             let _ = partition.scheduler.await;
             let _ = partition.janitor.await;
         }
@@ -301,8 +301,14 @@ fn start_partition(
 ) -> Partition {
     let metrics = &common.metrics;
     let ledger = Arc::new(Ledger::new(redis.clone(), keys.clone(), common.consumer.clone()));
-    let (acks, acker) = crate::acker::spawn(ledger.clone(), metrics.clone(), ACK_GRACE, ack_stop.clone());
-    let finisher = Finisher::new(ledger, acks, metrics.clone(), common.degraded.clone(), shutdown.clone());
+    let settings = crate::recorder::Settings {
+        ledger,
+        metrics: metrics.clone(),
+        degraded: common.degraded.clone(),
+        give_up_after: ACK_GRACE,
+    };
+    let (recorder, recorder_task) = crate::recorder::spawn(settings, ack_stop.clone());
+    let finisher = Finisher::new(recorder, metrics.clone());
     let scheduler = tokio::spawn(crate::scheduler::run(
         Scheduler {
             redis: redis.clone(),
@@ -365,5 +371,5 @@ fn start_partition(
         sizes: EntrySizes::default(),
         shares_slots: false,
     };
-    Partition { worker: Some(worker), acker, scheduler, janitor }
+    Partition { worker: Some(worker), recorder: recorder_task, scheduler, janitor }
 }

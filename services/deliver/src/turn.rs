@@ -29,15 +29,17 @@ use crate::shared::Shared;
 const WORKER_BUSY_DELAY: Duration = Duration::from_millis(250);
 
 /// Takes `postback`'s turn; `so_far` is its tally before this turn,
-/// `entry_id` the stream entry it came in (for the log line) and `slot` the
+/// `entry_id` the stream entry it came in (for the log line), `slot` the
 /// worker slot it was read with, if it has one (else it waits for one for
-/// at most `POSTBACK_CLAIM_IDLE_MS`-derived patience, see [`Shared`]).
+/// at most `POSTBACK_CLAIM_IDLE_MS`-derived patience, see [`Shared`]), and
+/// `jitter` (in `[0, 1)`, drawn once per entry) picks its retry's delay.
 pub(crate) async fn take(
     shared: &Shared,
     postback: &Postback,
     so_far: Tally,
     entry_id: &str,
     slot: Option<OwnedSemaphorePermit>,
+    jitter: f64,
 ) -> Ending {
     let give_up = |reason: DeadReason| {
         tracing::error!(postback_id = %postback.id, reason = %reason, "dead-lettering a postback that cannot be sent");
@@ -82,6 +84,13 @@ pub(crate) async fn take(
             return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostBusy }, tally: so_far };
         }
     };
+    // The host may have been paused while this postback waited for its slot
+    // (its own worker's attempts just failed): asked again, from this
+    // worker's view, which its own failures update at once.
+    if !probe && let Pass::Wait(after) = shared.breaker.pass(&host).await {
+        tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host paused while waiting for a slot; rescheduling without an attempt");
+        return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostPaused }, tally: so_far };
+    }
     if let Err(after) = shared.rates.admit(&parsed).await {
         tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host over its rate; rescheduling without an attempt");
         return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostRateLimited }, tally: so_far };
@@ -98,6 +107,9 @@ pub(crate) async fn take(
         return busy(so_far, RetryReason::WorkerBusy);
     };
 
+    // Nothing is sent that could not be recorded: while Redis refuses this
+    // partition's finishing steps, attempts wait.
+    shared.finisher.wait_recording().await;
     let number = so_far.attempts + 1;
     let span = attempt::span(postback, number, &parsed);
     shared.metrics.in_flight(true);
@@ -111,7 +123,7 @@ pub(crate) async fn take(
     shared.metrics.in_flight(false);
     attempt::record(&span, &attempt);
     drop(span);
-    let outcome = shared.policy.with_max_attempts(policy.max_attempts).decide(&attempt, number);
+    let outcome = shared.policy.with_max_attempts(policy.max_attempts).decide(&attempt, number, jitter);
     let end_to_end = (outcome == Outcome::Delivered).then(|| {
         let accepted = postback_common::time::from_ms(postback.accepted_at_ms);
         std::time::SystemTime::now().duration_since(accepted).unwrap_or_default()

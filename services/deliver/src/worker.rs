@@ -7,11 +7,12 @@
 //! consumer group: every entry goes to one worker ([`crate::intake`]) and
 //! stays in the group's pending list (PEL) until all of its postbacks are
 //! finished. Each postback is finished on its own, exactly once, by the
-//! finish script ([`crate::ledger`]): delivered (recorded in batches by the
-//! acker), moved to the retry schedule (`<stream>:retry`, a sorted set by
-//! due time), or moved to the dead-letter stream. The entry is acknowledged
-//! and deleted with its last postback. Every worker's scheduler moves due
-//! retries back into the stream ([`crate::scheduler`]).
+//! finish script ([`crate::ledger`], called in batches by the recorder,
+//! [`crate::recorder`]): delivered, moved to the retry schedule (streams by
+//! delay, `postback_common::records::schedule`), or moved to the
+//! dead-letter stream. The entry is acknowledged and deleted with its last
+//! postback. Every worker's scheduler moves due retries back into the
+//! stream ([`crate::scheduler`]).
 //!
 //! A worker that dies leaves its entries pending. A restarted worker of the
 //! same name re-reads them first, and every worker takes over entries idle
@@ -33,7 +34,7 @@
 //! slots are likely to hold ([`EntrySizes`]).
 //!
 //! With `POSTBACK_PARTITIONS` above one, the worker runs one such loop per
-//! partition, each with its own reading connection, intake, acker,
+//! partition, each with its own reading connection, intake, recorder,
 //! scheduler and janitor; the slots, the HTTP client, the per-host limits
 //! and breakers are shared by all of them.
 //!

@@ -8,6 +8,7 @@
 -- KEYS[5]  postbacks in the stream beyond one per entry (string)
 -- KEYS[6]  finished positions of entries (hash: entry id -> bitmap)
 -- KEYS[7]  the idempotency record (used only when ARGV[2] > 0)
+-- KEYS[8]  postbacks in the retry schedule's levels (string)
 -- ARGV[1]  the largest backlog accepted, in postbacks (0: no limit)
 -- ARGV[2]  seconds to keep the idempotency record (0: the request has no key)
 -- ARGV[3]  the idempotency record: "<body SHA-256>:<first id>:<count>"
@@ -51,8 +52,11 @@ end
 local max = tonumber(ARGV[1])
 if max > 0 then
   -- Delivered entries are deleted, so the stream holds exactly what is
-  -- waiting for a first or a repeated attempt; retries wait in KEYS[2].
+  -- waiting for a first or a repeated attempt; retries wait in the
+  -- schedule (KEYS[8] counts them; KEYS[2] holds those scheduled before
+  -- its levels).
   local backlog = length + redis.call('ZCARD', KEYS[2]) + tonumber(redis.call('GET', KEYS[5]) or '0')
+    + tonumber(redis.call('GET', KEYS[8]) or '0')
   if backlog >= max then
     return redis.error_reply('BACKLOG ' .. backlog)
   end

@@ -301,6 +301,7 @@ impl Enqueuer {
             &keys.batched,
             &keys.finished,
             record_key,
+            &keys.scheduled,
         ];
         let ids: Vec<String> = match self.script.call(client, &script_keys, args).await {
             Err(e) if e.details().starts_with("BACKLOG") => {

@@ -135,77 +135,99 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let len: u64 = client.xlen("postbacks").await.expect("XLEN");
-            let scheduled: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
+            let levels: u64 = client.zcard("postbacks:schedule").await.expect("ZCARD");
+            let old: u64 = client.zcard("postbacks:retry").await.expect("ZCARD");
+            let scheduled = levels + old;
             let pending = pending_count(&client).await;
             if len == 0 && scheduled == 0 && pending == 0 {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{len} entries ({pending} pending) and {scheduled} retries left"
+                "{len} entries ({pending} pending) and {scheduled} levels of retries left"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Asserts that no endpoint record, reference count, batched count or
-    /// finished positions are left: every version 3 entry that left the
-    /// stream let go of its record exactly once, and of its record of
-    /// finished postbacks.
+    /// Asserts that nothing waits in the stream and that no endpoint
+    /// record, reference count, batched count or finished positions are
+    /// left but what the retry schedule and the dead letters still refer
+    /// to: every entry that left the stream let go of its record exactly
+    /// once, and of its record of finished postbacks.
     pub async fn assert_no_records_left(&self) {
+        let waiting = self.assert_counts_exact().await;
+        assert_eq!(waiting, 0, "postbacks still wait in the stream");
         let client = self.client().await;
-        for key in ["postbacks:endpoints", "postbacks:endpoints:refs", "postbacks:batched", "postbacks:finished"] {
+        for key in ["postbacks:batched", "postbacks:finished"] {
             let exists: u32 = client.exists(key).await.expect("EXISTS");
             assert_eq!(exists, 0, "{key} is left behind");
         }
+        let records: Vec<String> = client.hkeys("postbacks:endpoints").await.expect("HKEYS");
+        let refs: Vec<String> = client.hkeys("postbacks:endpoints:refs").await.expect("HKEYS");
+        let (mut records, mut refs) = (records, refs);
+        records.sort();
+        refs.sort();
+        assert_eq!(records, refs, "endpoint records kept are exactly those referred to");
     }
 
-    /// Recounts what the default stream holds and asserts that the counts
-    /// kept beside it agree exactly: `XLEN + postbacks:batched` is the
-    /// postbacks of its entries not yet finished; `postbacks:finished` has
-    /// fields only for entries in the stream; every endpoint reference
-    /// count is the entries in the stream and whole entries in the
-    /// dead-letter stream that refer to the record, which is there.
-    /// Returns the postbacks waiting.
+    /// Recounts what the default stream, the retry schedule and the
+    /// dead-letter stream hold and asserts that the counts kept beside them
+    /// agree exactly: `XLEN + postbacks:batched` is the postbacks of the
+    /// stream's entries not yet finished; `postbacks:finished` has fields
+    /// only for entries in the stream; `postbacks:scheduled` is the
+    /// postbacks in the schedule's levels, and the index names exactly the
+    /// levels that hold entries, each scored by its oldest entry's due
+    /// time; every endpoint reference count is what refers to the record
+    /// (entries of the stream and of the schedule, letters), which is
+    /// there. Returns the postbacks waiting in the stream.
     pub async fn assert_counts_exact(&self) -> u64 {
-        use postback_common::records::postback::{Decoded, decode_entry};
+        use postback_common::records::finished::FinishedPositions;
+        use postback_common::records::postback::decode_entry;
+        use postback_common::records::schedule;
         use std::collections::HashMap;
+        type Entries = Vec<(String, HashMap<String, Bytes>)>;
         let client = self.client().await;
-        let entries: Vec<(String, HashMap<String, Bytes>)> =
-            client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+        let entries: Entries = client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
         let finished: HashMap<String, Bytes> = client.hgetall("postbacks:finished").await.expect("HGETALL");
         let mut refs: HashMap<String, i64> = HashMap::new();
+        let mut refer = |payload: Option<&Bytes>| -> usize {
+            let Some(Ok(decoded)) = payload.map(|p| decode_entry(p)) else { return 1 };
+            if let Some(address) = decoded.endpoint() {
+                *refs.entry(address.to_string()).or_default() += 1;
+            }
+            decoded.count()
+        };
         let mut waiting = 0u64;
         for (id, fields) in &entries {
-            let Some(payload) = fields.get("p") else {
-                waiting += 1;
-                continue;
-            };
-            let (count, address) = match decode_entry(payload) {
-                Ok(Decoded::Request(entry)) => (entry.count, Some(entry.endpoint.to_string())),
-                _ => (1, None),
-            };
-            let bits = finished.get(id).map_or(0, |b| {
-                postback_common::records::finished::FinishedPositions::from_bytes(b)
-                    .flags(count)
-                    .into_iter()
-                    .filter(|done| *done)
-                    .count()
-            });
+            let count = refer(fields.get("p"));
+            let bits = finished.get(id).map_or(0, |b| FinishedPositions::from_bytes(b).positions(count).len());
             assert!(bits < count, "entry {id} is still in the stream with all {count} postbacks finished");
             waiting += (count - bits) as u64;
-            if let Some(address) = address {
-                *refs.entry(address).or_default() += 1;
-            }
         }
         for id in finished.keys() {
             assert!(entries.iter().any(|(e, _)| e == id), "finished positions of {id} outlived their entry");
         }
-        let dead: Vec<(String, HashMap<String, Bytes>)> =
-            client.xrange("postbacks:dead", "-", "+", None).await.expect("XRANGE dead");
+        let index: Vec<(String, f64)> =
+            client.zrange("postbacks:schedule", 0, -1, None, false, None, true).await.expect("ZRANGE");
+        let mut in_levels = 0u64;
+        for (member, due) in &index {
+            let delay = schedule::parse_member(member.as_bytes()).unwrap_or_else(|| panic!("index member {member}"));
+            let level: Entries =
+                client.xrange(schedule::level_key("postbacks:schedule", delay), "-", "+", None).await.expect("XRANGE");
+            assert!(!level.is_empty(), "level {member} is indexed but empty");
+            let head = schedule::due_ms(&level[0].0, delay).expect("an entry id");
+            assert_eq!(*due as u64, head, "level {member} is indexed at its oldest entry's due time");
+            for (_, fields) in &level {
+                in_levels += refer(fields.get("p")) as u64;
+            }
+        }
+        let scheduled: Option<u64> = client.get("postbacks:scheduled").await.expect("GET");
+        assert_eq!(scheduled.unwrap_or(0), in_levels, "postbacks:scheduled against the levels");
+        let dead: Entries = client.xrange("postbacks:dead", "-", "+", None).await.expect("XRANGE dead");
         for (_, fields) in &dead {
-            if let Some(Ok(Decoded::Request(entry))) = fields.get("p").map(|p| decode_entry(p)) {
-                *refs.entry(entry.endpoint.to_string()).or_default() += 1;
+            if fields.contains_key("p") {
+                refer(fields.get("p"));
             }
         }
         let len: u64 = client.xlen("postbacks").await.expect("XLEN");
@@ -222,6 +244,49 @@ impl RedisServer {
             assert!(records.contains_key(address), "record {address} is referred to but gone");
         }
         waiting
+    }
+
+    /// Every postback in the default retry schedule (its levels, and the
+    /// schedule as it was before them), soonest first: when it is due, its
+    /// attempts so far, and the postback, its endpoint record looked up.
+    pub async fn scheduled_postbacks(&self) -> Vec<(u64, u32, postback_common::Postback)> {
+        use postback_common::records::postback::{Decoded, decode_entry};
+        use postback_common::records::schedule;
+        use postback_common::records::stream_entry::StreamEntry;
+        let client = self.client().await;
+        let keys = postback_common::keys::Keys::default();
+        let mut out = Vec::new();
+        let index: Vec<(String, f64)> =
+            client.zrange(&keys.schedule, 0, -1, None, false, None, true).await.expect("ZRANGE");
+        let mut found: Vec<(u64, StreamEntry)> = Vec::new();
+        for (member, _) in index {
+            let delay = schedule::parse_member(member.as_bytes()).expect("a level");
+            let level: Vec<(String, Vec<(String, Bytes)>)> =
+                client.xrange(schedule::level_key(&keys.schedule, delay), "-", "+", None).await.expect("XRANGE");
+            for (id, fields) in level {
+                let entry = StreamEntry::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_ref())));
+                found.push((schedule::due_ms(&id, delay).expect("an id"), entry));
+            }
+        }
+        let old: Vec<(Bytes, f64)> = client.zrange(&keys.retry, 0, -1, None, false, None, true).await.expect("ZRANGE");
+        for (member, due) in old {
+            let old = schedule::OldMember::parse(&member).expect("an old member");
+            found.push((due as u64, StreamEntry::again(old.payload, old.attempts, Some(old.first_attempt_ms))));
+        }
+        for (due, entry) in found {
+            let payload = entry.payload.expect("p");
+            let attempts = match decode_entry(&payload) {
+                Ok(Decoded::Retried(retried)) => retried.attempts,
+                _ => entry.attempts,
+            };
+            let postbacks = postback_common::entries::resolve(&client, &keys, &payload)
+                .await
+                .expect("Redis")
+                .unwrap_or_else(|why| panic!("a scheduled entry that cannot be read: {why}"));
+            out.extend(postbacks.into_iter().map(|p| (due, attempts, p)));
+        }
+        out.sort_by_key(|(due, _, _)| *due);
+        out
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.

@@ -4,8 +4,8 @@
 //! MessagePack array whose first element is the format version, so a reader
 //! can tell versions apart before decoding the rest. Arrays rather than maps
 //! keep field names out of every entry. `schemas/wire-format.md` documents
-//! each version byte by byte; this module implements versions 1 and 2 and
-//! tells all three apart.
+//! each version byte by byte; this module implements versions 1, 2 and 4
+//! and tells all five apart.
 //!
 //! Version 1: `[1, id: bin 16, accepted_at_ms: uint, method: str, url: str,
 //! data: map str → (nil | bool | int | float | str)]`.
@@ -20,14 +20,17 @@
 //! Version 4: version 2 (the trace context nil when there is none) plus an
 //! eighth element, the request's delivery policy ([`Delivery`]).
 //!
+//! Version 5: postbacks of a version 3 or 5 entry attempted again
+//! together, their endpoint still stored apart; see [`super::retried`].
+//!
 //! [`encode`] writes version 1 when the postback has neither a trace
 //! context (no exporter configured) nor a delivery policy, 2 when it has
 //! only a trace context, and 4 when it has a policy; [`decode`] reads
-//! them, and [`decode_entry`] reads all four. Ingest writes version 3 (see
-//! [`crate::records::request::pack`]); the retry schedule and the dead-letter
-//! stream hold single postbacks (versions 1 and 2), which need nothing else to be
-//! read. Rolling upgrades: deploy deliver (the reader) before ingest (the
-//! writer) whenever a new version is introduced.
+//! them, and [`decode_entry`] reads all five. Ingest writes version 3 (see
+//! [`crate::records::request::pack`]), and single postbacks only when two
+//! endpoint records would share an address; deliver writes version 5 into
+//! the retry schedule. Rolling upgrades: deploy deliver (the reader) before
+//! ingest (the writer) whenever a new version is introduced.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -69,8 +72,8 @@ pub enum WireError {
     /// A version this build does not know (written by a newer ingest?).
     #[error("unknown wire format version {0}")]
     UnknownVersion(u64),
-    /// A version 3 entry, read where a single postback was expected.
-    #[error("a version 3 entry holds postbacks whose endpoint is stored apart; it is not a single postback")]
+    /// A version 3 or 5 entry, read where a single postback was expected.
+    #[error("a version 3 or 5 entry holds postbacks whose endpoint is stored apart; it is not a single postback")]
     NotSingle,
     /// The version is known but the rest does not match it.
     #[error("malformed version {version} postback: {reason}")]
@@ -165,6 +168,39 @@ pub enum Decoded {
     Single(Postback),
     /// Several, whose endpoint record is still to be looked up (version 3).
     Request(RequestEntry),
+    /// Some postbacks of an entry, attempted again together, their endpoint
+    /// record still to be looked up (version 5).
+    Retried(super::retried::RetriedEntry),
+}
+
+impl Decoded {
+    /// The endpoint record the value refers to (versions 3 and 5).
+    pub fn endpoint(&self) -> Option<crate::records::endpoint::EndpointRef> {
+        match self {
+            Decoded::Single(_) => None,
+            Decoded::Request(entry) => Some(entry.endpoint),
+            Decoded::Retried(entry) => Some(entry.endpoint),
+        }
+    }
+
+    /// How many postbacks it holds.
+    pub fn count(&self) -> usize {
+        match self {
+            Decoded::Single(_) => 1,
+            Decoded::Request(entry) => entry.count,
+            Decoded::Retried(entry) => entry.offsets.len(),
+        }
+    }
+
+    /// Its postbacks, given the record it refers to (none is needed, nor
+    /// read, for a single postback).
+    pub fn postbacks(self, endpoint: &crate::records::endpoint::Endpoint) -> Result<Vec<Postback>, WireError> {
+        match self {
+            Decoded::Single(postback) => Ok(vec![postback]),
+            Decoded::Request(entry) => entry.postbacks(endpoint),
+            Decoded::Retried(entry) => entry.postbacks(endpoint),
+        }
+    }
 }
 
 /// Decodes a stream entry's value, whatever version wrote it.
@@ -177,6 +213,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, WireError> {
             reason: format!("{len} elements, not {}", version + 5 - u64::from(version == 4)),
         }),
         (3, _) => request_entry::decode(bytes, len).map(Decoded::Request),
+        (5, _) => super::retried::decode(bytes, len).map(Decoded::Retried),
         (other, _) => Err(WireError::UnknownVersion(other)),
     }
 }
@@ -186,7 +223,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Decoded, WireError> {
 pub fn decode(bytes: &[u8]) -> Result<Postback, WireError> {
     match decode_entry(bytes)? {
         Decoded::Single(postback) => Ok(postback),
-        Decoded::Request(_) => Err(WireError::NotSingle),
+        Decoded::Request(_) | Decoded::Retried(_) => Err(WireError::NotSingle),
     }
 }
 
@@ -225,6 +262,28 @@ pub fn check_fuzz_input(bytes: &[u8]) {
                 for packed in request_entry::pack(&postbacks) {
                     assert!(decode_entry(&packed.payload).is_ok(), "a decoded version 3 entry re-encodes");
                 }
+            }
+        }
+        Ok(Decoded::Retried(entry)) => {
+            let width = entry.values.len().checked_div(entry.offsets.len()).unwrap_or(0);
+            let keys = (0..width).map(|i| format!("k{i}")).collect();
+            let endpoint = crate::records::endpoint::Endpoint {
+                method: crate::Method::Get,
+                url: "http://h/".into(),
+                keys,
+                delivery: None,
+            };
+            if let Ok(postbacks) = entry.postbacks(&endpoint) {
+                let all: Vec<&Postback> = postbacks.iter().collect();
+                let again = super::retried::RetriedEntry::encode(
+                    entry.first_id,
+                    entry.endpoint,
+                    entry.attempts,
+                    entry.first_attempt_ms,
+                    &all,
+                )
+                .expect("decoded postbacks re-encode");
+                assert!(decode_entry(&again).is_ok(), "a decoded version 5 entry re-encodes");
             }
         }
         Err(_) => {}

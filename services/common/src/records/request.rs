@@ -105,7 +105,7 @@ pub fn first_id(accepted_at_ms: u64, count: usize) -> Uuid {
 }
 
 /// Whether `count` ids from `first` stay UUIDv7s of the same millisecond.
-fn fits(first: Uuid, count: usize) -> bool {
+pub(crate) fn fits(first: Uuid, count: usize) -> bool {
     const LOW_62: u128 = (1 << 62) - 1;
     first.get_version_num() == 7 && (first.as_u128() & LOW_62) + (count as u128) <= LOW_62 + 1
 }
@@ -210,14 +210,33 @@ fn encode_group(group: &[Postback]) -> Packed {
     Packed { payload, endpoint: Some((reference, record)), postbacks: group.len() }
 }
 
+/// One postback of a version 3 or 5 entry alone, as a version 3 entry of
+/// one postback referring to the same record `endpoint`: what a dead letter
+/// keeps of it (its id is a UUIDv7 of its acceptance time, as every id of
+/// such an entry is, so it is a first id with room for one).
+pub fn alone(postback: &Postback, endpoint: EndpointRef) -> Vec<u8> {
+    let trace = postback.trace.map(|t| t.to_bytes());
+    let out = EntryOut {
+        version: 3,
+        first_id: postback.id.as_bytes(),
+        endpoint: &endpoint.0,
+        count: 1,
+        values: postback.data.0.iter().map(|(_, v)| v).collect(),
+        trace: trace.as_ref().map(|t| serde_bytes::Bytes::new(t)),
+    };
+    let mut payload = Vec::with_capacity(40 + 32 * out.values.len());
+    wire::write_msgpack(&mut payload, &out);
+    payload
+}
+
 /// How many postbacks an entry's value holds, from its first bytes only:
-/// the count of a version 3 entry, 1 for anything else.
+/// the count of a version 3 or 5 entry, 1 for anything else.
 pub fn postbacks_in(bytes: &[u8]) -> usize {
     let mut head = bytes;
     let mut peek = || -> Option<usize> {
         rmp::decode::read_array_len(&mut head).ok()?;
         let version: u8 = rmp::decode::read_int(&mut head).ok()?;
-        if version != 3 {
+        if version != 3 && version != 5 {
             return None;
         }
         for expected in [16, 8] {
@@ -225,6 +244,10 @@ pub fn postbacks_in(bytes: &[u8]) -> usize {
                 return None;
             }
             head = head.get(expected as usize..)?;
+        }
+        if version == 5 {
+            // The offsets: one byte per postback.
+            return rmp::decode::read_bin_len(&mut head).ok().map(|n| n as usize);
         }
         rmp::decode::read_int(&mut head).ok()
     };
@@ -295,6 +318,7 @@ mod tests {
                     assert_eq!(Endpoint::reference(record), entry.endpoint);
                     entry.postbacks(&Endpoint::decode(record).expect("record")).expect("postbacks")
                 }
+                Decoded::Retried(_) => panic!("ingest never writes version 5"),
             })
             .collect()
     }
@@ -356,6 +380,21 @@ mod tests {
         let ids: std::collections::HashSet<_> = postbacks.iter().map(|p| p.id).collect();
         assert_eq!(ids.len(), 300, "ids are distinct");
         assert!(postbacks.iter().all(|p| p.id.get_version_num() == 7 && timestamp_ms(p.id) == p.accepted_at_ms));
+    }
+
+    #[test]
+    fn a_postback_alone_is_a_version_3_entry_of_one() {
+        let postbacks = request(5, 1_764_288_000_000);
+        let packed = pack(&postbacks);
+        let (address, record) = packed[0].endpoint.clone().expect("version 3");
+        let alone = alone(&postbacks[3], address);
+        assert_eq!(postbacks_in(&alone), 1);
+        let Decoded::Request(entry) = decode_entry(&alone).expect("decodes") else { panic!("version 3") };
+        assert_eq!(
+            entry.postbacks(&Endpoint::decode(&record).expect("record")).expect("postbacks"),
+            [postbacks[3].clone()]
+        );
+        assert_eq!(alone.len(), packed[0].payload.len() - 4 * 50, "the entry less four rows");
     }
 
     #[test]

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Finishes postbacks of stream entries that one worker holds. Every way a
 -- postback ends (delivered, scheduled again, dead-lettered) goes through
 -- this script, which is what makes each happen exactly once:
@@ -11,47 +12,58 @@
 --   Entries of several postbacks keep the finished positions in a hash
 --   (KEYS[7]) until their last postback is finished.
 -- * An entry leaves the stream (XACK + XDEL) with its last postback, in the
---   same call; its endpoint record's count goes down then, and the record
---   goes with its last reference, unless the entry itself was
---   dead-lettered whole (the letter still refers to the record).
+--   same call, and gives back its endpoint record's reference then, unless
+--   the entry itself was dead-lettered whole (the letter keeps it). Every
+--   level entry and letter written that refers to a record takes one; a
+--   record goes with its last reference.
 -- * KEYS[6] stays equal to the postbacks waiting in the stream beyond one
---   per entry: it goes down by one for every postback finished, except the
---   last of its entry (the entry's own place in XLEN goes then).
+--   per entry, KEYS[8] to the postbacks in the schedule's levels.
+-- * Memory: everything is worked out first; then what frees memory is
+--   done (acknowledgements, deletions, references given back), and only
+--   then what takes memory (the schedule, letters, positions). The script
+--   runs even when Redis is at maxmemory (allow-oom): deliver's steps turn
+--   what is queued into what is scheduled or given up, of about the same
+--   size, and ingest keeps the room for that (README, "Sizing Redis").
+--
+-- Mirrors: postback_common::records::finished (load_bits, store_bits),
+-- ::schedule (levels, index, count), ::endpoint (reference counts); the
+-- fields of level entries (::stream_entry) and letters (::dead_letter)
+-- are built by deliver and appended as given.
 --
 -- KEYS[1]  the stream
--- KEYS[2]  the retry schedule (sorted set, score = due time in ms)
+-- KEYS[2]  the schedule's index (sorted set: member '@<ms>' per level,
+--          score = when the level's oldest entry is due); a level is the
+--          stream KEYS[2] .. ':@<ms>' (same hash tag)
 -- KEYS[3]  the dead-letter stream
 -- KEYS[4]  the endpoint records (hash: address -> record)
--- KEYS[5]  the endpoint reference counts (hash: address -> entries)
+-- KEYS[5]  the endpoint reference counts (hash: address -> references)
 -- KEYS[6]  postbacks waiting in the stream beyond one per entry (string)
--- KEYS[7]  finished positions (hash: entry id -> bitmap, see below)
+-- KEYS[7]  finished positions (hash: entry id -> bitmap)
+-- KEYS[8]  postbacks in the schedule's levels (string)
 -- ARGV[1]  the consumer group
 -- ARGV[2]  this worker's consumer name
 -- ARGV[3]  the lowest and ARGV[4] the highest of the entries' ids
 -- ARGV[5]  the number of entries
 -- then for each entry: its id, its number of postbacks, its endpoint record
 --          address ('' for none), the number of operations, the operations
--- an operation: a position (0-based, or '*' for every postback of the
---          entry), then one of
+-- an operation: its positions (a string, one byte per position from 0;
+--          empty: every postback of the entry), then one of
 --            'a'                              delivered
---            'r', delay ms, schedule member   scheduled again
---            'd', 2n, n field/value pairs     dead-lettered; with '*' the
---                                             entry is dead-lettered whole
+--            'r', delay ms, postbacks, record, 2n, n field/value pairs
+--                                             scheduled again, as one entry
+--                                             of the level of that delay
+--                                             holding that many postbacks
+--                                             and referring to that record
+--                                             ('' for none)
+--            'd', record, 2n, n field/value pairs
+--                                             dead-lettered; with every
+--                                             position the entry goes whole
+--                                             and its own reference with it
 -- Returns  {entries deleted, ids taken over by another consumer, ids no
 --          longer pending at all}
 --
 -- The bitmap: position p is bit (7 - p % 8) of byte p // 8, as SETBIT
 -- numbers bits.
-
--- Redis's clock, read once and only if a retry is scheduled.
-local now
-local function due(delay)
-  if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return now + delay
-end
 
 -- Which of the entries this consumer holds: its pending entries between the
 -- lowest and the highest id, page by page (usually one page).
@@ -102,11 +114,26 @@ local function store_bits(id, count, done)
   redis.call('HSET', KEYS[7], id, string.char(unpack(bytes)))
 end
 
--- Entries whose last postback is finished are acknowledged and deleted
--- together at the end, grouped by the endpoint record whose reference
--- they give back ('' for none): XDEL says how many of a group it really
--- deleted, which is what the reference counts need.
-local complete, groups, order = {}, {}, {}
+-- The plan.
+local complete, groups, order = {}, {}, {} -- entries to delete, by the record they give back
+local complete_bits = {}                     -- those of them with finished positions kept
+local partial = {}                           -- {id, count, done} to store
+local levels, letters = {}, {}               -- writes: {delay, postbacks, fields} / fields
+local refs = {}                              -- record address -> references taken
+local ref_order = {}
+local unbatched, scheduled = 0, 0
+local taken, gone = {}, {}
+
+local function take_ref(address, n)
+  if address ~= '' then
+    if not refs[address] then
+      refs[address] = 0
+      ref_order[#ref_order + 1] = address
+    end
+    refs[address] = refs[address] + n
+  end
+end
+
 local function finish_entry(id, group)
   complete[#complete + 1] = id
   if not groups[group] then
@@ -117,9 +144,6 @@ local function finish_entry(id, group)
   members[#members + 1] = id
 end
 
--- Postbacks that stop waiting in the stream beyond one per entry.
-local unbatched = 0
-local taken, gone = {}, {}
 local i = 6
 while i <= #ARGV do
   local id, count, address, nops = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
@@ -131,31 +155,48 @@ while i <= #ARGV do
     newly, whole_letter = 0, false
   end
   for _ = 1, nops do
-    local pos, kind = ARGV[i], ARGV[i + 1]
-    local width = 2
+    local positions, kind = ARGV[i], ARGV[i + 1]
+    local width, fields_at = 2, 0
     if kind == 'r' then
-      width = 4
+      width = 6 + tonumber(ARGV[i + 5])
+      fields_at = i + 6
     elseif kind == 'd' then
-      width = 3 + tonumber(ARGV[i + 2])
+      width = 4 + tonumber(ARGV[i + 3])
+      fields_at = i + 4
     end
     if mine then
-      local first, last = tonumber(pos), tonumber(pos)
-      if pos == '*' then
-        first, last = 0, count - 1
-      end
+      -- Fresh when at least one of its postbacks was not finished yet: a
+      -- write that covers some finished ones (which a worker never
+      -- sends) is still made, so that nothing is lost.
       local fresh = false
-      for p = first, last do
+      local function mark(p)
         if not done[p] then
           done[p] = true
           newly = newly + 1
           fresh = true
         end
       end
+      if positions == '' then
+        for p = 0, count - 1 do
+          mark(p)
+        end
+      else
+        for k = 1, #positions do
+          mark(string.byte(positions, k))
+        end
+      end
       if fresh and kind == 'r' then
-        redis.call('ZADD', KEYS[2], due(tonumber(ARGV[i + 2])), ARGV[i + 3])
+        local postbacks = tonumber(ARGV[i + 3])
+        levels[#levels + 1] = {ARGV[i + 2], {unpack(ARGV, fields_at, i + width - 1)}}
+        scheduled = scheduled + postbacks
+        take_ref(ARGV[i + 4], 1)
       elseif fresh and kind == 'd' then
-        redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 3, i + width - 1))
-        whole_letter = whole_letter or pos == '*'
+        letters[#letters + 1] = {unpack(ARGV, fields_at, i + width - 1)}
+        if positions == '' then
+          whole_letter = true -- the entry's own reference goes with it
+        else
+          take_ref(ARGV[i + 2], 1)
+        end
       end
     end
     i = i + width
@@ -168,36 +209,73 @@ while i <= #ARGV do
       gone[#gone + 1] = id
     end
   elseif had + newly >= count then
-    -- A whole entry in the dead-letter stream still refers to its record.
     finish_entry(id, (whole_letter and '') or address)
     if count > 1 then
-      redis.call('HDEL', KEYS[7], id)
+      complete_bits[#complete_bits + 1] = id
     end
     unbatched = unbatched + math.max(0, newly - 1)
   elseif newly > 0 then
-    store_bits(id, count, done)
+    partial[#partial + 1] = {id, count, done}
     unbatched = unbatched + newly
   end
 end
 
-if unbatched > 0 and redis.call('DECRBY', KEYS[6], unbatched) <= 0 then
-  redis.call('DEL', KEYS[6])
-end
+-- What frees memory: the finished entries, their positions, the
+-- references they give back.
 local deleted = 0
+local emptied = false
 if #complete > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(complete))
   for _, group in ipairs(order) do
     local n = redis.call('XDEL', KEYS[1], unpack(groups[group]))
     deleted = deleted + n
-    if n > 0 and group ~= '' then
-      local left = redis.call('HINCRBY', KEYS[5], group, -n)
-      if left <= 0 then
-        redis.call('HDEL', KEYS[5], group)
-        if left == 0 then
-          redis.call('HDEL', KEYS[4], group)
-        end
+    take_ref(group, -n)
+  end
+  if #complete_bits > 0 then
+    redis.call('HDEL', KEYS[7], unpack(complete_bits))
+  end
+  if redis.call('XLEN', KEYS[1]) == 0 then
+    -- Nothing waits, so nothing is counted or partly finished: also heals
+    -- what an entry someone deleted by hand left behind.
+    redis.call('DEL', KEYS[6], KEYS[7])
+    emptied = true
+  end
+end
+for _, address in ipairs(ref_order) do
+  local n = refs[address]
+  if n ~= 0 then
+    local left = redis.call('HINCRBY', KEYS[5], address, n)
+    if left <= 0 then
+      -- A count below zero (counts changed by hand) is dropped and the
+      -- record kept.
+      redis.call('HDEL', KEYS[5], address)
+      if left == 0 then
+        redis.call('HDEL', KEYS[4], address)
       end
     end
   end
+end
+
+-- What takes memory: the schedule, the letters, positions of entries
+-- still waiting, the counts.
+for _, level in ipairs(levels) do
+  local member = '@' .. level[1]
+  local id = redis.call('XADD', KEYS[2] .. ':' .. member, '*', unpack(level[2]))
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('ZADD', KEYS[2], 'LT', ms + tonumber(level[1]), member)
+end
+for _, fields in ipairs(letters) do
+  redis.call('XADD', KEYS[3], '*', unpack(fields))
+end
+if not emptied then
+  for _, entry in ipairs(partial) do
+    store_bits(entry[1], entry[2], entry[3])
+  end
+  if unbatched > 0 and redis.call('DECRBY', KEYS[6], unbatched) <= 0 then
+    redis.call('DEL', KEYS[6])
+  end
+end
+if scheduled > 0 then
+  redis.call('INCRBY', KEYS[8], scheduled)
 end
 return {deleted, taken, gone}

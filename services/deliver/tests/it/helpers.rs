@@ -310,16 +310,22 @@ impl Running {
 
     /// The next log line whose `message` is `message`, as JSON.
     pub async fn line(&mut self, message: &str) -> Value {
+        let mut seen = Vec::new();
         let read = async {
             while let Some(line) = self.lines.next_line().await.expect("read stdout") {
                 let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
                 if json["message"] == message {
-                    return json;
+                    return Ok(json);
                 }
+                seen.push(line);
             }
-            panic!("stdout closed before {message:?}");
+            Err("stdout closed")
         };
-        tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no {message:?} line"))
+        match tokio::time::timeout(WAIT, read).await {
+            Ok(Ok(json)) => json,
+            Ok(Err(why)) => panic!("{why} before {message:?}; lines before:\n{}", seen.join("\n")),
+            Err(_) => panic!("no {message:?} line; lines before:\n{}", seen.join("\n")),
+        }
     }
 
     pub fn signal(&self, sig: &str) {

@@ -166,15 +166,28 @@ async fn a_full_redis_is_refused_at_the_door_and_drains_once_the_partner_is_back
     stop.cancel();
 }
 
-/// Calls of `name` Redis has served so far (INFO commandstats).
+/// Calls of `name` Redis has been sent so far, refused ones included (INFO
+/// commandstats).
 async fn calls(client: &Client, name: &str) -> u64 {
     let stats: String = command(client, "INFO", &["commandstats"]).await;
-    let prefix = format!("cmdstat_{name}:calls=");
-    stats.lines().find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok()).unwrap_or(0)
+    let prefix = format!("cmdstat_{name}:");
+    let Some(line) = stats.lines().find_map(|line| line.strip_prefix(&prefix)) else { return 0 };
+    let field = |key: &str| -> u64 { line.split(',').find_map(|kv| kv.strip_prefix(key)?.parse().ok()).unwrap_or(0) };
+    field("calls=") + field("rejected_calls=")
 }
 
+/// Redis refusing every write (here: `min-replicas-to-write` with no
+/// replica, which answers NOREPLICAS) while the first 20 postbacks of a
+/// request of 100 are in their first attempt and the other 80 wait for a
+/// worker slot: once a call to record outcomes has failed, deliver starts
+/// no further attempt until one lands (their outcomes could not be recorded
+/// either, and would be sent again), waits quietly, and once Redis takes
+/// writes again records what it had and goes on. Attempts already past the
+/// check when the first call failed (at most one round of the slots) still
+/// go; every postback attempted before the recovery reaches the partner
+/// twice (the failed attempt, then the delivery), the others once.
 #[tokio::test]
-async fn deliver_waits_out_refused_writes_quietly_and_finishes_them_itself() {
+async fn deliver_attempts_nothing_it_cannot_record_and_finishes_its_steps_itself() {
     postback_common::telemetry::init_for_tests();
     let redis = RedisServer::start();
     let admin = redis.client().await;
@@ -191,36 +204,39 @@ async fn deliver_waits_out_refused_writes_quietly_and_finishes_them_itself() {
         })
         .await
     };
-    let mut ids = Vec::new();
-    for _ in 0..20 {
-        let data: Vec<Json> = (0..10).map(|i| json!({ "i": i })).collect();
-        let body =
-            json!({"endpoint": {"method": "GET", "url": format!("{}/r?i={{i}}", sink.base_url())}, "data": data});
-        ids.extend(crate::helpers::enqueue(&redis, body).await);
-    }
+    let data: Vec<Json> = (0..100).map(|i| json!({ "i": i })).collect();
+    let body = json!({"endpoint": {"method": "GET", "url": format!("{}/r?i={{i}}", sink.base_url())}, "data": data});
+    let ids = crate::helpers::enqueue(&redis, body).await;
     let (_deliver, lines, _) = spawn_deliver(
         &redis,
         &[
-            ("POSTBACK_DELIVER_CONCURRENCY", "256".into()),
+            // 20 worker slots: the other 80 postbacks wait for one (the
+            // host has room for all).
+            ("POSTBACK_DELIVER_CONCURRENCY", "20".into()),
             ("POSTBACK_PER_HOST_CONCURRENCY", "256".into()),
+            ("POSTBACK_BREAKER_FAILURES", "0".into()),
             ("POSTBACK_RETRY_BASE_MS", "200".into()),
             ("POSTBACK_RETRY_MAX_MS", "1000".into()),
         ],
     );
-    sink.wait_for(200, Duration::from_secs(10)).await;
-    // Every postback is in its first attempt: now no write can land.
-    let _: String = command(&admin, "CONFIG", &["SET", "maxmemory", "1"]).await;
+    sink.wait_for(20, Duration::from_secs(10)).await;
+    // The first 20 are in their first attempt: now no write can land.
+    let _: String = command(&admin, "CONFIG", &["SET", "min-replicas-to-write", "1"]).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let before = calls(&admin, "evalsha").await;
+    let sent_before = sink.received().len();
     let watched = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let scripts = calls(&admin, "evalsha").await - before;
     let errors: String = command(&admin, "INFO", &["errorstats"]).await;
     println!("{scripts} script calls in 5 s while Redis refused writes; {}", errors.trim());
-    assert!(errors.contains("errorstat_OOM"), "the writes were refused");
-    // One probe per backoff delay (at most 2 s) for the finishing steps and
+    assert!(errors.contains("errorstat_NOREPLICAS"), "the writes were refused");
+    assert_eq!(sink.received().len(), sent_before, "attempts were started whose outcomes could not be recorded");
+    assert!(sent_before <= 40, "{sent_before} attempts: more than one round of the 20 slots went past the check");
+    // One call per backoff delay (at most 2 s) for the finishing steps and
     // one for the scheduler, not one per postback.
-    assert!(scripts < 40, "{scripts} script calls in 5 s: deliver spins on a full Redis");
+    assert!(scripts > 0, "deliver kept trying to record");
+    assert!(scripts < 20, "{scripts} script calls in 5 s: deliver spins on a Redis that refuses writes");
     let refusing: Vec<Json> = lines
         .lock()
         .expect("lines")
@@ -228,22 +244,25 @@ async fn deliver_waits_out_refused_writes_quietly_and_finishes_them_itself() {
         .filter(|(at, l)| *at >= watched && l["message"] != "delivery attempt")
         .map(|(_, l)| l.clone())
         .collect();
-    assert!(refusing.len() <= 2, "{} lines in 5 s: {refusing:?}", refusing.len());
+    assert!(refusing.len() <= 3, "{} lines in 5 s: {refusing:?}", refusing.len());
 
-    // Room again, partner back: the same worker finishes its reschedules
+    // Writes again, partner back: the same worker records its reschedules
     // and delivers, long before any claim (60 s by default) could.
-    let _: String = command(&admin, "CONFIG", &["SET", "maxmemory", "0"]).await;
+    let _: String = command(&admin, "CONFIG", &["SET", "min-replicas-to-write", "0"]).await;
     failing.store(false, Ordering::Relaxed);
     let recovered = Instant::now();
     redis.wait_nothing_to_deliver(Duration::from_secs(20)).await;
     println!("drained {:?} after Redis took writes again", recovered.elapsed());
     let received = sink.received();
-    for id in &ids {
-        assert!(received.iter().any(|r| r.postback_id() == Some(id.as_str())), "{id} never arrived");
-    }
+    let sent: Vec<usize> =
+        ids.iter().map(|id| received.iter().filter(|r| r.postback_id() == Some(id.as_str())).count()).collect();
+    let twice = sent.iter().filter(|n| **n == 2).count();
+    assert_eq!(twice, sent_before, "those attempted before the recovery were attempted twice: {sent:?}");
+    assert_eq!(sent.iter().filter(|n| **n == 1).count(), 100 - sent_before, "the others once: {sent:?}");
     let claimed =
         lines.lock().expect("lines").iter().any(|(_, l)| l["message"] == "took over entries left by another worker");
     assert!(!claimed, "entries were claimed");
     let back = lines.lock().expect("lines").iter().any(|(_, l)| l["message"] == "Redis accepts writes again");
     assert!(back, "the recovery is logged");
+    redis.assert_no_records_left().await;
 }

@@ -94,7 +94,8 @@ async fn a_policy_out_of_range_is_refused_by_name() {
 
 /// The example in `schemas/` (the OpenAPI document's `policy` example) is
 /// accepted, and its postbacks wait out its 5 s delay in the retry
-/// schedule as single postbacks (wire version 4) that carry the policy.
+/// schedule, still referring to the endpoint record that carries the
+/// policy.
 #[tokio::test]
 async fn the_schemas_policy_example_is_accepted_and_its_policy_kept() {
     let pipeline = Pipeline::start().await;
@@ -102,29 +103,23 @@ async fn the_schemas_policy_example_is_accepted_and_its_policy_kept() {
         .replace("https://partner.example", &pipeline.sink.base_url());
     let ids = pipeline.ingest(example).await;
     assert_eq!(ids.len(), 2);
-    let client = pipeline.redis.client().await;
     let deadline = tokio::time::Instant::now() + crate::helpers::WAIT;
-    let members = loop {
-        let members: Vec<bytes::Bytes> =
-            fred::prelude::SortedSetsInterface::zrange(&client, "postbacks:retry", 0, -1, None, false, None, false)
-                .await
-                .expect("ZRANGE");
-        if members.len() == 2 {
-            break members;
+    let scheduled = loop {
+        let scheduled = pipeline.redis.scheduled_postbacks().await;
+        if scheduled.len() == 2 {
+            break scheduled;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{members:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{scheduled:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let want =
         postback_common::delivery::Delivery { max_attempts: Some(3), delay_ms: Some(5_000), timeout_ms: Some(2_000) };
-    for member in members {
-        // `<attempts>:<first attempt ms>:<postback>`.
-        let payload = member.splitn(3, |b| *b == b':').nth(2).expect("payload");
-        assert_eq!(payload[..2], [0x98, 0x04], "version 4");
-        let postback = postback_common::records::postback::decode(payload).expect("decodes");
+    for (_, attempts, postback) in scheduled {
+        assert_eq!(attempts, 0, "waiting out the delay spends no attempt");
         assert_eq!(postback.delivery, Some(want));
         assert!(ids.contains(&postback.id.to_string()));
     }
+    pipeline.redis.assert_counts_exact().await;
     assert!(pipeline.sink.received().is_empty(), "not before the delay");
     pipeline.stop().await;
 }

@@ -48,13 +48,17 @@ async fn each_postback_of_a_request_is_finished_on_its_own() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["postback_id"], ids[2]);
     assert_eq!(dead[0]["reason"], "rejected: HTTP 404");
-    // The letter holds that postback alone, endpoint included, so it can be
-    // read and redriven without the record.
+    // The letter holds that postback alone, as an entry of one that still
+    // refers to the endpoint record, which stays as long as the letter.
     let payloads = dead_payloads(&p.redis).await;
-    let single = wire::decode(&payloads[0]).expect("a single postback");
-    assert_eq!(single.id.to_string(), ids[2]);
-    assert_eq!(single.url, p.target("/b?i={i}"));
-    assert_eq!(single.data.get("i"), Some(&postback_common::Scalar::Int(2)));
+    assert_eq!(request_entry::postbacks_in(&payloads[0]), 1);
+    let client = p.redis.client().await;
+    let keys = postback_common::keys::Keys::default();
+    let single = postback_common::entries::resolve(&client, &keys, &payloads[0]).await.expect("Redis").expect("read");
+    assert_eq!(single[0].id.to_string(), ids[2]);
+    assert_eq!(single[0].url, p.target("/b?i={i}"));
+    assert_eq!(single[0].data.get("i"), Some(&postback_common::Scalar::Int(2)));
+    p.redis.assert_counts_exact().await;
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     for r in p.sink.received() {
@@ -64,7 +68,8 @@ async fn each_postback_of_a_request_is_finished_on_its_own() {
         [("/b?i=0", 1), ("/b?i=1", 2), ("/b?i=2", 1), ("/b?i=3", 1), ("/b?i=4", 1)].map(|(t, n)| (t.into(), n)).into();
     assert_eq!(seen, want);
     assert_none_lost(&p.sink, &p.redis, &ids).await;
-    p.redis.assert_no_records_left().await;
+    let refs: Option<i64> = client.hget("postbacks:endpoints:refs", entry_address(&payloads[0])).await.expect("HGET");
+    assert_eq!(refs, Some(1), "the letter refers to the record");
     p.stop().await;
 }
 
@@ -96,12 +101,9 @@ async fn an_entry_whose_endpoint_record_is_gone_is_dead_lettered_whole() {
     p.stop().await;
 }
 
-/// The endpoint record address a version 3 entry's bytes refer to.
+/// The endpoint record address a version 3 or 5 entry's bytes refer to.
 fn entry_address(payload: &[u8]) -> String {
-    match wire::decode_entry(payload).expect("decodes") {
-        wire::Decoded::Request(entry) => entry.endpoint.to_string(),
-        wire::Decoded::Single(_) => panic!("not version 3"),
-    }
+    wire::decode_entry(payload).expect("decodes").endpoint().expect("an entry referring to a record").to_string()
 }
 
 #[tokio::test]
