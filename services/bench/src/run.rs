@@ -369,9 +369,21 @@ pub(crate) fn start_worker(
     i: usize,
     logs: &Path,
 ) -> anyhow::Result<Process> {
+    start_worker_with(flavour, redis, concurrency, i, &[], logs)
+}
+
+/// [`start_worker`] with more settings for ours.
+pub(crate) fn start_worker_with(
+    flavour: Flavour,
+    redis: Queue<'_>,
+    concurrency: usize,
+    i: usize,
+    extra: &[(&'static str, String)],
+    logs: &Path,
+) -> anyhow::Result<Process> {
     match flavour {
         Flavour::Ours => {
-            let envs = [
+            let mut envs = vec![
                 ("POSTBACK_REDIS_URL", redis.url.to_owned()),
                 ("POSTBACK_PARTITIONS", redis.partitions.to_string()),
                 ("POSTBACK_DELIVER_ADDR", "127.0.0.1:0".into()),
@@ -382,6 +394,7 @@ pub(crate) fn start_worker(
                 ("POSTBACK_ALLOW_PRIVATE_TARGETS", "true".into()),
                 ("RUST_LOG", "info".into()),
             ];
+            envs.extend(extra.iter().cloned());
             Process::spawn(&format!("deliver-{i}"), &sibling("postback-deliver")?, &[], &envs, logs)
         }
         Flavour::Bare => {

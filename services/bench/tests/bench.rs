@@ -227,7 +227,7 @@ fn bytes_reports_the_sample_postback_to_the_byte() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let cases: Value = serde_json::from_slice(&std::fs::read(&path).expect("report")).expect("JSON");
     let cases = cases.as_array().expect("cases");
-    assert_eq!(cases.len(), 2);
+    assert_eq!(cases.len(), 3);
     // The batch format's test pins the sample at 82 bytes (its endpoint
     // stored apart), and the wire format's its JSON form at 262.
     assert_eq!(cases[0]["payload_bytes"], 82.0, "{cases:?}");
@@ -235,9 +235,15 @@ fn bytes_reports_the_sample_postback_to_the_byte() {
     assert_eq!(cases[0]["json_bytes"], 262.0, "{cases:?}");
     assert_eq!(cases[0]["postbacks"], 200);
     assert_eq!(cases[1]["postbacks"], 200, "two requests of 100 items");
+    assert_eq!(cases[2]["postbacks"], 200);
     for case in cases {
         let stored = case["stored_bytes"].as_f64().expect("stored");
         assert!(stored > case["payload_bytes"].as_f64().expect("payload"), "the stream adds its own overhead: {case}");
         assert!(case["deliver_net_bytes"].as_f64().is_some_and(|b| b > 0.0), "{case}");
+        // A scheduled retry costs at most twice what its postback took in
+        // its entry, whatever the shape (bytes, not time: the same every run).
+        let retry = case["retry_ratio"].as_f64().expect("retry ratio");
+        assert!(retry > 0.0 && retry <= 2.0, "{case}");
+        assert!(case["dead_bytes"].as_f64().is_some_and(|b| b > 0.0), "{case}");
     }
 }
