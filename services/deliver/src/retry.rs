@@ -181,7 +181,7 @@ mod tests {
             }
         }
         let spread: std::collections::HashSet<_> = (0..50).map(|i| POLICY.jittered(3, f64::from(i) / 50.0)).collect();
-        assert!(spread.len() > 10, "jitter varies the delay: {spread:?}");
+        assert!(spread.len() >= 4, "jitter varies the delay: {spread:?}");
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //!
 //! Delays are the [`LADDER`]: 16 levels per doubling, so a delay asked for
 //! is served by the nearest level at or above it (at most 4.5 % later),
-//! and an exponential retry's jitter picks a level between half and all of
-//! its step ([`jittered`]). Levels exist only while they hold entries.
+//! and an exponential retry's jitter picks one of four levels between half
+//! and all of its step ([`jittered`]). Levels exist only while they hold
+//! entries.
 //! Compared with one sorted-set member per postback (about 120 bytes of
 //! Redis's own per member, besides the postback), an entry of a stream costs
 //! a few bytes besides its value.
@@ -64,10 +65,18 @@ pub fn round_up(ms: u64) -> u64 {
     ladder.get(i).copied().unwrap_or(MAX_DELAY_MS)
 }
 
+/// How many levels apart the delays that [`jittered`] picks from are:
+/// four, so an exponential step spreads over four levels (each about 19 %
+/// above the one before), not sixteen. A level costs Redis about 4 KiB
+/// while it holds entries (a stream preallocates its node), which an
+/// outage of many postbacks spreads thin, and few levels keep it small.
+pub const JITTER_STRIDE: usize = 4;
+
 /// Equal jitter on the ladder: one of the levels between half of `ceiling`
-/// and all of it (both included), picked by `u` in `[0, 1)`; so every
-/// wait is at least half its step and at most all of it. Without a level
-/// in that range (tiny ceilings), the one just above half.
+/// and all of it (both included), every [`JITTER_STRIDE`]th down from the
+/// highest, picked by `u` in `[0, 1)`; so every wait is at least half its
+/// step and at most all of it. Without a level in that range (tiny
+/// ceilings), the one just above half.
 pub fn jittered(ceiling: u64, u: f64) -> u64 {
     let ladder = &*LADDER;
     let low = ladder.partition_point(|d| *d < ceiling.div_ceil(2));
@@ -75,8 +84,9 @@ pub fn jittered(ceiling: u64, u: f64) -> u64 {
     if high <= low {
         return round_up(ceiling.div_ceil(2));
     }
-    let pick = low + ((u.clamp(0.0, 1.0) * (high - low) as f64) as usize).min(high - low - 1);
-    ladder[pick]
+    let choices = (high - low).div_ceil(JITTER_STRIDE);
+    let pick = ((u.clamp(0.0, 1.0) * choices as f64) as usize).min(choices - 1);
+    ladder[high - 1 - (choices - 1 - pick) * JITTER_STRIDE]
 }
 
 /// The index member of the level of delay `ms`.
@@ -159,7 +169,7 @@ mod tests {
             let (low, high) = (*picks.first().expect("picks"), *picks.last().expect("picks"));
             if ceiling >= 100 {
                 assert!(low >= ceiling / 2 && high <= ceiling, "{ceiling}: {low}..{high}");
-                assert!(picks.len() >= 15, "{ceiling}: spread over the levels: {picks:?}");
+                assert!((4..=5).contains(&picks.len()), "{ceiling}: spread over four levels: {picks:?}");
             }
             assert!(low >= ceiling.div_ceil(2).min(round_up(ceiling.div_ceil(2))), "{ceiling}: {low}");
             assert_eq!(jittered(ceiling, 0.999_999), high);
