@@ -1,5 +1,7 @@
 //! Forgetting consumers that are gone: a fleet whose worker names change
-//! (HOSTNAME-PID) would otherwise pile up dead names in the group.
+//! (HOSTNAME-PID) would otherwise pile up dead names in the group. And
+//! healing the counts beside an empty stream (`lua/heal.lua`): what an
+//! entry deleted by hand leaves behind goes within one round.
 //!
 //! Every worker runs one, every quarter of `POSTBACK_CONSUMER_GONE_MS`
 //! (between 1 s and 1 min). A consumer other than this one that holds
@@ -30,8 +32,16 @@ pub(crate) async fn run(
 ) {
     let every = (gone_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let forget = Script::new(include_str!("lua/forget_consumer.lua"));
+    let heal = Script::new(include_str!("lua/heal.lua"));
     let mut backoff = Backoff::default();
     loop {
+        let healed: Result<i64, _> = heal.call(&redis, &[&keys.stream, &keys.batched, &keys.finished], vec![]).await;
+        if let Ok(n @ 1..) = healed {
+            tracing::info!(
+                keys = n,
+                "the stream is empty: removed the counts left beside it (entries deleted by hand?)"
+            );
+        }
         let pause = match sweep(&redis, &keys, &me, gone_after, &forget).await {
             Ok(removed) => {
                 metrics.consumers_removed(removed);
@@ -110,5 +120,21 @@ mod tests {
         assert_eq!(call("x", 0).await.expect("script"), 0);
         let _: () = client.flushall(false).await.expect("FLUSHALL");
         assert_eq!(call("empty", 0).await.expect("script"), 0, "no group at all");
+    }
+
+    #[tokio::test]
+    async fn counts_beside_an_empty_stream_go_and_only_then() {
+        let redis = RedisServer::start();
+        let client = redis.client().await;
+        let heal = Script::new(include_str!("lua/heal.lua"));
+        let keys = ["postbacks", "postbacks:batched", "postbacks:finished"];
+        let _: () = client.set("postbacks:batched", 3, None, None, false).await.expect("SET");
+        let _: () = client.hset("postbacks:finished", ("1-0", "x")).await.expect("HSET");
+        let _: String = client.xadd("postbacks", false, None, "*", ("p", "x")).await.expect("XADD");
+        assert_eq!(heal.call::<_, i64>(&client, &keys, vec![]).await.expect("script"), 0, "entries wait");
+        let _: i64 = client.del("postbacks").await.expect("DEL");
+        assert_eq!(heal.call::<_, i64>(&client, &keys, vec![]).await.expect("script"), 2);
+        let left: u32 = client.exists(vec!["postbacks:batched", "postbacks:finished"]).await.expect("EXISTS");
+        assert_eq!(left, 0);
     }
 }

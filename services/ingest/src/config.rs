@@ -130,11 +130,15 @@ impl Config {
         Ok(())
     }
 
+    /// The admission limits ([`crate::gate`]).
+    pub fn gate(&self) -> crate::gate::Limits {
+        crate::gate::Limits { max_backlog: self.max_backlog, memory_percent: self.redis_memory_limit_percent }
+    }
+
     /// The enqueue settings.
     pub fn enqueue(&self) -> crate::enqueue::Settings {
         crate::enqueue::Settings {
             timeout: self.redis_timeout(),
-            max_backlog: self.max_backlog,
             wait_replicas: self.wait_replicas,
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_s),
         }

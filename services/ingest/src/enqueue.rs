@@ -7,9 +7,10 @@
 //! (`enqueue.lua`, sent with EVALSHA): Redis applies all of them or none, so
 //! a request is never half-enqueued and an entry is never without its
 //! record, and the 202 is sent only once the script has returned every entry
-//! id. The same script refuses the request when the backlog (postbacks in
-//! the stream plus scheduled retries) has reached `POSTBACK_MAX_BACKLOG`, so
-//! a stalled delivery side cannot run Redis out of memory.
+//! id. Before it, the gate ([`crate::gate`]) decides whether the backlog
+//! (`POSTBACK_MAX_BACKLOG`) and Redis's memory leave room, so a stalled
+//! delivery side cannot run Redis out of memory; a refused request with an
+//! `Idempotency-Key` is still looked up, and a replay answered.
 //!
 //! Records are content-addressed by 64 bits of SHA-256. Should two records
 //! ever share an address, the script writes nothing and says so, and the
@@ -33,6 +34,7 @@
 //! ([`EnqueueError::queued`]): a command that was sent and not answered may
 //! have run, and a WAIT shortfall comes after the write.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -45,6 +47,7 @@ use postback_common::script::Script;
 use postback_common::{Postback, records::postback as wire};
 use uuid::Uuid;
 
+use crate::gate::{Gate, Refused};
 use crate::idempotency::{Given, Idempotency};
 
 /// Why a request did not get its 202; [`queued`](Self::queued) says
@@ -57,14 +60,10 @@ pub enum EnqueueError {
     /// The client has no live connection; not even tried.
     #[error("not connected to Redis")]
     NotConnected,
-    /// The backlog is at `POSTBACK_MAX_BACKLOG`.
-    #[error("backlog full: {backlog} postbacks waiting (POSTBACK_MAX_BACKLOG {max})")]
-    BacklogFull {
-        /// Postbacks waiting.
-        backlog: u64,
-        /// The limit.
-        max: u64,
-    },
+    /// The backlog is at `POSTBACK_MAX_BACKLOG`, or Redis's memory at its
+    /// limit ([`crate::gate`]).
+    #[error("{0}")]
+    BacklogFull(Refused),
     /// The postbacks are written, but WAIT for the replicas failed.
     #[error("the replicas could not be asked to confirm the write: {cause}")]
     WaitFailed {
@@ -120,7 +119,7 @@ impl EnqueueError {
     pub fn queued(&self) -> Queued {
         use fred::error::ErrorKind;
         match self {
-            EnqueueError::Reused | EnqueueError::NotConnected | EnqueueError::BacklogFull { .. } => Queued::No,
+            EnqueueError::Reused | EnqueueError::NotConnected | EnqueueError::BacklogFull(_) => Queued::No,
             EnqueueError::Replicas { .. } | EnqueueError::WaitFailed { .. } => Queued::Yes,
             EnqueueError::Mismatch { .. } => Queued::Maybe,
             EnqueueError::Redis(e) => match e.kind() {
@@ -144,11 +143,10 @@ pub enum Enqueued {
 }
 
 /// Runs the enqueue script (and WAIT, when asked to).
-#[derive(Debug)]
 pub struct Enqueuer {
     script: Script,
     options: Options,
-    max_backlog: u64,
+    gate: Arc<Gate>,
     wait_replicas: u32,
     idempotency_ttl: Duration,
     timeout: Duration,
@@ -162,8 +160,6 @@ pub struct Enqueuer {
 pub struct Settings {
     /// Longest wait for Redis (`POSTBACK_REDIS_TIMEOUT_MS`).
     pub timeout: Duration,
-    /// Refuse work once this many postbacks wait (0: never).
-    pub max_backlog: u64,
     /// Replicas to wait for (0: none).
     pub wait_replicas: u32,
     /// How long idempotency records are kept.
@@ -171,14 +167,14 @@ pub struct Settings {
 }
 
 impl Enqueuer {
-    /// An enqueuer with these settings.
-    pub fn new(settings: Settings) -> Self {
-        let Settings { timeout, max_backlog, wait_replicas, idempotency_ttl } = settings;
+    /// An enqueuer with these settings, admitting through `gate`.
+    pub fn new(settings: Settings, gate: Arc<Gate>) -> Self {
+        let Settings { timeout, wait_replicas, idempotency_ttl } = settings;
         let options = Options { fail_fast: true, max_attempts: Some(1), timeout: Some(timeout), ..Options::default() };
         Self {
             script: Script::new(include_str!("enqueue.lua")),
             options,
-            max_backlog,
+            gate,
             wait_replicas,
             idempotency_ttl,
             timeout,
@@ -211,7 +207,21 @@ impl Enqueuer {
         let key = idempotency.map(|key| (key, key.record(given)));
         let key = key.as_ref().map(|(k, record)| (*k, record.as_str()));
         let packed = request_entry::pack(postbacks);
-        let enqueued = match self.append(&client, keys, &packed, key).await {
+        let bytes = packed.iter().map(|p| p.payload.len() as u64 + crate::gate::ENTRY_OVERHEAD).sum();
+        if let Err(refused) = self.gate.admit(keys.partition, postbacks.len() as u64, bytes, self.timeout).await {
+            // Not new work if the key was used before: the replay is
+            // answered all the same.
+            return match key {
+                Some(key) => match self.append(&client, keys, &[], Some(key), true).await {
+                    Err(EnqueueError::Redis(e)) if e.details().starts_with("FULL") => {
+                        Err(EnqueueError::BacklogFull(refused))
+                    }
+                    other => self.confirm(&client, keys, other?, given).await,
+                },
+                None => Err(EnqueueError::BacklogFull(refused)),
+            };
+        }
+        let enqueued = match self.append(&client, keys, &packed, key, false).await {
             Err(EnqueueError::Redis(e)) if e.details().starts_with("COLLISION") => {
                 tracing::warn!(
                     error = e.details(),
@@ -221,10 +231,23 @@ impl Enqueuer {
                     .iter()
                     .map(|p| Packed { payload: wire::encode(p), endpoint: None, postbacks: 1 })
                     .collect();
-                self.append(&client, keys, &singles, key).await?
+                self.append(&client, keys, &singles, key, false).await?
             }
             other => other?,
         };
+        self.confirm(&client, keys, enqueued, given).await
+    }
+
+    /// With `POSTBACK_INGEST_WAIT_REPLICAS`, waits for the replicas to
+    /// confirm what `enqueued` says was written (or written before, for a
+    /// replay).
+    async fn confirm(
+        &self,
+        client: &Client,
+        keys: &Keys,
+        enqueued: Enqueued,
+        given: Given,
+    ) -> Result<Enqueued, EnqueueError> {
         if self.wait_replicas > 0 {
             let given = match &enqueued {
                 Enqueued::Replayed(earlier) => *earlier,
@@ -249,13 +272,15 @@ impl Enqueuer {
     }
 
     /// Runs the script once for `entries`, with the idempotency record key
-    /// and value when the request has a key.
+    /// and value when the request has a key; `replay_only` when the request
+    /// may only be answered as a replay.
     async fn append(
         &self,
         client: &Client,
         keys: &Keys,
         entries: &[Packed],
         idempotency: Option<(&Idempotency, &str)>,
+        replay_only: bool,
     ) -> Result<Enqueued, EnqueueError> {
         let mut records: Vec<(String, &[u8])> = Vec::new();
         let mut numbers = Vec::with_capacity(entries.len());
@@ -275,11 +300,11 @@ impl Enqueuer {
             });
         }
         let mut args: Vec<Value> = Vec::with_capacity(5 + 2 * records.len() + 3 * entries.len());
-        args.push((self.max_backlog as i64).into());
         let ttl = if idempotency.is_some() { self.idempotency_ttl.as_secs().max(1) as i64 } else { 0 };
         args.push(ttl.into());
         args.push(idempotency.map_or("", |(_, record)| record).into());
         args.push(if self.wait_replicas > 0 { "1" } else { "0" }.into());
+        args.push(if replay_only { "1" } else { "0" }.into());
         args.push((records.len() as i64).into());
         for (address, record) in &records {
             args.push(address.as_str().into());
@@ -293,21 +318,8 @@ impl Enqueuer {
         // Without a key, the record's key is never touched; the stream's
         // name stands in for it.
         let record_key = idempotency.map_or(keys.stream.as_str(), |(key, _)| key.record_key.as_str());
-        let script_keys = [
-            &*keys.stream,
-            &keys.retry,
-            &keys.endpoints,
-            &keys.endpoint_refs,
-            &keys.batched,
-            &keys.finished,
-            record_key,
-            &keys.scheduled,
-        ];
+        let script_keys = [&*keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched, record_key];
         let ids: Vec<String> = match self.script.call(client, &script_keys, args).await {
-            Err(e) if e.details().starts_with("BACKLOG") => {
-                let backlog = e.details().split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
-                return Err(EnqueueError::BacklogFull { backlog, max: self.max_backlog });
-            }
             Err(e) if e.details().starts_with("REUSED") => return Err(EnqueueError::Reused),
             other => other?,
         };

@@ -8,6 +8,8 @@
 //! - [`routes`]: the HTTP routes.
 //! - [`json`]: parsing the body (simd-json) into an order-keeping tree.
 //! - [`request`]: validating a request and building its postbacks.
+//! - [`gate`]: whether the backlog and Redis's memory leave room, decided
+//!   in memory between samples.
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
 //! - [`idempotency`]: `Idempotency-Key`: the same request answered once.
 //! - [`auth`]: optional bearer tokens.
@@ -21,6 +23,7 @@ mod auth;
 mod config;
 pub mod enqueue;
 mod error;
+pub mod gate;
 pub mod idempotency;
 pub mod json;
 mod metrics;

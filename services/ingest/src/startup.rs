@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 
-use postback_common::redis_memory::MemoryWatch;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +43,8 @@ impl Application {
         let redis = postback_common::redis::connect(&config.redis.redis_url, config.redis_timeout())?;
         let memory_stop = CancellationToken::new();
         let limit = config.redis_memory_limit_percent;
-        let memory = MemoryWatch::spawn(redis.clone(), memory_stop.clone(), move || {
+        let state = AppState::with_tokens(redis, config, tokens);
+        state.start_sampling(memory_stop.clone(), move || {
             if limit > 0 {
                 tracing::warn!(
                     "Redis has no maxmemory: POSTBACK_REDIS_MEMORY_LIMIT_PERCENT cannot keep headroom, and a full \
@@ -52,7 +52,6 @@ impl Application {
                 );
             }
         });
-        let state = AppState::with_memory(redis, config, tokens, memory);
         Ok(Self { listener, state, memory_stop })
     }
 

@@ -34,8 +34,11 @@ pub struct Inner {
     pub(crate) config: Config,
     /// Prometheus metrics.
     pub(crate) metrics: crate::metrics::IngestMetrics,
-    /// Redis's memory use, sampled.
+    /// Redis's memory use, sampled (the fullest primary's share, for the
+    /// metrics).
     pub(crate) memory: Arc<postback_common::redis_memory::MemoryWatch>,
+    /// Whether a request may be queued ([`crate::gate`]).
+    pub(crate) gate: Arc<crate::gate::Gate>,
 }
 
 impl AppState {
@@ -44,34 +47,39 @@ impl AppState {
         Self::with_tokens(redis, config, None)
     }
 
-    /// Wraps the shared parts, requiring one of `tokens` when given.
+    /// Wraps the shared parts, requiring one of `tokens` when given; the
+    /// gate samples nothing until [`Inner::start_sampling`] (everything is
+    /// let through without a sample).
     pub(crate) fn with_tokens(redis: Client, config: Config, tokens: Option<crate::auth::Tokens>) -> Self {
-        Self::with_memory(redis, config, tokens, Arc::default())
-    }
-
-    /// Wraps the shared parts, reading Redis's memory use from `memory`.
-    pub(crate) fn with_memory(
-        redis: Client,
-        config: Config,
-        tokens: Option<crate::auth::Tokens>,
-        memory: Arc<postback_common::redis_memory::MemoryWatch>,
-    ) -> Self {
+        let partitions = config.redis.partitions();
+        let gate = Arc::new(crate::gate::Gate::new(config.gate(), partitions.count()));
         Self(Arc::new(Inner {
             redis,
             tokens,
-            partitions: config.redis.partitions(),
+            partitions,
             turn: AtomicU32::new(0),
             limits: config.limits(),
-            enqueuer: Enqueuer::new(config.enqueue()),
+            enqueuer: Enqueuer::new(config.enqueue(), gate.clone()),
+            gate,
             limiter: crate::rate::Limiter::new(config.redis_timeout()),
             config,
             metrics: crate::metrics::IngestMetrics::new(),
-            memory,
+            memory: Arc::default(),
         }))
     }
 }
 
 impl Inner {
+    /// Starts the gate's sampler until `stop`; `on_unlimited` is called
+    /// the first time Redis turns out to have no `maxmemory`.
+    pub(crate) fn start_sampling(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+        on_unlimited: impl FnOnce() + Send + 'static,
+    ) {
+        self.gate.spawn(self.redis.clone(), self.partitions.clone(), self.memory.clone(), stop, on_unlimited);
+    }
+
     /// The partition for a request without an Idempotency-Key: each in
     /// turn, so that requests spread evenly.
     pub fn next_partition(&self) -> &Keys {

@@ -59,14 +59,6 @@ pub async fn accept(
         examined.await.unwrap_or_else(|joined| std::panic::resume_unwind(joined.into_panic()))?
     };
     Span::current().record("postbacks", postbacks.len());
-    let memory_limit = state.config.redis_memory_limit_percent;
-    if state.memory.at_or_over(memory_limit) {
-        state.metrics.postbacks("backlog_full", postbacks.len());
-        let used = state.memory.ratio().unwrap_or_default() * 100.0;
-        return Err(IngestError::BacklogFull(format!(
-            "Redis memory is at {used:.0}% of maxmemory, at or over POSTBACK_REDIS_MEMORY_LIMIT_PERCENT ({memory_limit}%)"
-        )));
-    }
     let verdict = check_rate(&state, caller.as_ref(), postbacks.len()).await;
     if let Some(verdict) = verdict.filter(|v| !v.allowed) {
         state.metrics.postbacks("rate_limited", postbacks.len());
@@ -91,7 +83,7 @@ pub async fn accept(
             trace::failed(producer.as_ref());
             let error = match (&e, e.queued()) {
                 (EnqueueError::Reused, _) => IngestError::IdempotencyKeyReused,
-                (EnqueueError::BacklogFull { .. }, _) => IngestError::BacklogFull(e.to_string()),
+                (EnqueueError::BacklogFull(_), _) => IngestError::BacklogFull(e.to_string()),
                 (EnqueueError::Replicas { given, .. } | EnqueueError::WaitFailed { given, .. }, _) => {
                     IngestError::NotReplicated { cause: e.to_string(), keyed, ids: ids_of(*given) }
                 }
