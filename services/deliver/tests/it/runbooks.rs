@@ -11,6 +11,8 @@
 //! its Sentinels).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -261,7 +263,10 @@ async fn a_single_slow_partner_shows_as_slots_full_and_host_busy() {
 #[tokio::test]
 async fn a_partner_down_for_hours_shows_as_open_and_can_be_paused_by_hand() {
     let redis = RedisServer::start();
-    let down = Sink::start_with(|_, _| Reply::status(503)).await;
+    // Down until the operator has paused it; back by the time they resume it.
+    let back = Arc::new(AtomicBool::new(false));
+    let answer = back.clone();
+    let down = Sink::start_with(move |_, _| Reply::status(if answer.load(Ordering::SeqCst) { 200 } else { 503 })).await;
     let (_worker, admin) = deliver(&redis, &[("POSTBACK_BREAKER_FAILURES", "3".into())]);
     enqueue(&redis, request(format!("{}/down?i={{i}}", down.base_url()), 10)).await;
     let shell = Shell { admin: Some(admin), ..Shell::new(&redis) };
@@ -290,6 +295,7 @@ async fn a_partner_down_for_hours_shows_as_open_and_can_be_paused_by_hand() {
     // Nothing was sent while it was open or paused (its pause is a minute);
     // once resumed, its retries (due within a second) may go.
     assert_eq!(down.received().len(), seen);
+    back.store(true, Ordering::SeqCst);
     let resumed = shell.run(&by_hand("postbackctl hosts resume")).await;
     assert_eq!(resumed.trim(), format!("{host}: resumed (closed)"));
     // Listed by its attempts (counted every 2 s) now that its breaker is gone.
