@@ -4,35 +4,54 @@
 use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
+use postback_common::records::log_entry::LogEntry;
 use serde_json::{Map, Value as Json};
 
 use crate::dead::DeadError;
-use crate::{entry, output};
+use crate::output;
 
-/// The attempts of postback `id` among the newest `scan` log entries.
+/// Log entries read per round trip.
+const PAGE: u64 = 200;
+
+/// The attempts of postback `id` among the newest `scan` attempts logged,
+/// newest first (an entry of the log holds a batch of attempts, or, if
+/// written before batches, one).
 pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Vec<Json>, DeadError> {
-    let entries: Vec<(String, Vec<(String, Bytes)>)> = redis.xrevrange(&keys.log, "+", "-", Some(scan)).await?;
-    let found: Vec<Json> = entries
-        .into_iter()
-        .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "postback_id" && v.as_ref() == id.as_bytes()))
-        .map(|(_, fields)| {
-            let object: Map<String, Json> = fields
-                .into_iter()
-                .map(|(k, v)| {
-                    let value = entry::text_field(&k, &v);
-                    (k, value)
-                })
-                .collect();
-            Json::Object(object)
-        })
-        .collect();
+    let mut found = Vec::new();
+    let (mut scanned, mut end) = (0u64, "+".to_owned());
+    while scanned < scan {
+        let entries: Vec<(String, Vec<(Bytes, Bytes)>)> =
+            redis.xrevrange(&keys.log, end.as_str(), "-", Some(PAGE)).await?;
+        let full = entries.len() as u64 == PAGE;
+        let Some(last) = entries.last().map(|(id, _)| id.clone()) else { break };
+        for (_, fields) in entries {
+            let attempts = LogEntry::from_entry(fields.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+            scanned += attempts.len() as u64;
+            // Newest first, within an entry too.
+            found.extend(attempts.into_iter().rev().filter(|a| a.postback_id == id).map(row));
+        }
+        if !full {
+            break;
+        }
+        end = format!("({last}");
+    }
     if found.is_empty() {
         return Err(DeadError::NotFound(format!(
-            "no attempts of {id} in the newest {scan} entries of {} (not attempted yet, or logged longer ago)",
+            "no attempts of {id} in the newest {scan} attempts logged in {} (not attempted yet, or logged longer ago)",
             keys.log
         )));
     }
     Ok(found)
+}
+
+/// One attempt as JSON.
+fn row(attempt: LogEntry) -> Json {
+    let mut object = Map::new();
+    object.insert("postback_id".into(), attempt.postback_id.clone().into());
+    if let Json::Object(rest) = serde_json::to_value(&attempt).unwrap_or_default() {
+        object.extend(rest);
+    }
+    Json::Object(object)
 }
 
 /// Prints attempts as a table.

@@ -77,7 +77,7 @@ pub enum Command {
     Attempts {
         /// The postback id (X-Postback-Id, or an id from the 202).
         id: String,
-        /// How many of the newest log entries to search.
+        /// How many of the newest attempts logged to search.
         #[arg(long, default_value_t = 10_000)]
         scan: u64,
     },

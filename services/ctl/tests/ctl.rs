@@ -186,14 +186,30 @@ async fn attempts_come_from_the_delivery_log() {
     }
     let other = vec![("postback_id", "0192-b"), ("attempt", "1"), ("outcome", "dead")];
     let _: String = client.xadd("postbacks:log", false, None, "*", other).await.expect("XADD log");
+    // As deliver writes them now: a batch of attempts in one entry.
+    let batch = vec![
+        (
+            "0192-c",
+            r#"{"attempt":1,"at":"2026-11-28T00:00:01.000Z","status":null,"outcome":"retry","response_time_ms":0,"url":"http://h.example/c","error":"connect: refused"}"#,
+        ),
+        (
+            "0192-a",
+            r#"{"attempt":3,"at":"2026-11-28T00:00:02.000Z","status":200,"outcome":"delivered","response_time_ms":3,"url":"http://h.example/x"}"#,
+        ),
+    ];
+    let _: String = client.xadd("postbacks:log", false, None, "*", batch).await.expect("XADD log");
 
     let rows = json(&ctl(&redis, &["--json", "attempts", "0192-a"]));
     let rows = rows.as_array().expect("rows");
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["attempt"], 2, "newest first; numbers as numbers");
-    assert_eq!(rows[0]["outcome"], "delivered");
-    assert_eq!(rows[1]["status"], 503);
-    assert_eq!(rows[1]["response_time_ms"], 7);
+    assert_eq!(rows.len(), 3, "from entries of one attempt, as written before batches, and from a batch");
+    assert_eq!(rows[0]["attempt"], 3, "newest first; numbers as numbers");
+    assert_eq!(rows[1]["attempt"], 2);
+    assert_eq!(rows[1]["outcome"], "delivered");
+    assert_eq!(rows[2]["status"], 503);
+    assert_eq!(rows[2]["response_time_ms"], 7);
+    let other = json(&ctl(&redis, &["--json", "attempts", "0192-c"]));
+    assert_eq!(other[0]["error"], "connect: refused");
+    assert_eq!(other[0]["status"], Json::Null);
     let table = ctl(&redis, &["attempts", "0192-a"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("delivered"));
     let none = ctl(&redis, &["attempts", "0192-zzz"]);

@@ -1,59 +1,42 @@
-//! The delivery log: a capped Redis stream (`<stream>:log`) with one entry
-//! per attempt, so on-call can see a postback's recent attempts with
+//! The delivery log: a capped Redis stream (`<stream>:log`) of every
+//! attempt, so on-call can see a postback's recent attempts with
 //! `postbackctl attempts ID` without access to the workers' log files.
+//! The entries' layout: `postback_common::records::log_entry`.
 //!
-//! It is a log, not data: it is capped (`POSTBACK_ATTEMPT_LOG_MAXLEN`,
-//! approximate trimming, so the oldest entries go first) and written in
-//! batches by one task per worker, off the delivery path: the first entry
-//! of a batch waits [`LINGER`] for others, and a batch is one script call
-//! (`lua/log.lua`), so a worker delivering a few postbacks a second sends
-//! Redis a few log writes a second, not one per attempt. If Redis is away
-//! or refuses them the entries of that moment are dropped (counted and
-//! summarised by [`crate::degraded`]), never retried at the cost of
-//! delivery. It is also the first thing shed when Redis fills up: at
-//! `POSTBACK_REDIS_MEMORY_LIMIT_PERCENT` less 10 points of maxmemory,
-//! nothing is written to it until memory falls back below that.
+//! It is a log, not data: capped at about `POSTBACK_ATTEMPT_LOG_MAXLEN`
+//! attempts, and written in batches by one task per worker, off the
+//! delivery path: the first attempt of a batch waits [`LINGER`] for others,
+//! and a batch is one stream entry, one `XADD`, whatever its size: an
+//! attempt costs Redis a field and a value, not an entry and a command.
+//! The stream is trimmed (approximately, by whole nodes) to the cap divided
+//! by this worker's recent batch size, so it holds about the cap in
+//! attempts. If Redis is away or refuses them the attempts of that moment
+//! are dropped (counted and summarised by [`crate::degraded`]), never
+//! retried at the cost of delivery. It is also the first thing shed when
+//! Redis fills up: at `POSTBACK_REDIS_MEMORY_LIMIT_PERCENT` less 10 points
+//! of maxmemory, nothing is written to it until memory falls back below
+//! that.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use postback_common::records::log_entry::LogEntry;
 use postback_common::redis_memory::MemoryWatch;
-use postback_common::script::Script;
 use tokio::sync::mpsc;
 
 use crate::degraded::Degraded;
 
-/// Entries written per round trip, at most.
+/// Attempts written per entry, at most.
 const BATCH: usize = 512;
 
-/// How long the first entry of a batch waits for others.
+/// How long the first attempt of a batch waits for others.
 const LINGER: Duration = Duration::from_millis(250);
-
-/// One attempt, as written to the log.
-#[derive(Debug, Clone)]
-pub(crate) struct LoggedAttempt {
-    /// The postback's id.
-    pub(crate) postback_id: String,
-    /// Attempt number.
-    pub(crate) attempt: u32,
-    /// RFC 3339 time of the attempt.
-    pub(crate) at: String,
-    /// HTTP status, if any.
-    pub(crate) status: Option<u16>,
-    /// delivered, retry or dead.
-    pub(crate) outcome: &'static str,
-    /// Milliseconds to the response.
-    pub(crate) response_time_ms: u64,
-    /// The URL sent to.
-    pub(crate) url: String,
-    /// Why it failed, if it did.
-    pub(crate) error: Option<String>,
-}
 
 /// Handle for attempts to be logged; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct AttemptLog(Option<mpsc::Sender<LoggedAttempt>>);
+pub(crate) struct AttemptLog(Option<mpsc::Sender<LogEntry>>);
 
 impl AttemptLog {
     /// A log that writes nothing (`POSTBACK_ATTEMPT_LOG_MAXLEN=0`).
@@ -61,8 +44,8 @@ impl AttemptLog {
         Self(None)
     }
 
-    /// Starts the writer task for stream `key`, capped at `maxlen` entries
-    /// and shedding as `shed` says.
+    /// Starts the writer task for stream `key`, capped at about `maxlen`
+    /// attempts and shedding as `shed` says.
     pub(crate) fn spawn(
         redis: Client,
         key: String,
@@ -74,7 +57,7 @@ impl AttemptLog {
     }
 
     /// Queues an attempt; dropped if the writer is too far behind.
-    pub(crate) fn record(&self, attempt: LoggedAttempt) {
+    pub(crate) fn record(&self, attempt: LogEntry) {
         if let Some(tx) = &self.0 {
             let _ = tx.try_send(attempt);
         }
@@ -91,10 +74,12 @@ pub(crate) struct Shedding {
     pub(crate) degraded: Arc<Degraded>,
 }
 
-async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: mpsc::Receiver<LoggedAttempt>) {
-    let script = Script::new(include_str!("lua/log.lua"));
+async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: mpsc::Receiver<LogEntry>) {
+    let xadd = CustomCommand::new_static("XADD", ClusterHash::FirstKey, false);
     let mut batch = Vec::with_capacity(BATCH);
     let mut shedding = false;
+    // Attempts per entry lately, in sixteenths, for the cap in entries.
+    let mut per_entry = 16 * 1u64;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let linger = tokio::time::sleep(LINGER);
         tokio::pin!(linger);
@@ -120,30 +105,16 @@ async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: 
             batch.clear();
             continue;
         }
-        let mut args: Vec<Value> = Vec::with_capacity(1 + batch.len() * 17);
-        args.push(maxlen.to_string().into());
-        for a in batch.drain(..) {
-            let mut fields: Vec<(&str, String)> = vec![
-                ("postback_id", a.postback_id),
-                ("attempt", a.attempt.to_string()),
-                ("at", a.at),
-                ("outcome", a.outcome.to_owned()),
-                ("response_time_ms", a.response_time_ms.to_string()),
-                ("url", a.url),
-            ];
-            if let Some(status) = a.status {
-                fields.push(("status", status.to_string()));
-            }
-            if let Some(error) = a.error {
-                fields.push(("error", error));
-            }
-            args.push((fields.len() as i64).into());
-            for (name, value) in fields {
-                args.push(name.into());
-                args.push(value.into());
-            }
+        per_entry = (per_entry * 7 + 16 * n).div_ceil(8);
+        let entries = (maxlen * 16).div_ceil(per_entry.max(16)).max(1);
+        let mut args: Vec<Value> = Vec::with_capacity(5 + 2 * batch.len());
+        args.extend([key.as_str().into(), "MAXLEN".into(), "~".into(), (entries as i64).into(), "*".into()]);
+        for attempt in batch.drain(..) {
+            let (name, value) = attempt.field();
+            args.push(Value::Bytes(name));
+            args.push(Value::Bytes(value));
         }
-        match tokio::time::timeout(Duration::from_secs(5), script.call::<_, Value>(&redis, &[&key], args)).await {
+        match tokio::time::timeout(Duration::from_secs(5), redis.custom::<Value, _>(xadd.clone(), args)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => shed.degraded.refused("attempt_log", n, &e),
             Err(_) => shed.degraded.refused("attempt_log", n, &"no answer within 5 s"),

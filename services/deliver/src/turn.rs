@@ -17,7 +17,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::attempt;
-use crate::attempt_log::LoggedAttempt;
 use crate::breaker::Pass;
 use crate::hosts::{Entry, host_key};
 use crate::outcome::{DeadReason, Ending, Outcome, RetryReason, Tally};
@@ -145,12 +144,12 @@ pub(crate) async fn take(
         last_status: attempt.status,
         last_error: attempt.error(),
     };
-    shared.attempt_log.record(LoggedAttempt {
+    shared.attempt_log.record(postback_common::records::log_entry::LogEntry {
         postback_id: postback.id.to_string(),
         attempt: number,
         at: postback_common::time::rfc3339_ms(attempt.at),
         status: attempt.status,
-        outcome: outcome.as_str(),
+        outcome: outcome.as_str().to_owned(),
         response_time_ms: attempt.response_time_ms,
         url,
         error: match &outcome {

@@ -1,15 +1,27 @@
-//! The delivery-log entry: one attempt, in the capped stream
-//! `<stream>:log` that deliver writes (in batches, `lua/log.lua`) and
-//! `postbackctl attempts ID` reads. It is a log, not data: capped, and
-//! not written while Redis's memory is high.
+//! The delivery log: the attempts of postbacks, in the capped stream
+//! `<stream>:log` that deliver writes and `postbackctl attempts ID` reads.
+//! It is a log, not data: capped, and not written while Redis's memory is
+//! high.
 //!
-//! Fields, as text: `postback_id`, `attempt`, `at` (RFC 3339), `status`
-//! (absent without a response), `outcome` (`delivered`, `retry`, `dead`),
-//! `response_time_ms`, `url`, `error` (absent when delivered).
+//! Deliver writes one stream entry per batch of attempts (`lua`-free, one
+//! `XADD`): each field is a postback's id, its value the attempt as
+//! compact JSON, text that `redis-cli XRANGE` reads:
+//!
+//! ```text
+//! 019ac7c2-…-0001  {"attempt":1,"at":"2026-11-28T00:00:00.123Z","status":503,"outcome":"retry","response_time_ms":12,"url":"http://…","error":"HTTP 503"}
+//! ```
+//!
+//! (`status` null without a response, `error` absent when delivered). One
+//! entry per batch, rather than one per attempt, is what makes the log
+//! cheap: an attempt costs Redis a field of an entry it appends anyway.
+//! Entries written before, one per attempt with the fields `postback_id`,
+//! `attempt`, `at`, `status`, `outcome`, `response_time_ms`, `url` and
+//! `error` as text, are still read ([`LogEntry::from_entry`]).
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-/// The field names, as stored.
+/// The field names of an entry written before batches.
 pub mod field {
     /// The postback's id.
     pub const POSTBACK_ID: &str = "postback_id";
@@ -30,9 +42,10 @@ pub mod field {
 }
 
 /// One attempt, as logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
-    /// The postback's id.
+    /// The postback's id (the field's name, not part of its value).
+    #[serde(skip)]
     pub postback_id: String,
     /// Attempt number.
     pub attempt: u32,
@@ -47,32 +60,39 @@ pub struct LogEntry {
     /// The URL sent to.
     pub url: String,
     /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl LogEntry {
-    /// The fields to append, in order.
-    pub fn fields(&self) -> Vec<(&'static str, Bytes)> {
-        let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-        let mut out = vec![
-            (field::POSTBACK_ID, text(&self.postback_id)),
-            (field::ATTEMPT, Bytes::from(self.attempt.to_string())),
-            (field::AT, text(&self.at)),
-            (field::OUTCOME, text(&self.outcome)),
-            (field::RESPONSE_TIME_MS, Bytes::from(self.response_time_ms.to_string())),
-            (field::URL, text(&self.url)),
-        ];
-        if let Some(status) = self.status {
-            out.push((field::STATUS, Bytes::from(status.to_string())));
-        }
-        if let Some(error) = &self.error {
-            out.push((field::ERROR, text(error)));
-        }
-        out
+    /// The field of a batch's entry: the postback's id, and the attempt as
+    /// JSON.
+    pub fn field(&self) -> (Bytes, Bytes) {
+        #[allow(clippy::expect_used)]
+        let value = serde_json::to_vec(self).expect("an attempt is plain JSON");
+        (Bytes::copy_from_slice(self.postback_id.as_bytes()), Bytes::from(value))
     }
 
-    /// An entry read back from its fields (unknown ones ignored).
-    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+    /// The attempts an entry of the log holds, in order: every field of a
+    /// batch whose value reads as an attempt, or the one attempt of an
+    /// entry written before batches.
+    pub fn from_entry<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<LogEntry> {
+        let fields: Vec<(&[u8], &[u8])> = fields.into_iter().collect();
+        if fields.iter().any(|(name, _)| *name == field::POSTBACK_ID.as_bytes()) {
+            return vec![Self::from_fields(fields)];
+        }
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let mut entry: LogEntry = serde_json::from_slice(value).ok()?;
+                entry.postback_id = String::from_utf8_lossy(name).into_owned();
+                Some(entry)
+            })
+            .collect()
+    }
+
+    /// An entry written before batches, from its text fields.
+    fn from_fields(fields: Vec<(&[u8], &[u8])>) -> Self {
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         let mut entry = LogEntry {
             postback_id: String::new(),
@@ -85,7 +105,7 @@ impl LogEntry {
             error: None,
         };
         for (name, value) in fields {
-            match name {
+            match std::str::from_utf8(name).unwrap_or_default() {
                 field::POSTBACK_ID => entry.postback_id = text(value),
                 field::ATTEMPT => entry.attempt = text(value).parse().unwrap_or(0),
                 field::AT => entry.at = text(value),
@@ -105,9 +125,8 @@ impl LogEntry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_attempt_round_trips_through_its_fields() {
-        let entry = LogEntry {
+    fn attempt() -> LogEntry {
+        LogEntry {
             postback_id: "019ac7c2-7000-7000-8000-000000000001".into(),
             attempt: 2,
             at: "2026-11-28T00:00:00.123Z".into(),
@@ -116,10 +135,30 @@ mod tests {
             response_time_ms: 12,
             url: "http://h.example/x?a=1".into(),
             error: Some("HTTP 503".into()),
-        };
-        let fields = entry.fields();
-        assert_eq!(LogEntry::from_fields(fields.iter().map(|(k, v)| (*k, v.as_ref()))), entry);
-        let delivered = LogEntry { status: Some(200), outcome: "delivered".into(), error: None, ..entry };
-        assert!(!delivered.fields().iter().any(|(k, _)| *k == "error"));
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_its_fields() {
+        let delivered = LogEntry { status: Some(200), outcome: "delivered".into(), error: None, ..attempt() };
+        let fields = [attempt().field(), delivered.field()];
+        assert!(!String::from_utf8_lossy(&fields[1].1).contains("error"), "no error when delivered");
+        let back = LogEntry::from_entry(fields.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+        assert_eq!(back, [attempt(), delivered]);
+    }
+
+    #[test]
+    fn entries_written_before_batches_still_read() {
+        let old: Vec<(&[u8], &[u8])> = vec![
+            (b"postback_id", b"019ac7c2-7000-7000-8000-000000000001"),
+            (b"attempt", b"2"),
+            (b"at", b"2026-11-28T00:00:00.123Z"),
+            (b"outcome", b"retry"),
+            (b"response_time_ms", b"12"),
+            (b"url", b"http://h.example/x?a=1"),
+            (b"status", b"503"),
+            (b"error", b"HTTP 503"),
+        ];
+        assert_eq!(LogEntry::from_entry(old), [attempt()]);
     }
 }

@@ -123,17 +123,25 @@ async fn every_attempt_is_written_to_the_delivery_log_stream() {
     let client = p.redis.client().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+        let entries: Vec<(String, Vec<(bytes::Bytes, bytes::Bytes)>)> =
             fred::prelude::StreamsInterface::xrange(&client, "postbacks:log", "-", "+", None).await.expect("XRANGE");
-        if entries.len() == 2 {
-            assert!(entries.iter().all(|(_, f)| f["postback_id"] == ids[0]));
-            assert_eq!(entries[0].1["outcome"], "retry");
-            assert_eq!(entries[0].1["status"], "503");
-            assert_eq!(entries[1].1["attempt"], "2");
-            assert_eq!(entries[1].1["outcome"], "delivered");
+        let attempts: Vec<postback_common::records::log_entry::LogEntry> = entries
+            .iter()
+            .flat_map(|(_, fields)| {
+                postback_common::records::log_entry::LogEntry::from_entry(
+                    fields.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+                )
+            })
+            .collect();
+        if attempts.len() == 2 {
+            assert!(attempts.iter().all(|a| a.postback_id == ids[0]));
+            assert_eq!(attempts[0].outcome, "retry");
+            assert_eq!(attempts[0].status, Some(503));
+            assert_eq!(attempts[1].attempt, 2);
+            assert_eq!(attempts[1].outcome, "delivered");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "log holds {entries:?}");
+        assert!(tokio::time::Instant::now() < deadline, "log holds {attempts:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
