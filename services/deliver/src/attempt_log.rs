@@ -78,8 +78,9 @@ async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: 
     let xadd = CustomCommand::new_static("XADD", ClusterHash::FirstKey, false);
     let mut batch = Vec::with_capacity(BATCH);
     let mut shedding = false;
-    // Attempts per entry lately, in sixteenths, for the cap in entries.
-    let mut per_entry = 16 * 1u64;
+    // Attempts per entry lately, in sixteenths (one at first), for the cap
+    // in entries.
+    let mut per_entry = 16u64;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let linger = tokio::time::sleep(LINGER);
         tokio::pin!(linger);

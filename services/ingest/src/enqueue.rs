@@ -4,7 +4,9 @@
 //! `postback_common::records::request`): usually one entry for the whole request, with
 //! its endpoint record kept once in `<stream>:endpoints`. The XADDs and the
 //! record bookkeeping of one request run inside one Lua script
-//! (`enqueue.lua`, sent with EVALSHA): Redis applies all of them or none, so
+//! (`enqueue.lua`, sent with EVALSHA, in a call shared with the other
+//! requests waiting at that moment: [`crate::batch`]): Redis applies all of
+//! them or none, so
 //! a request is never half-enqueued and an entry is never without its
 //! record, and the 202 is sent only once the script has returned every entry
 //! id. Before it, the gate ([`crate::gate`]) decides whether the backlog
@@ -34,11 +36,13 @@
 //! ([`EnqueueError::queued`]): a command that was sent and not answered may
 //! have run, and a WAIT shortfall comes after the write.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::clients::WithOptions;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use postback_common::keys::Keys;
@@ -47,6 +51,7 @@ use postback_common::script::Script;
 use postback_common::{Postback, records::postback as wire};
 use uuid::Uuid;
 
+use crate::batch::{Batcher, Reply, Request};
 use crate::gate::{Gate, Refused};
 use crate::idempotency::{Given, Idempotency};
 
@@ -89,6 +94,14 @@ pub enum EnqueueError {
     /// answer (timeout, connection lost).
     #[error("Redis error: {0}")]
     Redis(#[from] fred::error::Error),
+    /// Only a replay could be answered, and the key was not used before
+    /// (turned into [`EnqueueError::BacklogFull`] by the caller).
+    #[error("the request is not a replay")]
+    Full,
+    /// Another endpoint record is stored under this address (the request
+    /// goes again as single postbacks).
+    #[error("two endpoint records share the address {0}")]
+    Collision(String),
     /// Redis answered, but not with one id per entry.
     #[error("the enqueue script returned {got} ids for {want} entries")]
     Mismatch {
@@ -119,7 +132,11 @@ impl EnqueueError {
     pub fn queued(&self) -> Queued {
         use fred::error::ErrorKind;
         match self {
-            EnqueueError::Reused | EnqueueError::NotConnected | EnqueueError::BacklogFull(_) => Queued::No,
+            EnqueueError::Reused
+            | EnqueueError::NotConnected
+            | EnqueueError::BacklogFull(_)
+            | EnqueueError::Full
+            | EnqueueError::Collision(_) => Queued::No,
             EnqueueError::Replicas { .. } | EnqueueError::WaitFailed { .. } => Queued::Yes,
             EnqueueError::Mismatch { .. } => Queued::Maybe,
             EnqueueError::Redis(e) => match e.kind() {
@@ -145,6 +162,8 @@ pub enum Enqueued {
 /// Runs the enqueue script (and WAIT, when asked to).
 pub struct Enqueuer {
     script: Script,
+    /// One per partition (by stream name), started on first use.
+    batchers: Mutex<HashMap<String, Batcher>>,
     options: Options,
     gate: Arc<Gate>,
     wait_replicas: u32,
@@ -173,6 +192,7 @@ impl Enqueuer {
         let options = Options { fail_fast: true, max_attempts: Some(1), timeout: Some(timeout), ..Options::default() };
         Self {
             script: Script::new(include_str!("enqueue.lua")),
+            batchers: Mutex::default(),
             options,
             gate,
             wait_replicas,
@@ -213,18 +233,16 @@ impl Enqueuer {
             // answered all the same.
             return match key {
                 Some(key) => match self.append(&client, keys, &[], Some(key), true).await {
-                    Err(EnqueueError::Redis(e)) if e.details().starts_with("FULL") => {
-                        Err(EnqueueError::BacklogFull(refused))
-                    }
+                    Err(EnqueueError::Full) => Err(EnqueueError::BacklogFull(refused)),
                     other => self.confirm(&client, keys, other?, given).await,
                 },
                 None => Err(EnqueueError::BacklogFull(refused)),
             };
         }
         let enqueued = match self.append(&client, keys, &packed, key, false).await {
-            Err(EnqueueError::Redis(e)) if e.details().starts_with("COLLISION") => {
+            Err(EnqueueError::Collision(address)) => {
                 tracing::warn!(
-                    error = e.details(),
+                    address,
                     "two endpoint records share an address; enqueueing the request as single postbacks"
                 );
                 let singles: Vec<Packed> = postbacks
@@ -271,68 +289,62 @@ impl Enqueuer {
         Ok(enqueued)
     }
 
-    /// Runs the script once for `entries`, with the idempotency record key
-    /// and value when the request has a key; `replay_only` when the request
-    /// may only be answered as a replay.
+    /// Runs the script for `entries`, with the idempotency record key and
+    /// value when the request has a key; `replay_only` when the request may
+    /// only be answered as a replay. The call may carry other requests too
+    /// ([`crate::batch`]).
     async fn append(
         &self,
-        client: &Client,
+        client: &WithOptions<Client>,
         keys: &Keys,
         entries: &[Packed],
         idempotency: Option<(&Idempotency, &str)>,
         replay_only: bool,
     ) -> Result<Enqueued, EnqueueError> {
-        let mut records: Vec<(String, &[u8])> = Vec::new();
-        let mut numbers = Vec::with_capacity(entries.len());
+        let mut request = Request { replay_only, ..Request::default() };
         for entry in entries {
-            numbers.push(match &entry.endpoint {
+            let number = match &entry.endpoint {
                 None => 0,
                 Some((reference, record)) => {
                     let address = reference.to_string();
-                    match records.iter().position(|(a, _)| *a == address) {
+                    match request.records.iter().position(|(a, _)| *a == address) {
                         Some(i) => i + 1,
                         None => {
-                            records.push((address, record));
-                            records.len()
+                            request.records.push((address, Bytes::copy_from_slice(record)));
+                            request.records.len()
                         }
                     }
                 }
-            });
+            };
+            request.entries.push((number, entry.postbacks - 1, Bytes::from(entry.payload.clone())));
         }
-        let mut args: Vec<Value> = Vec::with_capacity(5 + 2 * records.len() + 3 * entries.len());
-        let ttl = if idempotency.is_some() { self.idempotency_ttl.as_secs().max(1) as i64 } else { 0 };
-        args.push(ttl.into());
-        args.push(idempotency.map_or("", |(_, record)| record).into());
-        args.push(if self.wait_replicas > 0 { "1" } else { "0" }.into());
-        args.push(if replay_only { "1" } else { "0" }.into());
-        args.push((records.len() as i64).into());
-        for (address, record) in &records {
-            args.push(address.as_str().into());
-            args.push(Value::Bytes(Bytes::copy_from_slice(record)));
+        request.idempotency = idempotency.map(|(key, record)| {
+            (key.record_key.clone(), record.to_owned(), self.idempotency_ttl.as_secs().max(1) as i64)
+        });
+        match self.batcher(client, keys).call(request).await? {
+            Reply::Queued(ids) if ids.len() == entries.len() => Ok(Enqueued::Queued(ids)),
+            Reply::Queued(ids) => Err(EnqueueError::Mismatch { got: ids.len(), want: entries.len() }),
+            Reply::Replay(record) => {
+                let given =
+                    Idempotency::given(&record).ok_or(EnqueueError::Mismatch { got: 0, want: entries.len() })?;
+                Ok(Enqueued::Replayed(given))
+            }
+            Reply::Reused => Err(EnqueueError::Reused),
+            Reply::Full => Err(EnqueueError::Full),
+            Reply::Collision(address) => Err(EnqueueError::Collision(address)),
         }
-        for (entry, number) in entries.iter().zip(numbers) {
-            args.push((number as i64).into());
-            args.push((entry.postbacks as i64 - 1).into());
-            args.push(Value::Bytes(Bytes::from(entry.payload.clone())));
-        }
-        // Without a key, the record's key is never touched; the stream's
-        // name stands in for it.
-        let record_key = idempotency.map_or(keys.stream.as_str(), |(key, _)| key.record_key.as_str());
-        let script_keys = [&*keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched, record_key];
-        let ids: Vec<String> = match self.script.call(client, &script_keys, args).await {
-            Err(e) if e.details().starts_with("REUSED") => return Err(EnqueueError::Reused),
-            other => other?,
-        };
-        if let [marker, record] = ids.as_slice()
-            && marker == "REPLAY"
-        {
-            let given = Idempotency::given(record).ok_or(EnqueueError::Mismatch { got: 0, want: entries.len() })?;
-            return Ok(Enqueued::Replayed(given));
-        }
-        if ids.len() != entries.len() {
-            return Err(EnqueueError::Mismatch { got: ids.len(), want: entries.len() });
-        }
-        Ok(Enqueued::Queued(ids))
+    }
+
+    /// The task that runs the script for `keys`'s partition, started on
+    /// first use.
+    fn batcher(&self, client: &WithOptions<Client>, keys: &Keys) -> Batcher {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        batchers
+            .entry(keys.stream.clone())
+            .or_insert_with(|| {
+                Batcher::spawn(client.clone(), keys.clone(), self.script.clone(), self.wait_replicas > 0)
+            })
+            .clone()
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`gate`]: whether the backlog and Redis's memory leave room, decided
 //!   in memory between samples.
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
+//! - [`batch`]: the requests waiting at one moment, in one script call.
 //! - [`idempotency`]: `Idempotency-Key`: the same request answered once.
 //! - [`auth`]: optional bearer tokens.
 //! - [`rate`]: per-caller rate limits, shared through Redis.
@@ -20,6 +21,7 @@
 //! - [`state`]: what the handlers share.
 
 mod auth;
+mod batch;
 mod config;
 pub mod enqueue;
 mod error;

@@ -6,6 +6,7 @@
 
 mod accept;
 mod backpressure;
+mod batch;
 mod binary;
 mod guard;
 mod helpers;
