@@ -122,17 +122,11 @@ pub enum Dead {
     },
     /// Write dead letters as JSON lines (one letter per line, oldest first,
     /// postbacks decoded) to stdout: what to keep before
-    /// POSTBACK_DEAD_RETENTION trims them.
+    /// POSTBACK_DEAD_RETENTION trims them. Without filters, every letter.
     Export {
-        /// Letters written at or after this time: RFC 3339
-        /// (`2026-11-01T00:00:00Z`) or an age (`30d`: that long ago).
-        /// Default: the oldest.
-        #[arg(long, value_parser = parse_time)]
-        since: Option<SystemTime>,
-        /// Letters written at or before this time, the same way. Default:
-        /// now.
-        #[arg(long, value_parser = parse_time)]
-        until: Option<SystemTime>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        filter: LetterFilter,
     },
     /// Put dead letters back into the stream as fresh postbacks (attempts
     /// start again), each exactly once. A letter that cannot go back (no

@@ -172,19 +172,19 @@ pub async fn selected_ids(
 /// Letters read per round trip by [`export`].
 const EXPORT_PAGE: u64 = 1_000;
 
-/// Writes the dead letters written from `since` to `until` (inclusive;
-/// letters' ids are the time they were written) to `out`, one JSON object
-/// per line, oldest first, a page at a time; how many.
+/// Writes the dead letters that pass `filter`, written from its `since`
+/// (default: the oldest) to its `until` (default: now; inclusive: letters'
+/// ids are the time they were written) to `out`, one JSON object per line,
+/// oldest first, a page at a time; how many.
 pub async fn export(
     redis: &Client,
     keys: &Keys,
-    since: SystemTime,
-    until: SystemTime,
+    filter: &LetterFilter,
     out: &mut impl Write,
 ) -> Result<u64, DeadError> {
     let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-    let end = format!("{}", ms(until));
-    let mut start = format!("{}", ms(since));
+    let end = format!("{}", ms(filter.until.unwrap_or_else(SystemTime::now)));
+    let mut start = format!("{}", ms(filter.since.unwrap_or(SystemTime::UNIX_EPOCH)));
     let mut written = 0;
     loop {
         let page: Vec<Entry> = redis.xrange(&keys.dead, start.as_str(), end.as_str(), Some(EXPORT_PAGE)).await?;
@@ -192,6 +192,9 @@ pub async fn export(
         let Some(last) = page.last().map(|(id, _)| id.clone()) else { break };
         for (id, fields) in page {
             let letter = letter_json(redis, keys, id, fields).await?;
+            if !matches(filter, &letter) {
+                continue;
+            }
             serde_json::to_writer(&mut *out, &letter).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
             written += 1;

@@ -106,12 +106,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 let rows = attempts::find(&redis, &keys, &id, scan).await?;
                 if cli.json { output::json(&rows) } else { attempts::print(&rows) }
             }
-            Command::Dead(Dead::Export { since, until }) => {
-                let since = since.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                let until = until.unwrap_or_else(std::time::SystemTime::now);
+            Command::Dead(Dead::Export { filter }) => {
                 let mut written = 0;
                 for keys in partitions.all() {
-                    written += dead::export(&redis, keys, since, until, &mut std::io::stdout().lock()).await?;
+                    written += dead::export(&redis, keys, &filter, &mut std::io::stdout().lock()).await?;
                 }
                 eprintln!("{written} dead letters exported");
             }
