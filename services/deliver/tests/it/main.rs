@@ -20,6 +20,7 @@ mod metrics;
 mod partitions;
 mod policy;
 mod queue;
+mod records;
 mod request_entries;
 mod retries;
 mod runbooks;
