@@ -289,7 +289,7 @@ impl Deliverer {
     }
 }
 
-/// Starts one partition's acker, scheduler and janitor, and builds its
+/// Starts one partition's recorder, scheduler and janitor, and builds its
 /// worker loop; `(reader, redis)` are its reading and command clients.
 fn start_partition(
     config: &Config,
