@@ -1,4 +1,5 @@
 -- Per-host circuit breakers, shared by every worker and postbackctl.
+-- Mirrors: postback_common::breaker (the host's record and the open set).
 -- KEYS[1]  the host's record: a hash {failures, state, pause_ms, until,
 --          probe_until}, expiring a while after its last change
 -- KEYS[2]  the hosts not closed: a sorted set, member the host, score the

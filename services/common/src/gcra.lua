@@ -1,6 +1,7 @@
 -- One rate budget, by GCRA (the generic cell rate algorithm), on Redis's
 -- clock so that every process charging it shares one budget: a caller's at
 -- ingest, a target host's at deliver.
+-- Mirrors: postback_common::gcra (the budget's key and value).
 -- KEYS[1]  the budget's theoretical arrival time, in microseconds (string)
 -- ARGV[1]  T, microseconds per postback (1e6 / rate)
 -- ARGV[2]  the burst, in postbacks

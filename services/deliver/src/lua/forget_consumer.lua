@@ -2,6 +2,7 @@
 -- has been idle long enough, in one step: a consumer that read an entry
 -- between a look and the removal would otherwise lose that entry from the
 -- pending list for good (XGROUP DELCONSUMER drops what it holds).
+-- Mirrors: no record of ours (the consumer group's own state).
 -- KEYS[1]  the stream
 -- ARGV[1]  the consumer group
 -- ARGV[2]  the consumer
