@@ -94,8 +94,16 @@ impl Finisher {
                     Kept::Own(bytes) | Kept::Whole(bytes) => Keep::Own(bytes),
                     Kept::Row(postback) => Keep::Row(postback),
                 };
-                let delay_ms = schedule::round_up(after.as_millis() as u64);
-                let end = End::Retry { delay_ms, attempts: tally.attempts, first_ms: tally.first_ms, keep };
+                let wait_ms = after.as_millis() as u64;
+                // A turn under its host's rate is kept exactly (see
+                // crate::recorder); other waits go to the level at or above.
+                let (delay_ms, later_ms) = if reason == crate::outcome::RetryReason::HostRateLimited {
+                    let level = schedule::round_down(wait_ms);
+                    (level, wait_ms - level)
+                } else {
+                    (schedule::round_up(wait_ms), 0)
+                };
+                let end = End::Retry { delay_ms, later_ms, attempts: tally.attempts, first_ms: tally.first_ms, keep };
                 let landed = self.recorder.record(entry.clone(), position, end).await;
                 if landed {
                     self.metrics.rescheduled(reason);

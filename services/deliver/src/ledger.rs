@@ -50,6 +50,9 @@ pub(crate) enum Step {
     Scheduled {
         /// The level.
         delay_ms: u64,
+        /// How much later than now the level entry's id is set, so that it
+        /// is due that much after its level's delay (0: now).
+        later_ms: u64,
         /// The level entry's fields (those of the stream entry it becomes).
         entry: StreamEntry,
         /// Postbacks it holds.
@@ -156,9 +159,10 @@ impl Ledger {
                 };
                 match op.step {
                     Step::Delivered => args.push("a".into()),
-                    Step::Scheduled { delay_ms, entry, postbacks, endpoint } => {
+                    Step::Scheduled { delay_ms, later_ms, entry, postbacks, endpoint } => {
                         args.push("r".into());
                         args.push((delay_ms as i64).into());
+                        args.push((later_ms as i64).into());
                         args.push((postbacks as i64).into());
                         args.push(address(endpoint));
                         fields(&mut args, entry.fields());
@@ -245,7 +249,7 @@ mod tests {
 
     fn retry() -> Step {
         let entry = StreamEntry::again(Bytes::from_static(b"x"), 1, None);
-        Step::Scheduled { delay_ms: 60_000, entry, postbacks: 1, endpoint: None }
+        Step::Scheduled { delay_ms: 60_000, later_ms: 0, entry, postbacks: 1, endpoint: None }
     }
 
     fn dead() -> Step {

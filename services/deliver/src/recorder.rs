@@ -14,7 +14,13 @@
 //!   one entry of the schedule, still referring to their endpoint record.
 //!   Their jitter is drawn once per entry ([`crate::entry`]), so the
 //!   postbacks of an entry that fail together come back together, as they
-//!   came in.
+//!   came in. Not so postbacks held back by their host's rate: each has
+//!   its own wait (its turn), kept to the millisecond (`later_ms`), and
+//!   they come back one by one, each its own entry for whichever worker
+//!   reads it. Rounded to their levels and together, they came back to
+//!   one worker at once, which gave them turns behind its own queue while
+//!   the other workers had nothing to send: the host got about a tenth
+//!   less than its rate.
 //! * Each step's sender learns whether it landed (false: the entry was
 //!   taken over or is gone, or Redis stayed away until shutdown).
 //! * When a call fails (Redis down, or refusing writes), the same batch is
@@ -67,6 +73,10 @@ pub(crate) enum End {
         first_ms: Option<u64>,
         /// What the schedule keeps of it.
         keep: Keep,
+        /// How much longer than its level it waits, in ms: a postback held
+        /// back by its host's rate keeps its exact turn; 0 for all others,
+        /// which may wait in one value with other postbacks of their entry.
+        later_ms: u64,
     },
     /// Given up.
     Dead {
@@ -263,22 +273,25 @@ fn ops(batch: &[Finish]) -> Vec<(Arc<Held>, Vec<Op>)> {
         if !delivered.is_empty() {
             ops.push(Op { positions: delivered, step: Step::Delivered });
         }
-        // Rows of a version 5 value, by level and attempts.
-        let mut groups: Vec<((u64, u32), Vec<Row>)> = Vec::new();
+        // Rows of a version 5 value, by level, attempts and exact wait (and
+        // position, for a postback that waits alone).
+        let mut groups: Vec<(GroupKey, Vec<Row>)> = Vec::new();
         for finish in &finishes {
             match &finish.end {
                 End::Delivered => {}
-                End::Retry { delay_ms, attempts, first_ms, keep: Keep::Own(bytes) } => ops.push(Op::one(
+                End::Retry { delay_ms, attempts, first_ms, keep: Keep::Own(bytes), later_ms } => ops.push(Op::one(
                     finish.position,
                     Step::Scheduled {
                         delay_ms: *delay_ms,
+                        later_ms: *later_ms,
                         entry: StreamEntry::again(bytes.clone(), *attempts, *first_ms),
                         postbacks: 1,
                         endpoint: None,
                     },
                 )),
-                End::Retry { delay_ms, attempts, first_ms, keep: Keep::Row(postback) } => {
-                    let key = (*delay_ms, *attempts);
+                End::Retry { delay_ms, attempts, first_ms, keep: Keep::Row(postback), later_ms } => {
+                    let alone = (*later_ms > 0).then_some(finish.position);
+                    let key = (*delay_ms, *attempts, *later_ms, alone);
                     let row = (finish.position, *first_ms, postback);
                     match groups.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, rows)) => rows.push(row),
@@ -290,15 +303,19 @@ fn ops(batch: &[Finish]) -> Vec<(Arc<Held>, Vec<Op>)> {
                 }
             }
         }
-        for ((delay_ms, attempts), mut rows) in groups {
+        for ((delay_ms, attempts, later_ms, _), mut rows) in groups {
             rows.sort_by_key(|(_, _, p)| p.id);
             rows.dedup_by_key(|(_, _, p)| p.id);
-            ops.extend(scheduled_rows(&entry, delay_ms, attempts, &rows));
+            ops.extend(scheduled_rows(&entry, (delay_ms, later_ms), attempts, &rows));
         }
         out.push((entry, ops));
     }
     out
 }
+
+/// Rows that go in one version 5 value share these: level, attempts,
+/// `later_ms`, and the position of a row that waits alone.
+type GroupKey = (u64, u32, u64, Option<Position>);
 
 /// A postback scheduled again as a row: its position, its first attempt.
 type Row<'a> = (Position, Option<u64>, &'a Arc<Postback>);
@@ -306,7 +323,8 @@ type Row<'a> = (Position, Option<u64>, &'a Arc<Postback>);
 /// The operations for rows of `entry` scheduled together: one version 5
 /// value, or (should the entry not say where its ids start) each row
 /// alone as a single postback.
-fn scheduled_rows(entry: &Held, delay_ms: u64, attempts: u32, rows: &[Row]) -> Vec<Op> {
+/// `(delay_ms, later_ms)` as in [`End::Retry`].
+fn scheduled_rows(entry: &Held, (delay_ms, later_ms): (u64, u64), attempts: u32, rows: &[Row]) -> Vec<Op> {
     let first_ms = rows.iter().filter_map(|(_, ms, _)| *ms).min();
     if let (Some(first_id), Some(endpoint)) = (entry.first_id, entry.endpoint) {
         let postbacks: Vec<&Postback> = rows.iter().map(|(_, _, p)| &***p).collect();
@@ -315,6 +333,7 @@ fn scheduled_rows(entry: &Held, delay_ms: u64, attempts: u32, rows: &[Row]) -> V
                 positions: rows.iter().map(|(position, _, _)| *position).collect(),
                 step: Step::Scheduled {
                     delay_ms,
+                    later_ms,
                     entry: StreamEntry::fresh(value),
                     postbacks: rows.len(),
                     endpoint: Some(endpoint),
@@ -329,6 +348,7 @@ fn scheduled_rows(entry: &Held, delay_ms: u64, attempts: u32, rows: &[Row]) -> V
                 *position,
                 Step::Scheduled {
                     delay_ms,
+                    later_ms,
                     entry: StreamEntry::again(bytes, attempts, *first_ms),
                     postbacks: 1,
                     endpoint: None,

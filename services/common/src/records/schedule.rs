@@ -5,7 +5,10 @@
 //!   wait `D` ms from when they were added: an entry with id `<ms>-<seq>`
 //!   is due at `ms + D`. Entries are added in time order and all wait the
 //!   same, so a level is in due order and the scheduler only ever looks at
-//!   its head. Each entry holds exactly the fields of the stream entry it
+//!   its head (an entry's id may be set ahead of when it was added, by
+//!   less than a level's step: deliver does so for turns under a host's
+//!   rate, which it keeps to the millisecond). Each entry holds exactly the
+//!   fields of the stream entry it
 //!   becomes again: `p` (a version 5 value of postbacks of one entry, see
 //!   [`super::retried`]), or for a single postback (wire versions 1, 2, 4)
 //!   `p`, `a` (attempts) and `f` (first attempt ms), as
@@ -63,6 +66,12 @@ pub fn round_up(ms: u64) -> u64 {
     let ladder = &*LADDER;
     let i = ladder.partition_point(|d| *d < ms);
     ladder.get(i).copied().unwrap_or(MAX_DELAY_MS)
+}
+
+/// The longest level whose delay is at most `ms` (0 for none).
+pub fn round_down(ms: u64) -> u64 {
+    let ladder = &*LADDER;
+    ladder[ladder.partition_point(|d| *d <= ms).saturating_sub(1)]
 }
 
 /// How many levels apart the delays that [`jittered`] picks from are:

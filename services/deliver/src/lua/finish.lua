@@ -49,12 +49,17 @@
 -- an operation: its positions (a string, one byte per position from 0;
 --          empty: every postback of the entry), then one of
 --            'a'                              delivered
---            'r', delay ms, postbacks, record, 2n, n field/value pairs
---                                             scheduled again, as one entry
+--            'r', delay ms, later ms, postbacks, record, 2n, n
+--            field/value pairs                scheduled again, as one entry
 --                                             of the level of that delay
 --                                             holding that many postbacks
 --                                             and referring to that record
---                                             ('' for none)
+--                                             ('' for none); with later ms
+--                                             > 0 its id is set that far
+--                                             ahead of now (so it is due
+--                                             that much after the level's
+--                                             delay; the stream's last id
+--                                             when that is further)
 --            'd', record, 2n, n field/value pairs
 --                                             dead-lettered; with every
 --                                             position the entry goes whole
@@ -158,8 +163,8 @@ while i <= #ARGV do
     local positions, kind = ARGV[i], ARGV[i + 1]
     local width, fields_at = 2, 0
     if kind == 'r' then
-      width = 6 + tonumber(ARGV[i + 5])
-      fields_at = i + 6
+      width = 7 + tonumber(ARGV[i + 6])
+      fields_at = i + 7
     elseif kind == 'd' then
       width = 4 + tonumber(ARGV[i + 3])
       fields_at = i + 4
@@ -186,10 +191,10 @@ while i <= #ARGV do
         end
       end
       if fresh and kind == 'r' then
-        local postbacks = tonumber(ARGV[i + 3])
-        levels[#levels + 1] = {ARGV[i + 2], {unpack(ARGV, fields_at, i + width - 1)}}
+        local postbacks = tonumber(ARGV[i + 4])
+        levels[#levels + 1] = {ARGV[i + 2], {unpack(ARGV, fields_at, i + width - 1)}, tonumber(ARGV[i + 3])}
         scheduled = scheduled + postbacks
-        take_ref(ARGV[i + 4], 1)
+        take_ref(ARGV[i + 5], 1)
       elseif fresh and kind == 'd' then
         letters[#letters + 1] = {unpack(ARGV, fields_at, i + width - 1)}
         if positions == '' then
@@ -258,9 +263,24 @@ end
 
 -- What takes memory: the schedule, the letters, positions of entries
 -- still waiting, the counts.
+local now
 for _, level in ipairs(levels) do
   local member = '@' .. level[1]
-  local id = redis.call('XADD', KEYS[2] .. ':' .. member, '*', unpack(level[2]))
+  local key = KEYS[2] .. ':' .. member
+  local id
+  if level[3] > 0 then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    id = redis.pcall('XADD', key, (now + level[3]) .. '-*', unpack(level[2]))
+    if type(id) ~= 'string' then
+      id = nil -- the level's last entry is further ahead: after it
+    end
+  end
+  if not id then
+    id = redis.call('XADD', key, '*', unpack(level[2]))
+  end
   local ms = tonumber(string.match(id, '^(%d+)'))
   redis.call('ZADD', KEYS[2], 'LT', ms + tonumber(level[1]), member)
 end
