@@ -1,6 +1,7 @@
 //! A real HTTP receiver that records what deliver sends it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,16 @@ impl Sink {
     /// A sink that answers every request with 200 "ok".
     pub async fn start() -> Self {
         Self::start_with(|_, _| Reply::status(200)).await
+    }
+
+    /// A partner that is down: it answers `status` until the switch it
+    /// comes with is set, and 200 from then on.
+    pub async fn start_down(status: u16) -> (Self, Arc<AtomicBool>) {
+        let up = Arc::new(AtomicBool::new(false));
+        let answer = up.clone();
+        let sink =
+            Self::start_with(move |_, _| Reply::status(if answer.load(Ordering::SeqCst) { 200 } else { status })).await;
+        (sink, up)
     }
 
     /// A sink whose answers come from `responder`, called with each request

@@ -4,8 +4,7 @@
 //! both the Rust types and `postbackctl` read back what the scripts wrote.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,9 +54,7 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, c
 #[tokio::test]
 async fn a_failed_request_waits_as_one_compact_retry_and_comes_back_whole() {
     let redis = RedisServer::start();
-    let up = Arc::new(AtomicBool::new(false));
-    let answer = up.clone();
-    let sink = Sink::start_with(move |_, _| Reply::status(if answer.load(Ordering::SeqCst) { 200 } else { 503 })).await;
+    let (sink, up) = Sink::start_down(503).await;
     let envs =
         deliver_env(&redis, &[("POSTBACK_RETRY_BASE_MS", "1500".into()), ("POSTBACK_RETRY_MAX_MS", "1500".into())]);
     let _worker = Running::spawn(DELIVER_BIN, &envs);

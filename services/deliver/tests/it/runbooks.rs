@@ -11,8 +11,7 @@
 //! its Sentinels).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -264,9 +263,7 @@ async fn a_single_slow_partner_shows_as_slots_full_and_host_busy() {
 async fn a_partner_down_for_hours_shows_as_open_and_can_be_paused_by_hand() {
     let redis = RedisServer::start();
     // Down until the operator has paused it; back by the time they resume it.
-    let back = Arc::new(AtomicBool::new(false));
-    let answer = back.clone();
-    let down = Sink::start_with(move |_, _| Reply::status(if answer.load(Ordering::SeqCst) { 200 } else { 503 })).await;
+    let (down, back) = Sink::start_down(503).await;
     let (_worker, admin) = deliver(&redis, &[("POSTBACK_BREAKER_FAILURES", "3".into())]);
     enqueue(&redis, request(format!("{}/down?i={{i}}", down.base_url()), 10)).await;
     let shell = Shell { admin: Some(admin), ..Shell::new(&redis) };

@@ -8,9 +8,8 @@ use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
 use postback_common::records::request::{self as request_entry, Endpoint};
-use serde_json::Value;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, accepted_ids as ids};
 
 fn request(url: &str, items: usize) -> String {
     let data = vec![r#"{"mascot":"Gopher"}"#; items].join(",");
@@ -30,12 +29,6 @@ async fn evalsha_calls(client: &Client) -> u64 {
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().expect("calls"))
-}
-
-async fn ids(response: reqwest::Response) -> Vec<String> {
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.expect("json");
-    body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
 }
 
 #[tokio::test]

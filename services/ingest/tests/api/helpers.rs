@@ -110,6 +110,13 @@ impl Drop for TestApp {
 }
 
 /// The JSON body of a response, checking its content type.
+/// The ids of a 202 answer (asserting that it is one).
+pub async fn accepted_ids(response: reqwest::Response) -> Vec<String> {
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
+}
+
 pub async fn problem(response: reqwest::Response) -> serde_json::Value {
     let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
     assert_eq!(content_type.as_deref(), Some("application/problem+json"));

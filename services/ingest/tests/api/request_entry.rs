@@ -5,9 +5,8 @@ use bytes::Bytes;
 use fred::prelude::*;
 use postback_common::keys::Keys;
 use postback_common::records::request::{self as request_entry, Endpoint};
-use serde_json::Value;
 
-use crate::helpers::{TestApp, problem};
+use crate::helpers::{TestApp, accepted_ids as ids, problem};
 
 fn request(items: usize) -> String {
     let item = r#"{"mascot":"Gopher","n":1}"#;
@@ -15,12 +14,6 @@ fn request(items: usize) -> String {
         r#"{{"endpoint":{{"method":"POST","url":"http://h.example/{{mascot}}"}},"data":[{}]}}"#,
         vec![item; items].join(",")
     )
-}
-
-async fn ids(response: reqwest::Response) -> Vec<String> {
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.expect("json");
-    body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
 }
 
 #[tokio::test]
