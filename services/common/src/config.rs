@@ -11,6 +11,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser};
 
 use crate::keys::{DEFAULT_GROUP, DEFAULT_STREAM, Partitions};
+use crate::layout::Layout;
 
 /// Where the queue lives: what every binary needs.
 #[derive(Debug, Clone, Args)]
@@ -28,12 +29,13 @@ pub struct RedisArgs {
     #[arg(long, env = "POSTBACK_STREAM", default_value = DEFAULT_STREAM, value_parser = parse_stream_name)]
     pub stream: String,
 
-    /// How many partitions the queue is split into, each its own stream
-    /// (see the README's scaling section); every ingest and deliver must
-    /// agree.
-    #[arg(long, env = "POSTBACK_PARTITIONS", default_value_t = 1,
+    /// How many partitions a new deployment's queue is split into [default:
+    /// 1]. The count then lives in Redis (the partition record): a process
+    /// whose setting disagrees with it refuses to start; unset, it follows
+    /// the record (runbooks/partitions.md).
+    #[arg(long, env = "POSTBACK_PARTITIONS",
           value_parser = clap::value_parser!(u32).range(1..=MAX_PARTITIONS as i64))]
-    pub partitions: u32,
+    pub partitions: Option<u32>,
 }
 
 /// Most partitions a queue may have: each costs every delivery worker a
@@ -46,10 +48,21 @@ impl RedisArgs {
         is_cluster_url(&self.redis_url)
     }
 
-    /// The Redis key names of the partitions, with the default group and
-    /// dead-letter stream (for ingest, which uses neither).
-    pub fn partitions(&self) -> Partitions {
-        Partitions::new(&self.stream, DEFAULT_GROUP, None, self.partitions, self.is_cluster())
+    /// The Redis key names of the partitions `layout` lists, with the
+    /// default group and dead-letter stream (for ingest, which uses
+    /// neither).
+    pub fn partitions(&self, layout: &Layout) -> Partitions {
+        Partitions::from_layout(layout, &self.stream, DEFAULT_GROUP, None)
+    }
+
+    /// The partition record, seeded from these settings if there is none,
+    /// waiting for Redis; `None` on shutdown first ([`crate::layout::follow::wait_for`]).
+    pub async fn layout(
+        &self,
+        redis: &fred::prelude::Client,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<Layout>, crate::layout::store::StoreError> {
+        crate::layout::follow::wait_for(redis, &self.stream, self.partitions, self.is_cluster(), shutdown).await
     }
 }
 
@@ -72,11 +85,10 @@ pub struct GroupArgs {
 }
 
 impl GroupArgs {
-    /// The Redis key names of the partitions these settings and `redis`'s
-    /// select.
-    pub fn partitions(&self, redis: &RedisArgs) -> Partitions {
-        let dead = self.dead_stream.as_deref();
-        Partitions::new(&redis.stream, &self.group, dead, redis.partitions, redis.is_cluster())
+    /// The Redis key names of the partitions `layout` lists, with these
+    /// settings' group and dead letters.
+    pub fn partitions(&self, redis: &RedisArgs, layout: &Layout) -> Partitions {
+        Partitions::from_layout(layout, &redis.stream, &self.group, self.dead_stream.as_deref())
     }
 }
 
@@ -209,21 +221,22 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_names() {
         let demo = Demo::try_parse_from(["demo"]).expect("defaults parse");
-        assert_eq!(demo.redis.partitions().all(), [Keys::new("postbacks", "deliver")]);
-        assert_eq!(demo.group.partitions(&demo.redis).all(), [Keys::new("postbacks", "deliver")]);
+        let plain = Layout::seed("postbacks", 1, false);
+        assert_eq!(demo.redis.partitions(&plain).all(), [Keys::new("postbacks", "deliver")]);
+        assert_eq!(demo.group.partitions(&demo.redis, &plain).all(), [Keys::new("postbacks", "deliver")]);
+        assert_eq!(demo.redis.partitions, None, "unset: follow the record");
         let demo = Demo::try_parse_from(["demo", "--group", "g", "--dead-stream", "gone"]).expect("parse");
-        assert_eq!(demo.group.partitions(&demo.redis).all(), [Keys::new("postbacks", "g").with_dead("gone")]);
+        assert_eq!(demo.group.partitions(&demo.redis, &plain).all(), [Keys::new("postbacks", "g").with_dead("gone")]);
         assert_eq!(demo.redis.redis_url, "redis://127.0.0.1:6379");
     }
 
     #[test]
-    fn cluster_urls_tag_even_one_partition() {
+    fn cluster_urls_and_partition_counts_parse() {
         let url = "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002";
         let demo = Demo::try_parse_from(["demo", "--redis-url", url]).expect("cluster URL");
         assert!(demo.redis.is_cluster());
-        assert_eq!(demo.redis.partitions().shared().stream, "{postbacks:0}");
         let demo = Demo::try_parse_from(["demo", "--partitions", "4"]).expect("partitions");
-        assert_eq!(demo.group.partitions(&demo.redis).count(), 4);
+        assert_eq!(demo.redis.partitions, Some(4));
         for bad in [["demo", "--partitions", "0"], ["demo", "--partitions", "257"], ["demo", "--stream", "a{b}"]] {
             assert!(Demo::try_parse_from(bad).is_err(), "{bad:?}");
         }

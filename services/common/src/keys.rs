@@ -5,9 +5,12 @@
 //! names (`redis-cli XPENDING postbacks deliver`), so they are a contract.
 //!
 //! # Partitions
-//! `POSTBACK_PARTITIONS=N` splits the queue into N partitions, each with
-//! its own keys under one hash tag ([`Partitions`]); the names are listed
-//! in the README's "Scaling out" section.
+//! The queue is split into the partitions the partition record lists
+//! ([`crate::layout`]), each with its own keys under one hash tag
+//! ([`Partitions`]); the names are listed in the README's "Scaling out"
+//! section.
+
+use crate::layout::{Layout, State};
 
 /// Default name of the stream that holds postbacks waiting for delivery.
 pub const DEFAULT_STREAM: &str = "postbacks";
@@ -69,10 +72,14 @@ pub struct Keys {
     /// then the target as `POSTBACK_HOST_LIMITS_FILE` lists it), like
     /// ingest's.
     pub host_rate: String,
-    /// Prefix of deliver's per-host circuit breakers (`<stream>:breaker:`,
+    /// Prefix of deliver's per-host circuit breakers (`{<stream>:breaker}:`,
     /// then `host:port` for a host's record, or `open` for the set of hosts
     /// not closed; [`crate::breaker`]).
     pub breaker: String,
+    /// The highest epoch of the partition record this partition has been
+    /// shown (`<stream>:layout`, a string): ingest's enqueue script refuses
+    /// callers with an older one ([`crate::layout`]).
+    pub layout: String,
     /// Prefix of deliver's per-minute counts (`<stream>:minutes:`, then the
     /// minute since the Unix epoch): hashes kept two hours, read by the
     /// built-in dashboard.
@@ -97,30 +104,33 @@ impl Keys {
             idempotency: format!("{stream}:idempotency:"),
             rate: format!("{stream}:rate:"),
             host_rate: format!("{stream}:hostrate:"),
-            breaker: format!("{stream}:breaker:"),
+            breaker: format!("{{{stream}:breaker}}:"),
             minutes: format!("{stream}:minutes:"),
+            layout: format!("{stream}:layout"),
             group: group.into(),
             partition: 0,
             stream,
         }
     }
 
-    /// Keys of partition `partition` of `stream`, every one of its own
-    /// names carrying the hash tag `{<stream>:<partition>}`; the names
-    /// shared by all partitions as the module doc describes.
-    fn tagged(stream: &str, group: &str, dead: Option<&str>, partition: u32) -> Self {
-        let tag = format!("{{{stream}:{partition}}}");
+    /// Keys of partition `partition` of `stream` with hash tag `tag`, every
+    /// one of its own names carrying `{<tag>}`; the names shared by all
+    /// partitions as the module doc describes.
+    pub(crate) fn tagged(stream: &str, group: &str, dead: Option<&str>, partition: u32, tag: &str) -> Self {
+        let tag = format!("{{{tag}}}");
         let plain = Self::new(stream, group);
         Self {
             schedule: format!("{tag}:schedule"),
             scheduled: format!("{tag}:scheduled"),
             retry: format!("{tag}:retry"),
             dead: format!("{tag}:{}", dead.unwrap_or("dead")),
+            log: format!("{tag}:log"),
             endpoints: format!("{tag}:endpoints"),
             endpoint_refs: format!("{tag}:endpoints:refs"),
             batched: format!("{tag}:batched"),
             finished: format!("{tag}:finished"),
             idempotency: format!("{tag}:idempotency:"),
+            layout: format!("{tag}:layout"),
             breaker: format!("{{{stream}:breaker}}:"),
             partition,
             stream: tag,
@@ -135,57 +145,98 @@ impl Keys {
     }
 }
 
-/// The partitions of one queue: the keys of each, in order.
+/// The partition record's key (`<stream>:partitions`).
+pub fn layout_record(stream: &str) -> String {
+    format!("{stream}:partitions")
+}
+
+/// The hash in which delivery processes say which epoch of the record they
+/// read (`<stream>:partitions:readers`).
+pub fn layout_readers(stream: &str) -> String {
+    format!("{stream}:partitions:readers")
+}
+
+/// The partitions of one queue as one epoch of the record lists them: the
+/// keys and state of each, in index order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partitions(Vec<Keys>);
+pub struct Partitions {
+    keys: Vec<Keys>,
+    states: Vec<State>,
+    epoch: u64,
+}
 
 impl Partitions {
-    /// `count` partitions (at least one) of `stream`, read by `group`, with
-    /// their dead letters in `dead` (for tagged partitions the name after
-    /// the tag). Untagged is only possible with one partition, on a plain
-    /// Redis: its names are exactly those of [`Keys::new`].
-    pub fn new(stream: &str, group: &str, dead: Option<&str>, count: u32, tagged: bool) -> Self {
-        if count <= 1 && !tagged {
-            let keys = Keys::new(stream, group);
-            return Self(vec![match dead {
-                Some(dead) => keys.with_dead(dead),
-                None => keys,
-            }]);
-        }
-        Self((0..count.max(1)).map(|p| Keys::tagged(stream, group, dead, p)).collect())
+    /// The partitions `layout` lists, read by `group`, with their dead
+    /// letters in `dead` (for tagged partitions the name after the tag).
+    pub fn from_layout(layout: &Layout, stream: &str, group: &str, dead: Option<&str>) -> Self {
+        let (keys, states) = layout
+            .partitions
+            .iter()
+            .map(|p| (crate::layout::keys_for(stream, group, dead, p.index, &p.tag), p.state))
+            .unzip();
+        Self { keys, states, epoch: layout.epoch }
     }
 
-    /// One partition, untagged: the names without partitions.
+    /// `count` partitions of a new deployment ([`Layout::seed`]).
+    pub fn new(stream: &str, group: &str, dead: Option<&str>, count: u32, cluster: bool) -> Self {
+        Self::from_layout(&Layout::seed(stream, count, cluster), stream, group, dead)
+    }
+
+    /// One active partition.
     pub fn single(keys: Keys) -> Self {
-        Self(vec![keys])
+        Self { keys: vec![keys], states: vec![State::Active], epoch: 0 }
     }
 
-    /// Every partition, in order.
+    /// Every partition listed, in index order.
     pub fn all(&self) -> &[Keys] {
-        &self.0
+        &self.keys
     }
 
-    /// Partition `p`, if there is one.
+    /// Every partition listed, with its state.
+    pub fn with_states(&self) -> impl Iterator<Item = (&Keys, State)> {
+        self.keys.iter().zip(self.states.iter().copied())
+    }
+
+    /// The partitions that take new requests, in index order.
+    pub fn active(&self) -> Vec<&Keys> {
+        self.with_states().filter(|(_, s)| *s == State::Active).map(|(k, _)| k).collect()
+    }
+
+    /// The epoch of the record these come from.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Partition number `p`, if listed.
     pub fn get(&self, p: u32) -> Option<&Keys> {
-        self.0.get(p as usize)
+        self.keys.iter().find(|k| k.partition == p)
     }
 
-    /// How many partitions there are.
+    /// How many partitions are listed.
     pub fn count(&self) -> u32 {
-        self.0.len() as u32
+        self.keys.len() as u32
     }
 
-    /// The first partition, whose names shared by all partitions (attempt
-    /// log, rate budgets, breakers, per-minute counts) are everyone's.
+    /// The first partition, whose names shared by all partitions (rate
+    /// budgets, breakers, per-minute counts) are everyone's.
     pub fn shared(&self) -> &Keys {
-        &self.0[0]
+        &self.keys[0]
     }
 
-    /// The partition that `key` always maps to (Redis's own key hash, so
-    /// the choice is stable across processes and versions).
+    /// The active partition that `key` maps to: Redis's own CRC16 of the
+    /// key ([`key_hash`]) modulo the active count.
     pub fn for_key(&self, key: &[u8]) -> &Keys {
-        &self.0[fred::util::redis_keyslot(key) as usize % self.0.len()]
+        let active = self.active();
+        match active.get(key_hash(key) as usize % active.len().max(1)) {
+            Some(keys) => keys,
+            None => self.shared(),
+        }
     }
+}
+
+/// The hash an Idempotency-Key (scope and key) maps to a partition by.
+pub fn key_hash(key: &[u8]) -> u16 {
+    fred::util::redis_keyslot(key)
 }
 
 impl Default for Keys {
@@ -227,11 +278,13 @@ mod tests {
         let partitions = Partitions::new("postbacks", "deliver", None, 4, false);
         assert_eq!(partitions.count(), 4);
         let third = partitions.get(3).expect("partition 3");
-        assert_eq!(third.stream, "{postbacks:3}");
-        assert_eq!(third.retry, "{postbacks:3}:retry");
-        assert_eq!(third.dead, "{postbacks:3}:dead");
-        assert_eq!(third.idempotency, "{postbacks:3}:idempotency:");
-        assert_eq!(third.log, "postbacks:log");
+        let tag = crate::layout::placement::tag_for_slot("postbacks", 3, crate::layout::placement::seed_slot(3, 4));
+        assert_eq!(third.stream, format!("{{{tag}}}"));
+        assert_eq!(third.retry, format!("{{{tag}}}:retry"));
+        assert_eq!(third.dead, format!("{{{tag}}}:dead"));
+        assert_eq!(third.idempotency, format!("{{{tag}}}:idempotency:"));
+        assert_eq!(third.log, format!("{{{tag}}}:log"));
+        assert_eq!(third.layout, format!("{{{tag}}}:layout"));
         assert_eq!(third.breaker, "{postbacks:breaker}:");
         let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
         for keys in partitions.all() {
@@ -246,14 +299,16 @@ mod tests {
                 &keys.endpoint_refs,
                 &keys.batched,
                 &keys.finished,
+                &keys.log,
+                &keys.layout,
             ];
             assert!(own.iter().all(|key| slot(key) == slot(&keys.stream)), "{keys:?}");
             assert_eq!(slot(&format!("{}scope:key", keys.idempotency)), slot(&keys.stream));
         }
         assert_eq!(slot(&format!("{}open", third.breaker)), slot(&format!("{}h:443", third.breaker)));
         let cluster = Partitions::new("postbacks", "deliver", Some("graveyard"), 1, true);
-        assert_eq!(cluster.shared().stream, "{postbacks:0}");
-        assert_eq!(cluster.shared().dead, "{postbacks:0}:graveyard");
+        assert!(cluster.shared().stream.starts_with("{postbacks:0:"), "{}", cluster.shared().stream);
+        assert!(cluster.shared().dead.ends_with("}:graveyard"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`records`]: every record kept in Redis that more than one process
 //!   reads or writes (wire versions, endpoint records, retries, dead
 //!   letters, …), each with its owning type.
+//! - [`layout`]: the partition record in Redis, followed by every process.
 //! - [`entries`]: stream entries read back as postbacks, records resolved.
 //! - [`template`]: `{key}` URL templates and their percent-encoding.
 //! - [`config`]: settings both services share, and config error reporting.
@@ -29,6 +30,7 @@ pub mod delivery;
 pub mod entries;
 pub mod gcra;
 pub mod keys;
+pub mod layout;
 pub mod method;
 pub mod metrics;
 pub mod queue_status;
