@@ -217,7 +217,9 @@ mod tests {
             let client = &self.client;
             let mut config = postback_ingest::Config::defaults();
             config.redis.redis_url = self.redis.url();
-            let state = postback_ingest::state::AppState::new(client.clone(), config);
+            let layout = postback_common::layout::Layout::seed("postbacks", 1, false);
+            let views = postback_ingest::partitions::Views::fixed(layout, "postbacks");
+            let state = postback_ingest::state::AppState::new(client.clone(), config, views);
             let data: Vec<_> = (0..items).map(|i| serde_json::json!({"i": i})).collect();
             let body = serde_json::json!({"endpoint": {"method": "GET", "url": "http://h.example/{i}"}, "data": data});
             let mut buf = body.to_string().into_bytes();
@@ -225,7 +227,9 @@ mod tests {
             let postbacks =
                 postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
                     .expect("valid");
-            state.enqueuer.enqueue(client, state.partitions.shared(), &postbacks, None).await.expect("enqueue");
+            let keys = postback_common::keys::Keys::default();
+            let target = postback_ingest::enqueue::Target { keys: &keys, earlier: &[], epoch: 1 };
+            state.enqueuer.enqueue(client, target, &postbacks, None).await.expect("enqueue");
             // BUSYGROUP from the second entry on.
             let _: Result<(), _> = client.xgroup_create("postbacks", "deliver", "0", true).await;
             let reply: Value =

@@ -40,6 +40,8 @@ pub(crate) struct Request {
     /// Its entries: record number (1-based, 0 for none), postbacks beyond
     /// the first, the value of `p`.
     pub(crate) entries: Vec<(usize, usize, Bytes)>,
+    /// The epoch of the partition record the partition was chosen by.
+    pub(crate) epoch: u64,
 }
 
 impl Request {
@@ -62,6 +64,9 @@ pub(crate) enum Reply {
     Full,
     /// Another record is stored under this address.
     Collision(String),
+    /// The partition has been shown a newer partition record than the
+    /// request was routed by: nothing was written.
+    Stale,
 }
 
 struct Job {
@@ -129,7 +134,8 @@ async fn call(
     wait: bool,
     requests: &[&Request],
 ) -> Result<Vec<Reply>, Error> {
-    let mut script_keys: Vec<&str> = vec![&keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched];
+    let mut script_keys: Vec<&str> =
+        vec![&keys.stream, &keys.endpoints, &keys.endpoint_refs, &keys.batched, &keys.layout];
     // The call's records, each once; each request's numbers into them.
     let mut records: Vec<&(String, Bytes)> = Vec::new();
     let mut numbers: Vec<Vec<usize>> = Vec::with_capacity(requests.len());
@@ -150,6 +156,10 @@ async fn call(
     let size: usize = requests.iter().map(|r| 5 + 3 * r.entries.len()).sum();
     let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * records.len() + size);
     args.push(if wait { "1" } else { "0" }.into());
+    // The oldest layout of the call decides: a call is stale if any of its
+    // requests is.
+    let epoch = requests.iter().map(|r| r.epoch).min().unwrap_or(0);
+    args.push((epoch as i64).into());
     args.push((records.len() as i64).into());
     for (address, record) in &records {
         args.push(address.as_str().into());
@@ -175,6 +185,9 @@ async fn call(
         }
     }
     let parts: Vec<String> = script.call(client, &script_keys, args).await?;
+    if parts.len() == 1 && parts[0] == "STALE" {
+        return Ok(requests.iter().map(|_| Reply::Stale).collect());
+    }
     let mut parts = parts.into_iter();
     let replies = requests.iter().map(|request| reply(&mut parts, request.entries.len())).collect();
     if parts.next().is_some() {

@@ -13,9 +13,13 @@
 -- KEYS[2]  the endpoint records (hash: address -> record)
 -- KEYS[3]  the endpoint reference counts (hash: address -> references)
 -- KEYS[4]  postbacks in the stream beyond one per entry (string)
--- KEYS[5…] the idempotency records of the requests that have a key
+-- KEYS[5]  the highest epoch of the partition record this partition was
+--          shown (string; postback_common::layout)
+-- KEYS[6…] the idempotency records of the requests that have a key
 -- ARGV[1]  '1' when a WAIT follows (a replay then writes its record again)
--- ARGV[2]  R, the number of endpoint records of the call; then R pairs:
+-- ARGV[2]  the epoch of the partition record the callers chose this
+--          partition by
+-- ARGV[3]  R, the number of endpoint records of the call; then R pairs:
 --          address, record
 -- then for each request:
 --   E            the number of its entries
@@ -37,6 +41,9 @@
 --   'FULL'                        replay only, and not a replay
 --   'COLLISION', address          the hash holds another record under the
 --                                 address of one of its entries' records
+-- Or, for the whole call, 'STALE' when the partition was shown a newer
+-- epoch than ARGV[2]: the callers' layout is out of date (the partition
+-- may be draining), and nothing is written.
 -- A request that is not queued writes nothing.
 --
 -- A script runs without interruption, so other clients see all of a
@@ -45,16 +52,22 @@
 -- before it writes: every request of the call is refused then.
 
 local wait = ARGV[1] == '1'
-local records = tonumber(ARGV[2])
+local epoch, shown = tonumber(ARGV[2]), tonumber(redis.call('GET', KEYS[5]) or '0')
+if shown > epoch then
+  return {'STALE'}
+elseif epoch > shown then
+  redis.call('SET', KEYS[5], ARGV[2])
+end
+local records = tonumber(ARGV[3])
 -- Per record: whether it is stored already ('stored'), to be written with
 -- its first entry ('new'), or clashes with another one (false); and the
 -- references its entries take, added once at the end.
 local state, refs = {}, {}
 for r = 1, records do
-  local have = redis.call('HGET', KEYS[2], ARGV[1 + 2 * r])
+  local have = redis.call('HGET', KEYS[2], ARGV[2 + 2 * r])
   if not have then
     state[r] = 'new'
-  elseif have == ARGV[2 + 2 * r] then
+  elseif have == ARGV[3 + 2 * r] then
     state[r] = 'stored'
   else
     state[r] = false
@@ -90,13 +103,13 @@ local function refusal(at, entries, key, ttl, record, replay_only)
   for i = at, at + 3 * (entries - 1), 3 do
     local r = tonumber(ARGV[i])
     if r > 0 and not state[r] then
-      return {'COLLISION', ARGV[1 + 2 * r]}
+      return {'COLLISION', ARGV[2 + 2 * r]}
     end
   end
   return nil
 end
 
-local at = 3 + 2 * records
+local at = 4 + 2 * records
 while at <= #ARGV do
   local entries, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   local key, ttl, record, replay_only
@@ -116,7 +129,7 @@ while at <= #ARGV do
       replies[#replies + 1] = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i + 2])
       if r > 0 then
         if state[r] == 'new' then
-          redis.call('HSET', KEYS[2], ARGV[1 + 2 * r], ARGV[2 + 2 * r])
+          redis.call('HSET', KEYS[2], ARGV[2 + 2 * r], ARGV[3 + 2 * r])
           state[r] = 'stored'
         end
         refs[r] = refs[r] + 1
@@ -130,7 +143,7 @@ while at <= #ARGV do
 end
 for r = 1, records do
   if refs[r] > 0 then
-    redis.call('HINCRBY', KEYS[3], ARGV[1 + 2 * r], refs[r])
+    redis.call('HINCRBY', KEYS[3], ARGV[2 + 2 * r], refs[r])
   end
 end
 if extra > 0 then

@@ -102,6 +102,10 @@ pub enum EnqueueError {
     /// goes again as single postbacks).
     #[error("two endpoint records share the address {0}")]
     Collision(String),
+    /// The partition was shown a newer partition record than the request
+    /// was routed by; nothing was written (route it again).
+    #[error("the partition record changed; the request was routed by an older one")]
+    Stale,
     /// Redis answered, but not with one id per entry.
     #[error("the enqueue script returned {got} ids for {want} entries")]
     Mismatch {
@@ -136,6 +140,7 @@ impl EnqueueError {
             | EnqueueError::NotConnected
             | EnqueueError::BacklogFull(_)
             | EnqueueError::Full
+            | EnqueueError::Stale
             | EnqueueError::Collision(_) => Queued::No,
             EnqueueError::Replicas { .. } | EnqueueError::WaitFailed { .. } => Queued::Yes,
             EnqueueError::Mismatch { .. } => Queued::Maybe,
@@ -157,6 +162,18 @@ pub enum Enqueued {
     /// The idempotency key was used before for the same body: nothing was
     /// queued; this is what was given out then.
     Replayed(Given),
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The partition it is queued in.
+    pub keys: &'a Keys,
+    /// The partitions its Idempotency-Key mapped to before the latest
+    /// changes, newest first (looked up before `keys`).
+    pub earlier: &'a [Keys],
+    /// The epoch of the partition record `keys` was chosen by.
+    pub epoch: u64,
 }
 
 /// Runs the enqueue script (and WAIT, when asked to).
@@ -202,15 +219,17 @@ impl Enqueuer {
         }
     }
 
-    /// Appends the postbacks to the stream, recording `idempotency` with
-    /// them, unless that key was used before.
+    /// Appends the postbacks to the target partition's stream, recording
+    /// `idempotency` with them, unless that key was used before there or in
+    /// one of the target's earlier partitions (looked up first).
     pub async fn enqueue(
         &self,
         client: &Client,
-        keys: &Keys,
+        target: Target<'_>,
         postbacks: &[Postback],
         idempotency: Option<&Idempotency>,
     ) -> Result<Enqueued, EnqueueError> {
+        let Target { keys, earlier, epoch } = target;
         if !client.is_connected() {
             if self.connected_once.load(Ordering::Relaxed) {
                 return Err(EnqueueError::NotConnected);
@@ -224,7 +243,18 @@ impl Enqueuer {
         self.connected_once.store(true, Ordering::Relaxed);
         let client = client.with_options(&self.options);
         let given = Given { first_id: postbacks.first().map_or(Uuid::nil(), |p| p.id), count: postbacks.len() };
-        let key = idempotency.map(|key| (key, key.record(given)));
+        if let Some(idempotency) = idempotency {
+            for before in earlier {
+                let key = idempotency.at(before);
+                let record = key.record(given);
+                match self.append(&client, before, &[], Some((&key, &record)), true, epoch).await {
+                    Err(EnqueueError::Full) => {}
+                    other => return self.confirm(&client, before, other?, given).await,
+                }
+            }
+        }
+        let idempotency = idempotency.map(|key| key.at(keys));
+        let key = idempotency.as_ref().map(|key| (key, key.record(given)));
         let key = key.as_ref().map(|(k, record)| (*k, record.as_str()));
         let packed = request_entry::pack(postbacks);
         let bytes = packed.iter().map(|p| p.payload.len() as u64 + crate::gate::ENTRY_OVERHEAD).sum();
@@ -232,14 +262,14 @@ impl Enqueuer {
             // Not new work if the key was used before: the replay is
             // answered all the same.
             return match key {
-                Some(key) => match self.append(&client, keys, &[], Some(key), true).await {
+                Some(key) => match self.append(&client, keys, &[], Some(key), true, epoch).await {
                     Err(EnqueueError::Full) => Err(EnqueueError::BacklogFull(refused)),
                     other => self.confirm(&client, keys, other?, given).await,
                 },
                 None => Err(EnqueueError::BacklogFull(refused)),
             };
         }
-        let enqueued = match self.append(&client, keys, &packed, key, false).await {
+        let enqueued = match self.append(&client, keys, &packed, key, false, epoch).await {
             Err(EnqueueError::Collision(address)) => {
                 tracing::warn!(
                     address,
@@ -249,7 +279,7 @@ impl Enqueuer {
                     .iter()
                     .map(|p| Packed { payload: wire::encode(p), endpoint: None, postbacks: 1 })
                     .collect();
-                self.append(&client, keys, &singles, key, false).await?
+                self.append(&client, keys, &singles, key, false, epoch).await?
             }
             other => other?,
         };
@@ -300,8 +330,9 @@ impl Enqueuer {
         entries: &[Packed],
         idempotency: Option<(&Idempotency, &str)>,
         replay_only: bool,
+        epoch: u64,
     ) -> Result<Enqueued, EnqueueError> {
-        let mut request = Request { replay_only, ..Request::default() };
+        let mut request = Request { replay_only, epoch, ..Request::default() };
         for entry in entries {
             let number = match &entry.endpoint {
                 None => 0,
@@ -332,6 +363,7 @@ impl Enqueuer {
             Reply::Reused => Err(EnqueueError::Reused),
             Reply::Full => Err(EnqueueError::Full),
             Reply::Collision(address) => Err(EnqueueError::Collision(address)),
+            Reply::Stale => Err(EnqueueError::Stale),
         }
     }
 

@@ -37,9 +37,16 @@ use std::time::Duration;
 use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
+use postback_common::config::MAX_PARTITIONS as MAX_INDEX;
 use postback_common::keys::Partitions;
 use postback_common::redis_memory::{Memory, MemoryWatch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::partitions::View;
+
+/// Partition indexes the counts have room for.
+const MAX_PARTITIONS: usize = MAX_INDEX as usize;
 
 /// How often Redis is read.
 pub const SAMPLE_EVERY: Duration = postback_common::redis_memory::SAMPLE_EVERY;
@@ -102,8 +109,9 @@ impl std::fmt::Display for Refused {
 /// One read of Redis.
 #[derive(Debug, Clone, Default)]
 struct Sample {
-    /// Per partition: postbacks waiting, and the primary it is on.
-    partitions: Vec<(u64, usize)>,
+    /// Per partition index: postbacks waiting, and the primary it is on
+    /// (`None` for indexes not listed).
+    partitions: Vec<Option<(u64, usize)>>,
     /// Per primary: its memory, and the bytes of the streams on it.
     nodes: Vec<(Memory, u64)>,
 }
@@ -114,19 +122,19 @@ pub struct Gate {
     sample: RwLock<Option<Sample>>,
     /// Set once the first sample was tried: requests before it wait for it.
     sampled: tokio::sync::watch::Sender<bool>,
-    /// Postbacks admitted since the last sample, per partition.
+    /// Postbacks admitted since the last sample, per partition index.
     admitted: Vec<AtomicU64>,
-    /// Bytes admitted since the last sample, per partition.
+    /// Bytes admitted since the last sample, per partition index.
     admitted_bytes: Vec<AtomicU64>,
 }
 
 impl Gate {
-    /// A gate for `partitions` that lets everything through until
-    /// [`spawn`](Self::spawn) starts sampling; from then on, requests wait
-    /// for the first sample, and are let through if it fails (Redis is not
-    /// up yet; the enqueue answers then).
-    pub fn new(limits: Limits, partitions: u32) -> Self {
-        let slots = || (0..partitions.max(1)).map(|_| AtomicU64::new(0)).collect();
+    /// A gate that lets everything through until [`spawn`](Self::spawn)
+    /// starts sampling; from then on, requests wait for the first sample,
+    /// and are let through if it fails (Redis is not up yet; the enqueue
+    /// answers then).
+    pub fn new(limits: Limits) -> Self {
+        let slots = || (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect();
         let (sampled, _) = tokio::sync::watch::channel(true);
         Self { limits, sample: RwLock::new(None), sampled, admitted: slots(), admitted_bytes: slots() }
     }
@@ -138,7 +146,7 @@ impl Gate {
     pub fn spawn(
         self: &Arc<Self>,
         redis: Client,
-        partitions: Partitions,
+        views: watch::Receiver<Option<Arc<View>>>,
         memory: Arc<MemoryWatch>,
         stop: CancellationToken,
         on_unlimited: impl FnOnce() + Send + 'static,
@@ -147,9 +155,20 @@ impl Gate {
         gate.sampled.send_replace(false);
         tokio::spawn(async move {
             let mut on_unlimited = Some(on_unlimited);
+            let mut views = views;
+            // Nothing to sample before the partition record is read.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = views.wait_for(Option::is_some) => {}
+            }
             loop {
                 let taken = gate.take_counts();
-                match read(&redis, &partitions).await {
+                let view = views.borrow().clone();
+                let sampled = match &view {
+                    Some(view) => read(&redis, &view.partitions).await,
+                    None => Err(Error::new(ErrorKind::Unknown, "the partition record is not read yet")),
+                };
+                match sampled {
                     Ok(sample) => {
                         if let Some(fullest) = fullest(&sample) {
                             memory.set(fullest);
@@ -192,7 +211,7 @@ impl Gate {
         let guard = self.sample.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(sample) = guard.as_ref() else { return Ok(()) };
         let p = partition as usize;
-        let Some(&(backlog, node)) = sample.partitions.get(p) else { return Ok(()) };
+        let Some(&Some((backlog, node))) = sample.partitions.get(p) else { return Ok(()) };
         let admitted = self.admitted[p].fetch_add(postbacks, Ordering::Relaxed) + postbacks;
         let max = self.limits.max_backlog;
         if max > 0 && backlog + admitted > max {
@@ -209,7 +228,7 @@ impl Gate {
                 .partitions
                 .iter()
                 .zip(&self.admitted_bytes)
-                .filter(|((_, n), _)| *n == node)
+                .filter(|(sampled, _)| sampled.is_some_and(|(_, n)| n == node))
                 .map(|(_, admitted)| admitted.load(Ordering::Relaxed))
                 .sum();
             let projected = memory.used + streams + RETRY_FOOTPRINT * on_node;
@@ -285,7 +304,8 @@ async fn read(redis: &Client, partitions: &Partitions) -> Result<Sample, Error> 
     }
     let replies: Vec<Value> = pipeline.all().await?;
     let number = |value: &Value| value.as_u64().unwrap_or(0);
-    let mut out = Vec::with_capacity(partitions.count() as usize);
+    let size = partitions.all().iter().map(|k| k.partition as usize + 1).max().unwrap_or(0).min(MAX_PARTITIONS);
+    let mut out = vec![None; size];
     for (keys, reply) in partitions.all().iter().zip(replies.chunks(5)) {
         let [length, batched, scheduled, old, bytes] = reply else {
             return Err(Error::new(ErrorKind::Unknown, "a short reply to the backlog sample"));
@@ -298,7 +318,9 @@ async fn read(redis: &Client, partitions: &Partitions) -> Result<Sample, Error> 
             .and_then(|server| index.get(server).copied())
             .unwrap_or(0);
         nodes[node].1 += number(bytes);
-        out.push((backlog, node));
+        if let Some(slot) = out.get_mut(keys.partition as usize) {
+            *slot = Some((backlog, node));
+        }
     }
     Ok(Sample { partitions: out, nodes })
 }
@@ -308,20 +330,21 @@ mod tests {
     use super::*;
 
     fn sampled(max_backlog: u64, memory_percent: u8, sample: Sample) -> Gate {
-        let gate = Gate::new(Limits { max_backlog, memory_percent }, sample.partitions.len() as u32);
+        let gate = Gate::new(Limits { max_backlog, memory_percent });
         *gate.sample.write().expect("lock") = Some(sample);
         gate
     }
 
     #[test]
     fn lets_everything_through_until_the_first_sample() {
-        let gate = Gate::new(Limits { max_backlog: 1, memory_percent: 1 }, 1);
+        let gate = Gate::new(Limits { max_backlog: 1, memory_percent: 1 });
         assert_eq!(gate.admit_now(0, 1_000, 1 << 30), Ok(()));
     }
 
     #[test]
     fn counts_what_it_admits_between_samples() {
-        let gate = sampled(100, 0, Sample { partitions: vec![(90, 0)], nodes: vec![(Memory { used: 0, max: 0 }, 0)] });
+        let gate =
+            sampled(100, 0, Sample { partitions: vec![Some((90, 0))], nodes: vec![(Memory { used: 0, max: 0 }, 0)] });
         assert_eq!(gate.admit_now(0, 10, 0), Ok(()));
         assert_eq!(gate.admit_now(0, 1, 0), Err(Refused::Backlog { backlog: 100, max: 100 }));
         gate.take_counts();
@@ -332,19 +355,20 @@ mod tests {
     fn memory_counts_the_stream_and_what_is_admitted_at_their_retry_footprint() {
         // 60 % used, streams 10 %: 70 % projected; admitted bytes count twice.
         let memory = Memory { used: 600, max: 1_000 };
-        let gate = sampled(0, 80, Sample { partitions: vec![(0, 0)], nodes: vec![(memory, 100)] });
+        let gate = sampled(0, 80, Sample { partitions: vec![Some((0, 0))], nodes: vec![(memory, 100)] });
         assert_eq!(gate.admit_now(0, 1, 40), Ok(()), "70 % + 2 × 4 % = 78 %");
         let refused = gate.admit_now(0, 1, 10).expect_err("80 %");
         assert!(matches!(refused, Refused::Memory { limit: 80, .. }), "{refused:?}");
         assert!(refused.to_string().contains("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT (80%)"), "{refused}");
         let unlimited =
-            sampled(0, 80, Sample { partitions: vec![(0, 0)], nodes: vec![(Memory { used: 5, max: 0 }, 5)] });
+            sampled(0, 80, Sample { partitions: vec![Some((0, 0))], nodes: vec![(Memory { used: 5, max: 0 }, 5)] });
         assert_eq!(unlimited.admit_now(0, 1, 1 << 40), Ok(()), "no maxmemory, nothing to keep");
     }
 
     #[test]
     fn a_failed_sample_keeps_the_counts() {
-        let gate = sampled(10, 0, Sample { partitions: vec![(0, 0)], nodes: vec![(Memory { used: 0, max: 0 }, 0)] });
+        let gate =
+            sampled(10, 0, Sample { partitions: vec![Some((0, 0))], nodes: vec![(Memory { used: 0, max: 0 }, 0)] });
         assert_eq!(gate.admit_now(0, 10, 0), Ok(()));
         let taken = gate.take_counts();
         gate.give_back(&taken);

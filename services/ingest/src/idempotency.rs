@@ -19,12 +19,16 @@
 //! else shared by all callers. The record lives at
 //! `<stream>:idempotency:<scope>:<key>`, scope `-` without tokens or the
 //! first 16 hex digits of the token's SHA-256 (its line in the tokens
-//! file). With partitions, the scope and key choose the partition (always
-//! the same one), and the record lives there with the postbacks:
-//! `{<stream>:<p>}:idempotency:<scope>:<key>`.
+//! file). With partitions, the scope and key choose the partition (the
+//! same one while the partitions taking requests stay the same), and the
+//! record lives there with the postbacks: `{<tag>}:idempotency:<scope>:<key>`.
+//! After a change of partitions, a key is first looked up in the partitions
+//! it mapped to before ([`crate::partitions::View::earlier_for_key`]), so a
+//! request retried across the change is still replayed
+//! (runbooks/partitions.md says how this stays exact).
 
 use axum::http::HeaderMap;
-use postback_common::keys::Partitions;
+use postback_common::keys::Keys;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -53,10 +57,13 @@ pub struct Caller {
 /// A request's key, checked, with what the enqueue script needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {
-    /// The partition the key maps to.
+    /// The partition the record is kept in ([`at`](Self::at)).
     pub partition: u32,
-    /// The record's Redis key.
+    /// The record's Redis key (empty until [`at`](Self::at)).
     pub record_key: String,
+    /// The caller's scope and the key (`<scope>:<key>`): what chooses the
+    /// partition.
+    pub scoped: String,
     /// SHA-256 of the request body, hex.
     pub fingerprint: String,
 }
@@ -71,15 +78,10 @@ pub struct Given {
 }
 
 impl Idempotency {
-    /// The request's key, if it sent one, in the partition of
-    /// `partitions` that it maps to; `caller` is the accepted token's
-    /// scope. An unusable key is an invalid request.
-    pub fn from_request(
-        headers: &HeaderMap,
-        body: &[u8],
-        partitions: &Partitions,
-        caller: Option<&Caller>,
-    ) -> Result<Option<Self>, Invalid> {
+    /// The request's key, if it sent one, not yet in a partition
+    /// ([`at`](Self::at)); `caller` is the accepted token's scope. An
+    /// unusable key is an invalid request.
+    pub fn from_request(headers: &HeaderMap, body: &[u8], caller: Option<&Caller>) -> Result<Option<Self>, Invalid> {
         let Some(value) = headers.get(HEADER) else { return Ok(None) };
         let key = value.as_bytes();
         if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
@@ -91,12 +93,17 @@ impl Idempotency {
         let key = String::from_utf8_lossy(key);
         let scope = caller.map_or("-", |c| c.scope.as_str());
         let scoped = format!("{scope}:{key}");
-        let keys = partitions.for_key(scoped.as_bytes());
-        Ok(Some(Self {
+        Ok(Some(Self { partition: 0, record_key: String::new(), scoped, fingerprint: hex(&Sha256::digest(body)) }))
+    }
+
+    /// The same key, its record kept in partition `keys`.
+    pub fn at(&self, keys: &Keys) -> Self {
+        Self {
             partition: keys.partition,
-            record_key: format!("{}{scoped}", keys.idempotency),
-            fingerprint: hex(&Sha256::digest(body)),
-        }))
+            record_key: format!("{}{}", keys.idempotency, self.scoped),
+            scoped: self.scoped.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
     }
 
     /// The record to keep: `<fingerprint>:<first id>:<count>`.
@@ -129,32 +136,32 @@ mod tests {
 
     #[test]
     fn keys_are_checked_and_scoped() {
-        let p = Partitions::single(postback_common::keys::Keys::new("p", "g"));
-        assert_eq!(Idempotency::from_request(&HeaderMap::new(), b"{}", &p, None), Ok(None));
-        let mine = Idempotency::from_request(&headers(b"order-42"), b"{}", &p, None).expect("valid").expect("a key");
-        assert_eq!(mine.record_key, "p:idempotency:-:order-42");
+        let p = Keys::new("p", "g");
+        assert_eq!(Idempotency::from_request(&HeaderMap::new(), b"{}", None), Ok(None));
+        let mine = Idempotency::from_request(&headers(b"order-42"), b"{}", None).expect("valid").expect("a key");
+        assert_eq!(mine.at(&p).record_key, "p:idempotency:-:order-42");
         assert_eq!(mine.fingerprint, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
         let caller = Caller { scope: "2bb80d537b1da3e3".into(), rate: None };
         let theirs =
-            Idempotency::from_request(&headers(b"order-42"), b"{}", &p, Some(&caller)).expect("valid").expect("a key");
-        assert_eq!(theirs.record_key, "p:idempotency:2bb80d537b1da3e3:order-42");
-        let four = Partitions::new("p", "g", None, 4, false);
-        let spread = Idempotency::from_request(&headers(b"order-42"), b"{}", &four, Some(&caller))
-            .expect("valid")
-            .expect("a key");
-        let keys = four.get(spread.partition).expect("its partition");
+            Idempotency::from_request(&headers(b"order-42"), b"{}", Some(&caller)).expect("valid").expect("a key");
+        assert_eq!(theirs.scoped, "2bb80d537b1da3e3:order-42");
+        assert_eq!(theirs.at(&p).record_key, "p:idempotency:2bb80d537b1da3e3:order-42");
+        let four = postback_common::keys::Partitions::new("p", "g", None, 4, false);
+        let keys = four.for_key(theirs.scoped.as_bytes());
+        let spread = theirs.at(keys);
+        assert_eq!(spread.partition, keys.partition);
         assert_eq!(spread.record_key, format!("{}2bb80d537b1da3e3:order-42", keys.idempotency));
         let long = vec![b'k'; MAX_KEY_BYTES];
-        assert!(Idempotency::from_request(&headers(&long), b"", &p, None).is_ok());
+        assert!(Idempotency::from_request(&headers(&long), b"", None).is_ok());
         for bad in [&b""[..], b"has space", b"tab\tin", "ü".as_bytes(), &[b'k'; MAX_KEY_BYTES + 1]] {
-            let error = Idempotency::from_request(&headers(bad), b"", &p, None).expect_err("refused");
+            let error = Idempotency::from_request(&headers(bad), b"", None).expect_err("refused");
             assert_eq!(error.0[0].field, "Idempotency-Key", "{bad:?}");
         }
     }
 
     #[test]
     fn a_record_gives_back_the_ids() {
-        let key = Idempotency { partition: 0, record_key: "k".into(), fingerprint: "ab".into() };
+        let key = Idempotency { partition: 0, record_key: "k".into(), scoped: "-:k".into(), fingerprint: "ab".into() };
         let given = Given { first_id: Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001), count: 3 };
         let record = key.record(given);
         assert_eq!(record, "ab:01920000-0000-7000-8000-000000000001:3");

@@ -10,6 +10,7 @@
 //! - [`request`]: validating a request and building its postbacks.
 //! - [`gate`]: whether the backlog and Redis's memory leave room, decided
 //!   in memory between samples.
+//! - [`partitions`]: the partition record as ingest follows it.
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
 //! - [`batch`]: the requests waiting at one moment, in one script call.
 //! - [`idempotency`]: `Idempotency-Key`: the same request answered once.
@@ -29,6 +30,7 @@ pub mod gate;
 pub mod idempotency;
 pub mod json;
 mod metrics;
+pub mod partitions;
 pub mod rate;
 pub mod request;
 mod routes;

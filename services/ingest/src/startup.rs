@@ -5,6 +5,9 @@
 //! while Redis is down (requests that arrive before the first connection
 //! wait for it, up to `POSTBACK_REDIS_TIMEOUT_MS`; later outages answer
 //! 503 at once until Redis is back).
+//! The partition record is read once Redis answers
+//! ([`crate::partitions`]); a record that disagrees with
+//! `POSTBACK_PARTITIONS` stops the service with an error naming both.
 //! [`Application::run`] serves (with the bounds of [`crate::serve`]) until
 //! the shutdown token is cancelled, then stops accepting connections, lets
 //! every in-flight request finish within the grace time (each ends in a 202
@@ -23,8 +26,10 @@ use crate::state::AppState;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    /// Stops the memory sampler.
+    /// Stops the memory sampler and the partition record's follower.
     memory_stop: CancellationToken,
+    /// Reads the partition record, then follows it.
+    loader: crate::partitions::Loader,
 }
 
 impl Application {
@@ -43,7 +48,8 @@ impl Application {
         let redis = postback_common::redis::connect(&config.redis.redis_url, config.redis_timeout())?;
         let memory_stop = CancellationToken::new();
         let limit = config.redis_memory_limit_percent;
-        let state = AppState::with_tokens(redis, config, tokens);
+        let (views, loader) = crate::partitions::Views::pending();
+        let state = AppState::with_tokens(redis, config, tokens, views);
         state.start_sampling(memory_stop.clone(), move || {
             if limit > 0 {
                 tracing::warn!(
@@ -52,7 +58,7 @@ impl Application {
                 );
             }
         });
-        Ok(Self { listener, state, memory_stop })
+        Ok(Self { listener, state, memory_stop, loader })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -60,19 +66,32 @@ impl Application {
         self.listener.local_addr().unwrap_or_else(|_| self.state.config.addr)
     }
 
-    /// Serves until `shutdown` is cancelled and in-flight requests are done.
+    /// Serves until `shutdown` is cancelled and in-flight requests are
+    /// done; fails when the partition record cannot be used.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let addr = self.local_addr();
-        tracing::info!(
-            %addr,
-            stream = %self.state.partitions.shared().stream,
-            partitions = self.state.partitions.count(),
-            "ingest listening"
-        );
+        tracing::info!(%addr, stream = %self.state.config.redis.stream, "ingest listening");
         let redis = self.state.redis.clone();
         let limits = self.state.config.serve_limits();
-        crate::serve::serve(self.listener, router(self.state), limits, shutdown).await;
+        let stop = shutdown.child_token();
+        let loading = {
+            let (redis, config, stop, follow) =
+                (redis.clone(), self.state.config.clone(), stop.clone(), self.memory_stop.clone());
+            let loader = self.loader;
+            tokio::spawn(async move {
+                let loaded = loader.run(redis, &config, follow).await;
+                if loaded.is_err() {
+                    stop.cancel();
+                }
+                loaded
+            })
+        };
+        crate::serve::serve(self.listener, router(self.state), limits, stop).await;
         self.memory_stop.cancel();
+        if let Ok(Err(e)) = loading.await {
+            postback_common::redis::close(&redis).await;
+            return Err(std::io::Error::other(e.to_string()));
+        }
         postback_common::redis::close(&redis).await;
         tracing::info!("ingest stopped");
         Ok(())

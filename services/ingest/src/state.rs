@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use fred::prelude::Client;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use postback_common::keys::{Keys, Partitions};
+use crate::partitions::Views;
 
 use crate::config::Config;
 use crate::enqueue::Enqueuer;
@@ -18,10 +17,10 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// Commands to Redis (never a blocking one).
     pub redis: Client,
-    /// The queue's partitions and their key names.
-    pub partitions: Partitions,
-    /// Turns for requests without an Idempotency-Key.
-    turn: AtomicU32,
+    /// The queue's partitions, as the partition record lists them.
+    pub views: Views,
+    /// Prefix of the callers' rate budgets (`<stream>:rate:`).
+    pub(crate) rate_prefix: String,
     /// Accepted bearer tokens, if authentication is on.
     pub(crate) tokens: Option<crate::auth::Tokens>,
     /// Request limits.
@@ -42,22 +41,27 @@ pub struct Inner {
 }
 
 impl AppState {
-    /// Wraps the shared parts (no authentication).
-    pub fn new(redis: Client, config: Config) -> Self {
-        Self::with_tokens(redis, config, None)
+    /// Wraps the shared parts (no authentication), with the partitions
+    /// `views` show.
+    pub fn new(redis: Client, config: Config, views: Views) -> Self {
+        Self::with_tokens(redis, config, None, views)
     }
 
     /// Wraps the shared parts, requiring one of `tokens` when given; the
     /// gate samples nothing until [`Inner::start_sampling`] (everything is
     /// let through without a sample).
-    pub(crate) fn with_tokens(redis: Client, config: Config, tokens: Option<crate::auth::Tokens>) -> Self {
-        let partitions = config.redis.partitions();
-        let gate = Arc::new(crate::gate::Gate::new(config.gate(), partitions.count()));
+    pub(crate) fn with_tokens(
+        redis: Client,
+        config: Config,
+        tokens: Option<crate::auth::Tokens>,
+        views: Views,
+    ) -> Self {
+        let gate = Arc::new(crate::gate::Gate::new(config.gate()));
         Self(Arc::new(Inner {
             redis,
             tokens,
-            partitions,
-            turn: AtomicU32::new(0),
+            views,
+            rate_prefix: postback_common::keys::Keys::new(&config.redis.stream, "").rate,
             limits: config.limits(),
             enqueuer: Enqueuer::new(config.enqueue(), gate.clone()),
             gate,
@@ -77,15 +81,7 @@ impl Inner {
         stop: tokio_util::sync::CancellationToken,
         on_unlimited: impl FnOnce() + Send + 'static,
     ) {
-        self.gate.spawn(self.redis.clone(), self.partitions.clone(), self.memory.clone(), stop, on_unlimited);
-    }
-
-    /// The partition for a request without an Idempotency-Key: each in
-    /// turn, so that requests spread evenly.
-    pub fn next_partition(&self) -> &Keys {
-        let count = self.partitions.count();
-        let turn = if count == 1 { 0 } else { self.turn.fetch_add(1, Ordering::Relaxed) % count };
-        self.partitions.get(turn).unwrap_or(self.partitions.shared())
+        self.gate.spawn(self.redis.clone(), self.views.changes(), self.memory.clone(), stop, on_unlimited);
     }
 }
 

@@ -9,7 +9,7 @@ use postback_common::records::request as request_entry;
 use serde::Serialize;
 use tracing::{Span, field, instrument};
 
-use crate::enqueue::{EnqueueError, Enqueued, Queued};
+use crate::enqueue::{EnqueueError, Enqueued, Queued, Target};
 use crate::error::IngestError;
 use crate::idempotency::{self, Caller, Given, Idempotency};
 use crate::state::AppState;
@@ -64,16 +64,8 @@ pub async fn accept(
         state.metrics.postbacks("rate_limited", postbacks.len());
         return Err(IngestError::RateLimited(verdict));
     }
-    let keys = match &idempotency {
-        Some(key) => state.partitions.get(key.partition).unwrap_or(state.partitions.shared()),
-        None => state.next_partition(),
-    };
-    let producer = match &request_span {
-        Some(Extension(RequestSpan(span))) => trace::producer_span(span, &mut postbacks, &keys.stream),
-        None => None,
-    };
     let started = std::time::Instant::now();
-    let enqueued = state.enqueuer.enqueue(&state.redis, keys, &postbacks, idempotency.as_ref()).await;
+    let (enqueued, producer) = route(&state, &mut postbacks, idempotency.as_ref(), request_span.as_ref()).await?;
     state.metrics.enqueued_in(started.elapsed());
     let keyed = idempotency.is_some();
     let (given, replayed) = match enqueued {
@@ -112,6 +104,52 @@ pub async fn accept(
     Ok(response)
 }
 
+/// Times a request is routed again after its partition said the
+/// partition record changed.
+const REROUTES: usize = 3;
+
+/// Chooses the request's partition by the partition record and enqueues
+/// it there; routes it again when the partition says the record changed.
+async fn route(
+    state: &AppState,
+    postbacks: &mut [postback_common::Postback],
+    idempotency: Option<&Idempotency>,
+    request_span: Option<&Extension<RequestSpan>>,
+) -> Result<(Result<Enqueued, EnqueueError>, Option<Span>), IngestError> {
+    let patience = state.config.redis_timeout();
+    let stream = &state.config.redis.stream;
+    let mut producer = None;
+    for _ in 0..REROUTES {
+        let view =
+            state.views.within(patience).await.ok_or_else(|| {
+                IngestError::Unavailable("the partition record has not been read from Redis yet".into())
+            })?;
+        let (keys, earlier) = match idempotency {
+            Some(key) => (
+                view.for_key(&key.scoped),
+                view.earlier_for_key(
+                    &key.scoped,
+                    std::time::Duration::from_secs(state.config.idempotency_ttl_s),
+                    stream,
+                ),
+            ),
+            None => (view.nth_active(state.views.next_turn()), Vec::new()),
+        };
+        if producer.is_none() {
+            producer = match request_span {
+                Some(Extension(RequestSpan(span))) => trace::producer_span(span, postbacks, &keys.stream),
+                None => None,
+            };
+        }
+        let target = Target { keys, earlier: &earlier, epoch: view.epoch() };
+        match state.enqueuer.enqueue(&state.redis, target, postbacks, idempotency).await {
+            Err(EnqueueError::Stale) => state.views.refresh(patience).await,
+            other => return Ok((other, producer)),
+        }
+    }
+    Ok((Err(EnqueueError::Stale), producer))
+}
+
 /// Charges the request's postbacks to its caller's rate budget, if it has
 /// one (see [`crate::rate`]); `None` when no rate applies or Redis could
 /// not be asked.
@@ -120,7 +158,7 @@ async fn check_rate(state: &AppState, caller: Option<&Caller>, cost: usize) -> O
         Some(own) => own,
         None => ("all", state.config.ingest_rate?),
     };
-    let key = format!("{}{scope}", state.partitions.shared().rate);
+    let key = format!("{}{scope}", state.rate_prefix);
     match state.limiter.check(&state.redis, &key, rate, cost).await {
         Ok(verdict) => {
             state.metrics.rate_checked(if verdict.allowed { "allowed" } else { "limited" });
@@ -154,8 +192,7 @@ fn examine(
     state: &AppState,
     caller: Option<&Caller>,
 ) -> Result<Examined, IngestError> {
-    let idempotency =
-        Idempotency::from_request(headers, &buf, &state.partitions, caller).map_err(IngestError::Invalid)?;
+    let idempotency = Idempotency::from_request(headers, &buf, caller).map_err(IngestError::Invalid)?;
     let parsed = json::parse(&mut buf)?;
     let postbacks =
         request::postbacks(&parsed, postback_common::time::now_ms(), &state.limits).map_err(IngestError::Invalid)?;

@@ -84,9 +84,8 @@ impl TestApp {
         let entries: Vec<(String, Vec<(String, Bytes)>)> =
             client.xrange(&self.config.redis.stream, "-", "+", None).await.expect("XRANGE");
         assert!(entries.iter().all(|(_, f)| f.len() == 1 && f[0].0 == ENTRY_FIELD), "one field per entry");
-        postback_common::entries::queued(&client, self.config.redis.partitions().shared())
-            .await
-            .expect("entries decode")
+        let keys = postback_common::keys::Keys::new(&self.config.redis.stream, "deliver");
+        postback_common::entries::queued(&client, &keys).await.expect("entries decode")
     }
 
     /// Whether the stream key exists at all.
