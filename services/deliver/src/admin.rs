@@ -4,7 +4,6 @@
 //! [`crate::dashboard`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fred::prelude::*;
-use postback_common::keys::Partitions;
 use postback_common::metrics::CONTENT_TYPE;
 use serde_json::json;
 
 use crate::metrics::DeliverMetrics;
+use crate::partitions::Live;
 
 /// A PING slower than this means "not ready".
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -27,10 +26,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct AdminState {
     /// The command client (not the blocking reader).
     pub(crate) redis: Client,
-    /// Set once the consumer group exists, one per partition.
-    pub(crate) group_ready: Vec<Arc<AtomicBool>>,
-    /// The partitions' key names, for the queue sample.
-    pub(crate) partitions: Partitions,
+    /// The partitions read, and whether their groups are in place.
+    pub(crate) live: Arc<Live>,
+    /// Prefix of the per-minute counts (`<stream>:minutes:`).
+    pub(crate) minutes: String,
     /// What `/metrics` renders.
     pub(crate) metrics: Arc<DeliverMetrics>,
 }
@@ -46,7 +45,7 @@ pub(crate) fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = state.metrics.scrape(&state.redis, &state.partitions).await;
+    let text = state.metrics.scrape(&state.redis, state.live.partitions().as_ref()).await;
     let mut response = text.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
@@ -59,8 +58,8 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<serde_json::Value>) {
     let not_ready =
         |reason: String| (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "reason": reason})));
-    if !state.group_ready.iter().all(|ready| ready.load(Ordering::Acquire)) {
-        return not_ready("consumer group not set up yet".into());
+    if let Some(reason) = state.live.not_ready() {
+        return not_ready(reason.into());
     }
     match postback_common::redis::ping(&state.redis, READY_TIMEOUT).await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),

@@ -37,7 +37,7 @@ pub(crate) async fn page(State(state): State<AdminState>) -> Html<String> {
     let now = now_minute();
     let pipeline = state.redis.pipeline();
     for minute in now + 1 - MINUTES..=now {
-        let _: Result<(), _> = pipeline.hgetall(key(&state.partitions.shared().minutes, minute)).await;
+        let _: Result<(), _> = pipeline.hgetall(key(&state.minutes, minute)).await;
     }
     let hashes: Vec<HashMap<String, u64>> = pipeline.all().await.unwrap_or_default();
     let mut minutes = vec![Minute::default(); MINUTES as usize];
@@ -58,7 +58,10 @@ pub(crate) async fn page(State(state): State<AdminState>) -> Html<String> {
             }
         }
     }
-    let status = postback_common::queue_status::status_of_all(&state.redis, &state.partitions).await.ok();
+    let status = match state.live.partitions() {
+        Some(partitions) => postback_common::queue_status::status_of_all(&state.redis, &partitions).await.ok(),
+        None => None,
+    };
     Html(render(now, &minutes, &dead, &hosts, status.as_ref()))
 }
 

@@ -28,6 +28,11 @@
 //! count decides whether it is poison ([`crate::entry`]).
 
 use std::collections::HashSet;
+
+/// New entries a waiting read takes at most: the first to arrive, and one
+/// more that says whether others follow (the worker then reads on without
+/// waiting; [`crate::worker`]).
+pub(crate) const WAITED_FOR: usize = 2;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -146,11 +151,11 @@ impl Intake {
     }
 
     /// Takes up to `count` entries: own pending ones first, then claimed
-    /// ones when a claim is due, else new ones (waiting up to the read
-    /// block for some to arrive).
-    pub(crate) async fn take(&mut self, count: usize) -> Result<Vec<Taken>, Error> {
+    /// ones when a claim is due, else new ones: at once, or with `wait` at
+    /// most [`WAITED_FOR`], waiting up to the read block for them to arrive.
+    pub(crate) async fn take(&mut self, count: usize, wait: bool) -> Result<Vec<Taken>, Error> {
         if let Cursor::Pending(after) = &self.cursor {
-            let mut entries = self.read(after.clone(), count).await?;
+            let mut entries = self.read(after.clone(), count, false).await?;
             match entries.last() {
                 Some(last) => {
                     self.cursor = Cursor::Pending(last.id.clone());
@@ -178,7 +183,7 @@ impl Intake {
                 return self.counted(claimed).await;
             }
         }
-        let entries = match self.read(">".into(), count).await {
+        let entries = match self.read(">".into(), if wait { count.min(WAITED_FOR) } else { count }, wait).await {
             Ok(entries) => entries,
             Err(e) => {
                 // It may have handed entries over all the same.
@@ -192,10 +197,10 @@ impl Intake {
         Ok(entries.into_iter().map(|entry| Taken { entry, deliveries: 1 }).collect())
     }
 
-    /// XREADGROUP from `id`: `>` blocks for new entries, an id reads this
-    /// consumer's own pending entries after it, without blocking.
-    async fn read(&self, id: String, count: usize) -> Result<Vec<Entry>, Error> {
-        let block = (id == ">").then_some(self.read_block.as_millis() as u64);
+    /// XREADGROUP from `id`: `>` for new entries (blocking when `wait`), an
+    /// id for this consumer's own pending entries after it.
+    async fn read(&self, id: String, count: usize, wait: bool) -> Result<Vec<Entry>, Error> {
+        let block = wait.then_some(self.read_block.as_millis() as u64);
         let reply: Value = self
             .reader
             .xreadgroup(&self.keys.group, &self.consumer, Some(count as u64), block, false, &self.keys.stream, id)

@@ -5,6 +5,7 @@
 //! A postback's path, top down (each module calls only those below it):
 //! - [`startup`]: building, running, graceful shutdown; starts the tasks.
 //! - [`worker`]: the loop, and the queue design (start here).
+//! - [`partitions`]: the partitions read, following the partition record.
 //! - [`intake`]: reading, re-reading and claiming entries, with their
 //!   delivery counts ([`reply`] parses what Redis answers).
 //! - [`entry`]: one entry: decode, skip what is finished, poison, fan out.
@@ -56,6 +57,7 @@ mod ledger;
 mod metrics;
 mod minutes;
 mod outcome;
+mod partitions;
 mod recorder;
 mod reply;
 mod retention;

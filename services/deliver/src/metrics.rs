@@ -358,9 +358,14 @@ impl DeliverMetrics {
     }
 
     /// Samples the queue from Redis, then renders every metric.
-    pub(crate) async fn scrape(&self, redis: &Client, partitions: &Partitions) -> String {
-        let sample =
-            tokio::time::timeout(SAMPLE_TIMEOUT, postback_common::queue_status::status_of_all(redis, partitions)).await;
+    pub(crate) async fn scrape(&self, redis: &Client, partitions: Option<&Partitions>) -> String {
+        let sample = match partitions {
+            Some(partitions) => {
+                tokio::time::timeout(SAMPLE_TIMEOUT, postback_common::queue_status::status_of_all(redis, partitions))
+                    .await
+            }
+            None => Ok(Err(fred::error::Error::new(fred::error::ErrorKind::Unknown, "no partition record yet"))),
+        };
         let q = &self.queue;
         match sample {
             Ok(Ok(status)) => {

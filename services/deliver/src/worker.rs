@@ -31,12 +31,20 @@
 //!
 //! At most `POSTBACK_DELIVER_CONCURRENCY` postbacks are in hand at once:
 //! each takes a slot, and the loop takes only as many entries as its free
-//! slots are likely to hold ([`EntrySizes`]).
+//! slots are likely to hold ([`EntrySizes`]). A read that holds slots never
+//! blocks: when it finds nothing, the slots go back and the loop waits for
+//! the next entries with a blocked read that holds none and takes at most
+//! two ([`crate::intake::WAITED_FOR`]), taking a slot for each only once it
+//! has arrived. One entry means the stream is quiet again, so the loop
+//! waits again (one read per entry, as before); two mean more may follow,
+//! and the loop reads on with free slots, without waiting. So an idle
+//! partition holds no slot, a busy one can use them all, and a partition
+//! never holds more than one entry beyond its slots.
 //!
-//! With `POSTBACK_PARTITIONS` above one, the worker runs one such loop per
-//! partition, each with its own reading connection, intake, recorder,
-//! scheduler and janitor; the slots, the HTTP client, the per-host limits
-//! and breakers are shared by all of them.
+//! With several partitions, the worker runs one such loop per partition
+//! ([`crate::partitions`]), each with its own reading connection, intake,
+//! recorder, scheduler, janitor and delivery log; the slots, the HTTP
+//! client, the per-host limits and breakers are shared by all of them.
 //!
 //! If the group disappears (Redis restarted without its data, or the stream
 //! was deleted), the next command answers NOGROUP and the group is created
@@ -87,10 +95,6 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     /// Postbacks per entry lately, to size reads.
     pub(crate) sizes: EntrySizes,
-    /// Whether other partitions' workers share the slots: then a read
-    /// that found nothing is followed by one that waits with a single
-    /// slot, so an idle partition does not keep slots from a busy one.
-    pub(crate) shares_slots: bool,
 }
 
 /// Postbacks per entry lately, in sixteenths. Every postback in hand takes
@@ -142,14 +146,22 @@ impl Worker {
                     }
                 }
             }
-            let Some(mut permits) = self.free_slots(&shutdown).await else { break };
-            // Slots not needed for the entries taken this time go back.
-            permits.truncate(if idle && self.shares_slots { 1 } else { self.sizes.entries_for(permits.len()) });
+            // Idle: wait for the next entry holding no slot.
+            let permits = if idle {
+                Vec::new()
+            } else {
+                let Some(mut permits) = self.free_slots(&shutdown).await else { break };
+                // Slots not needed for the entries taken this time go back.
+                permits.truncate(self.sizes.entries_for(permits.len()));
+                permits
+            };
+            let count =
+                if idle { self.sizes.entries_for(self.slots.available_permits().max(1)) } else { permits.len() };
 
             // What is taken is handled even after shutdown, so that entries
             // Redis hands over are not stranded as pending; but a Redis
             // that went away gets only one BLOCK more.
-            let take = self.intake.take(permits.len());
+            let take = self.intake.take(count, idle);
             let stranded = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(self.read_block + Duration::from_secs(1)).await;
@@ -170,10 +182,20 @@ impl Worker {
                 }
             };
             backoff.reset();
-            idle = taken.is_empty();
-            debug_assert!(taken.len() <= permits.len(), "every entry taken has a slot");
-            for (taken, permit) in taken.into_iter().zip(permits) {
+            let was_idle = idle;
+            idle = if idle { taken.len() < count.min(crate::intake::WAITED_FOR) } else { taken.is_empty() };
+            debug_assert!(was_idle || taken.len() <= permits.len(), "every entry taken has a slot");
+            let mut permits = permits.into_iter();
+            for taken in taken {
                 self.sizes.saw(&taken);
+                // Taken while idle: its slot is waited for now that it is here.
+                let permit = match permits.next() {
+                    Some(permit) => permit,
+                    None => match self.slots.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
                 let held = self.intake.in_flight().hold(&taken.entry.id);
                 let handled = crate::entry::handle(self.shared.clone(), taken, permit);
                 tracker.spawn(async move {

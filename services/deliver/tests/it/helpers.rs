@@ -191,18 +191,21 @@ pub async fn enqueue_in(redis: &RedisServer, body: Value, partition: u32, partit
     use fred::prelude::ClientLike;
     let mut config = IngestConfig::defaults();
     config.redis.redis_url = redis.url();
-    config.redis.partitions = partitions;
-    let state = postback_ingest::state::AppState::new(
-        postback_common::redis::client(&redis.url(), Duration::from_secs(5)).expect("client"),
-        config,
-    );
-    state.redis.init().await.expect("connect");
+    let client = postback_common::redis::client(&redis.url(), Duration::from_secs(5)).expect("client");
+    client.init().await.expect("connect");
+    let cluster = postback_common::config::is_cluster_url(&redis.url());
+    let layout =
+        postback_common::layout::store::load(&client, "postbacks", Some(partitions), cluster).await.expect("record");
+    let views = postback_ingest::partitions::Views::fixed(layout, "postbacks");
+    let state = postback_ingest::state::AppState::new(client, config, views);
     let mut buf = body.to_string().into_bytes();
     let parsed = postback_ingest::json::parse(&mut buf).expect("json");
     let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
         .expect("valid");
-    let keys = state.partitions.get(partition).expect("that partition");
-    state.enqueuer.enqueue(&state.redis, keys, &postbacks, None).await.expect("enqueue");
+    let view = state.views.now().expect("a view");
+    let keys = view.partitions.get(partition).expect("that partition");
+    let target = postback_ingest::enqueue::Target { keys, earlier: &[], epoch: view.epoch() };
+    state.enqueuer.enqueue(&state.redis, target, &postbacks, None).await.expect("enqueue");
     postbacks.iter().map(|p| p.id.to_string()).collect()
 }
 

@@ -134,8 +134,9 @@ async fn consumers_that_are_gone_and_hold_nothing_are_removed() {
     loop {
         let info: Value = client.xinfo_consumers("postbacks", "deliver").await.expect("XINFO");
         let text = format!("{info:?}");
-        if !text.contains("ghost") {
-            assert!(text.contains("alive"), "the worker itself stays: {text}");
+        // The janitor never removes its own worker (it reads on its own
+        // connection, which may come up after the janitor's first round).
+        if !text.contains("ghost") && text.contains("alive") {
             assert!(text.contains("holder"), "a consumer holding an entry stays: {text}");
             break;
         }
@@ -169,9 +170,11 @@ async fn an_idle_worker_costs_redis_only_a_few_commands_a_second() {
     let before = calls().await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let spent = calls().await - before;
-    // Blocking reads (one per 2 s) and the scheduler's look (one script per
-    // 3 s, counted with the commands it runs inside): about 2 a second.
-    assert!(spent <= 6 * 3, "an idle worker cost Redis {spent} commands in 6 s");
+    // Blocking reads (one per 2 s), the scheduler's look (one script per
+    // 3 s, counted with the commands it runs inside), the partition
+    // record's (one GET a second) and the reader's word (one HSET per
+    // 10 s): about 3 a second.
+    assert!(spent <= 6 * 4, "an idle worker cost Redis {spent} commands in 6 s");
     shutdown.cancel();
     task.await.expect("join").expect("run");
 }
