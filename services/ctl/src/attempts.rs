@@ -1,9 +1,10 @@
 //! `attempts ID`: one postback's recent attempts, from the capped delivery
-//! log stream (`<stream>:log`) that deliver writes, newest first.
+//! log streams (`<stream>:log`, one per partition) that deliver writes,
+//! newest first.
 
 use bytes::Bytes;
 use fred::prelude::*;
-use postback_common::keys::Keys;
+use postback_common::keys::{Keys, Partitions};
 use postback_common::records::log_entry::LogEntry;
 use serde_json::{Map, Value as Json};
 
@@ -13,10 +14,29 @@ use crate::output;
 /// Log entries read per round trip.
 const PAGE: u64 = 200;
 
-/// The attempts of postback `id` among the newest `scan` attempts logged,
-/// newest first (an entry of the log holds a batch of attempts, or, if
-/// written before batches, one).
-pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Vec<Json>, DeadError> {
+/// The attempts of postback `id` among the newest `scan` attempts logged in
+/// each partition's log, newest first.
+pub async fn find(redis: &Client, partitions: &Partitions, id: &str, scan: u64) -> Result<Vec<Json>, DeadError> {
+    let mut found = Vec::new();
+    for keys in partitions.all() {
+        found.extend(find_in(redis, keys, id, scan).await?);
+    }
+    if found.is_empty() {
+        let logs: Vec<&str> = partitions.all().iter().map(|k| k.log.as_str()).collect();
+        return Err(DeadError::NotFound(format!(
+            "no attempts of {id} in the newest {scan} attempts logged in {} (not attempted yet, or logged longer ago)",
+            logs.join(", ")
+        )));
+    }
+    // RFC 3339 in UTC, to the millisecond: the text sorts as the time.
+    found.sort_by(|a, b| b["at"].as_str().cmp(&a["at"].as_str()));
+    Ok(found)
+}
+
+/// The attempts of postback `id` among the newest `scan` attempts logged in
+/// one partition, newest first (an entry of the log holds a batch of
+/// attempts, or, if written before batches, one).
+async fn find_in(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Vec<Json>, DeadError> {
     let mut found = Vec::new();
     let (mut scanned, mut end) = (0u64, "+".to_owned());
     while scanned < scan {
@@ -34,12 +54,6 @@ pub async fn find(redis: &Client, keys: &Keys, id: &str, scan: u64) -> Result<Ve
             break;
         }
         end = format!("({last}");
-    }
-    if found.is_empty() {
-        return Err(DeadError::NotFound(format!(
-            "no attempts of {id} in the newest {scan} attempts logged in {} (not attempted yet, or logged longer ago)",
-            keys.log
-        )));
     }
     Ok(found)
 }

@@ -23,8 +23,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Look at this partition only (0 to POSTBACK_PARTITIONS - 1); without
-    /// it, every partition, added up.
+    /// Look at this partition only (a number `postbackctl partitions`
+    /// lists); without it, every partition, added up.
     #[arg(long, global = true)]
     pub partition: Option<u32>,
 
@@ -73,6 +73,14 @@ pub enum Command {
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=120))]
         minutes: u64,
     },
+    /// The partitions: each one's state, stream, slot, primary and
+    /// contents, and the delivery processes following the record; or
+    /// change their count online.
+    Partitions {
+        #[command(subcommand)]
+        #[allow(missing_docs)]
+        action: Option<PartitionsAction>,
+    },
     /// The recent attempts of one postback, from the delivery log stream.
     Attempts {
         /// The postback id (X-Postback-Id, or an id from the 202).
@@ -80,6 +88,24 @@ pub enum Command {
         /// How many of the newest attempts logged to search.
         #[arg(long, default_value_t = 10_000)]
         scan: u64,
+    },
+}
+
+/// Changing the partitions.
+#[derive(Debug, Subcommand)]
+pub enum PartitionsAction {
+    /// Make N partitions take requests, online. Growing adds partitions,
+    /// waits until every delivery process reads them, then lets ingest
+    /// write to them; shrinking stops ingest writing to the partitions that
+    /// go (names from before the partition record first, then the newest),
+    /// which deliver keeps reading until they are empty and then retires.
+    Resize {
+        /// The number of partitions to take requests.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=postback_common::config::MAX_PARTITIONS as i64))]
+        count: u32,
+        /// How long a grow waits for the delivery processes.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 

@@ -31,6 +31,10 @@ pub enum DeadError {
     /// Some dead letters could not be redriven (exit code 4).
     #[error("{0}")]
     Skipped(String),
+    /// The partition record cannot be used, or a change of partitions
+    /// could not finish (exit code 5).
+    #[error("{0}")]
+    Partitions(String),
 }
 
 type Entry = (String, Vec<(String, Bytes)>);

@@ -8,17 +8,20 @@
 //! - [`entry`]: `entry ID`, and entry values decoded as JSON.
 //! - [`attempts`]: `attempts ID`, from the delivery log stream.
 //! - [`hosts`]: `hosts`, `hosts pause|resume HOST:PORT`.
+//! - [`partitions`]: `partitions`, `partitions resize N`.
 //! - [`output`]: tables and JSON.
 //!
-//! With `POSTBACK_PARTITIONS` above one, every command looks at every
-//! partition (adding up, or listing from all) unless `--partition p` picks
-//! one; entry and dead-letter ids are looked up in each.
+//! The partitions come from the partition record in Redis
+//! (`postback_common::layout`); every command looks at every partition it
+//! lists (adding up, or listing from all) unless `--partition p` picks one;
+//! entry and dead-letter ids are looked up in each.
 //!
 //! Exit codes: 0 done, 1 Redis failed or is unreachable (or the output
 //! could not be written), 2 bad usage,
 //! 3 not found (no such entry or dead letter, no attempts of that postback),
 //! 4 some dead letters could not be redriven (each is named; the others
-//! were).
+//! were), 5 the partition record cannot be used (or disagrees with
+//! `POSTBACK_PARTITIONS`), or a resize could not finish.
 
 mod attempts;
 pub mod cli;
@@ -26,6 +29,7 @@ mod dead;
 mod entry;
 pub mod hosts;
 mod output;
+mod partitions;
 mod queue;
 mod retries;
 
@@ -35,27 +39,11 @@ use std::time::Duration;
 use fred::prelude::*;
 use postback_common::keys::{Keys, Partitions};
 
-use crate::cli::{Cli, Command, Dead, HostsAction};
+use crate::cli::{Cli, Command, Dead, HostsAction, PartitionsAction};
 use crate::dead::DeadError;
 
 /// Runs one command; the exit code says how it went.
 pub async fn run(cli: Cli) -> ExitCode {
-    let partitions = cli.group.partitions(&cli.redis);
-    let partitions = match cli.partition {
-        None => partitions,
-        Some(p) => match partitions.get(p) {
-            Some(keys) => Partitions::single(keys.clone()),
-            None => {
-                let count = partitions.count();
-                eprintln!(
-                    "error: --partition {p}: there are {count} partitions (POSTBACK_PARTITIONS), 0 to {}",
-                    count - 1
-                );
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let keys = partitions.shared().clone();
     let redis = match connect(&cli.redis.redis_url).await {
         Ok(redis) => redis,
         Err(e) => {
@@ -63,8 +51,66 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let layout = match postback_common::layout::store::load(
+        &redis,
+        &cli.redis.stream,
+        cli.redis.partitions,
+        cli.redis.is_cluster(),
+    )
+    .await
+    {
+        Ok(layout) => layout,
+        Err(postback_common::layout::store::StoreError::Redis(e)) => {
+            eprintln!("error: cannot read the partition record: {e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    let all = cli.group.partitions(&cli.redis, &layout);
+    let partitions = match cli.partition {
+        None => all.clone(),
+        Some(p) => match all.get(p) {
+            Some(keys) => Partitions::single(keys.clone()),
+            None => {
+                let listed: Vec<String> = all.all().iter().map(|k| k.partition.to_string()).collect();
+                eprintln!("error: --partition {p}: the partition record lists {}", listed.join(", "));
+                return ExitCode::from(2);
+            }
+        },
+    };
+    // Names every partition shares (breakers, per-minute counts).
+    let keys = Keys::new(&cli.redis.stream, &cli.group.group);
     let result: Result<(), DeadError> = async {
         match cli.command {
+            Command::Partitions { action: None } => {
+                let shown = partitions::show(&redis, &layout, &all, &cli.redis.stream).await?;
+                if cli.json { output::json(&shown) } else { partitions::print(&shown) }
+            }
+            Command::Partitions { action: Some(PartitionsAction::Resize { count, wait }) } => {
+                let names = partitions::Names {
+                    stream: &cli.redis.stream,
+                    group: &cli.group.group,
+                    dead: cli.group.dead_stream.as_deref(),
+                };
+                let before = layout.active_count();
+                let after = partitions::resize(&redis, &names, count, wait).await?;
+                let all = cli.group.partitions(&cli.redis, &after);
+                let shown = partitions::show(&redis, &after, &all, &cli.redis.stream).await?;
+                if cli.json {
+                    output::json(&shown)
+                } else {
+                    println!("{before} -> {count} active partitions (epoch {})", after.epoch);
+                    println!(
+                        "Set POSTBACK_PARTITIONS={count} wherever it is set (or remove it): a process whose \
+                         setting disagrees with the record refuses to start."
+                    );
+                    println!();
+                    partitions::print(&shown);
+                }
+            }
             Command::Status => {
                 let status = queue::status_of_all(&redis, &partitions).await?;
                 if cli.json { output::json(&status) } else { queue::print_status(&status) }
@@ -103,7 +149,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
             Command::Attempts { id, scan } => {
-                let rows = attempts::find(&redis, &keys, &id, scan).await?;
+                let rows = attempts::find(&redis, &partitions, &id, scan).await?;
                 if cli.json { output::json(&rows) } else { attempts::print(&rows) }
             }
             Command::Dead(Dead::Export { filter }) => {
@@ -175,6 +221,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Err(DeadError::Skipped(what)) => {
             eprintln!("error: {what}");
             ExitCode::from(4)
+        }
+        Err(DeadError::Partitions(what)) => {
+            eprintln!("error: {what}");
+            ExitCode::from(5)
         }
     }
 }
