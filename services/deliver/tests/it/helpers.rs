@@ -188,6 +188,12 @@ pub async fn enqueue(redis: &RedisServer, body: Value) -> Vec<String> {
 
 /// [`enqueue`] into partition `partition` of `partitions`.
 pub async fn enqueue_in(redis: &RedisServer, body: Value, partition: u32, partitions: u32) -> Vec<String> {
+    enqueue_each(redis, vec![body], partition, partitions).await
+}
+
+/// Each of `bodies` as its own request, [`enqueue_in`] partition
+/// `partition`; the ids of all.
+pub async fn enqueue_each(redis: &RedisServer, bodies: Vec<Value>, partition: u32, partitions: u32) -> Vec<String> {
     use fred::prelude::ClientLike;
     let mut config = IngestConfig::defaults();
     config.redis.redis_url = redis.url();
@@ -198,15 +204,20 @@ pub async fn enqueue_in(redis: &RedisServer, body: Value, partition: u32, partit
         postback_common::layout::store::load(&client, "postbacks", Some(partitions), cluster).await.expect("record");
     let views = postback_ingest::partitions::Views::fixed(layout, "postbacks");
     let state = postback_ingest::state::AppState::new(client, config, views);
-    let mut buf = body.to_string().into_bytes();
-    let parsed = postback_ingest::json::parse(&mut buf).expect("json");
-    let postbacks = postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
-        .expect("valid");
     let view = state.views.now().expect("a view");
     let keys = view.partitions.get(partition).expect("that partition");
-    let target = postback_ingest::enqueue::Target { keys, earlier: &[], epoch: view.epoch() };
-    state.enqueuer.enqueue(&state.redis, target, &postbacks, None).await.expect("enqueue");
-    postbacks.iter().map(|p| p.id.to_string()).collect()
+    let mut ids = Vec::new();
+    for body in bodies {
+        let mut buf = body.to_string().into_bytes();
+        let parsed = postback_ingest::json::parse(&mut buf).expect("json");
+        let postbacks =
+            postback_ingest::request::postbacks(&parsed, postback_common::time::now_ms(), &Default::default())
+                .expect("valid");
+        let target = postback_ingest::enqueue::Target { keys, earlier: &[], epoch: view.epoch() };
+        state.enqueuer.enqueue(&state.redis, target, &postbacks, None).await.expect("enqueue");
+        ids.extend(postbacks.iter().map(|p| p.id.to_string()));
+    }
+    ids
 }
 
 /// The dead-letter entries, as field → text (the payload field `p` left out).
@@ -289,6 +300,18 @@ pub fn deliver_env(redis: &RedisServer, extra: &[(&'static str, String)]) -> Vec
 /// The admin address in a [`deliver_env`].
 pub fn admin_of(envs: &[(&str, String)]) -> String {
     envs.iter().find(|(k, _)| *k == "POSTBACK_DELIVER_ADDR").map(|(_, v)| v.clone()).expect("admin address")
+}
+
+/// A service binary started as a child process with `envs`, its log
+/// thrown away (a pipe nobody reads would stop it once full); killed when
+/// dropped.
+pub fn spawn_quiet(bin: &std::path::Path, envs: &[(&'static str, String)]) -> tokio::process::Child {
+    tokio::process::Command::new(bin)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
 }
 
 /// A service binary running as a child process, its JSON log lines read
