@@ -188,7 +188,7 @@ async fn measure(
     let queue = Queue { url: &url, partitions: 1 };
     let keys = postback_common::keys::Keys::default();
     let records = [keys.endpoints.clone(), keys.endpoint_refs.clone()];
-    let (ingest, base) = start_ingest(Flavour::Ours, Some(queue), shape.items, logs).await?;
+    let (ingest, base) = start_ingest(Flavour::Ours, Some(queue), shape.items, 0, logs).await?;
     let body = |sink: &Sink| -> anyhow::Result<String> {
         let host = sink.base_url();
         let rest = shape.url.trim_start_matches("http://sample_domain_endpoint.com/");

@@ -130,6 +130,9 @@ pub struct RunArgs {
     /// Delivery worker processes.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Ingest processes; the load sends to each in turn.
+    #[arg(long, default_value_t = 1)]
+    pub ingests: usize,
     /// Attempts in flight per worker.
     #[arg(long, default_value_t = 64)]
     pub deliver_concurrency: usize,
@@ -139,9 +142,9 @@ pub struct RunArgs {
     /// Split the queue into this many partitions (POSTBACK_PARTITIONS).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub partitions: u32,
-    /// Run on a Redis Cluster of this many primaries (at least 3) instead
-    /// of one server.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(3..=16))]
+    /// Run on a Redis Cluster of this many primaries instead of one server
+    /// (1 makes a cluster of one primary).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub cluster: Option<u64>,
     /// Requests queued with no worker running, to measure stored bytes.
     #[arg(long, default_value_t = 1000)]

@@ -54,6 +54,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Load(args) => {
             let options = load::LoadOptions {
                 url: args.url,
+                also: Vec::new(),
                 target: args.target,
                 items: args.pace.items as usize,
                 pace: args.pace.pace(32),
@@ -74,6 +75,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 stop: args.pace.stop(Duration::from_secs(20)),
                 items: args.pace.items as usize,
                 workers: args.workers.max(1),
+                ingests: args.ingests.max(1),
                 deliver_concurrency: args.deliver_concurrency.max(1),
                 aof: args.aof,
                 partitions: args.partitions,

@@ -41,6 +41,8 @@ pub enum Stop {
 pub struct LoadOptions {
     /// The ingest endpoint, e.g. `http://127.0.0.1:8080/v1/postbacks`.
     pub url: String,
+    /// More ingest endpoints: requests go to `url` and these in turn.
+    pub also: Vec<String>,
     /// Where the postbacks should go: the sink's base URL.
     pub target: String,
     /// Data items per request.
@@ -115,12 +117,15 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let progress = progress_bar(options);
     let started = Instant::now();
+    let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let send = {
         let (client, tally, progress, options) = (client.clone(), tally.clone(), progress.clone(), options.clone());
         move |scheduled: Instant| {
             let (client, tally, progress, options) = (client.clone(), tally.clone(), progress.clone(), options.clone());
+            let n = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (1 + options.also.len());
             async move {
-                let outcome = send_one(&client, &options).await;
+                let url = if n == 0 { &options.url } else { &options.also[n - 1] };
+                let outcome = send_one(&client, &options, url).await;
                 let took = scheduled.elapsed();
                 let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                 t.latency.record(took);
@@ -203,9 +208,9 @@ pub async fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
 }
 
 /// Sends one request; the accepted ids on a 202.
-async fn send_one(client: &reqwest::Client, options: &LoadOptions) -> Option<Vec<String>> {
+async fn send_one(client: &reqwest::Client, options: &LoadOptions, url: &str) -> Option<Vec<String>> {
     let mut request =
-        client.post(&options.url).header("content-type", "application/json").body(body(&options.target, options.items));
+        client.post(url).header("content-type", "application/json").body(body(&options.target, options.items));
     if let Some(token) = &options.token {
         request = request.bearer_auth(token);
     }

@@ -104,32 +104,44 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// One server (`primaries` 0), or a cluster of `primaries` (at least
-    /// three) made with `redis-cli --cluster create`.
+    /// One server (`primaries` 0), or a cluster of `primaries`.
     pub async fn start(aof: Aof, primaries: usize, log_dir: &Path) -> anyhow::Result<Self> {
         if primaries == 0 {
             return Ok(Self { nodes: vec![RedisServer::start(aof, log_dir).await?], cluster: false });
         }
-        anyhow::ensure!(primaries >= 3, "a Redis Cluster needs at least three primaries (--cluster)");
         let mut nodes = Vec::new();
+        let mut bus_ports = Vec::new();
         for i in 0..primaries {
+            let bus = free_port()?;
             let extra = [
                 "--cluster-enabled".to_owned(),
                 "yes".into(),
                 "--cluster-config-file".into(),
                 "nodes.conf".into(),
                 "--cluster-port".into(),
-                free_port()?.to_string(),
+                bus.to_string(),
             ];
             nodes.push(RedisServer::start_named(&format!("redis-{i}"), aof, &extra, log_dir).await?);
+            bus_ports.push(bus);
         }
-        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = std::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        // Made by hand rather than with `redis-cli --cluster create`, which
+        // wants three primaries at least: equal slot ranges, then every
+        // node met.
+        let cli = |port: u16, args: &[String]| -> anyhow::Result<()> {
+            let out = std::process::Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output()?;
+            let said = String::from_utf8_lossy(&out.stdout);
+            anyhow::ensure!(out.status.success() && said.trim() == "OK", "redis-cli {args:?}: {said}");
+            Ok(())
+        };
+        let slots = postback_common::layout::placement::SLOTS as usize;
+        for (i, node) in nodes.iter().enumerate() {
+            let (start, end) = (i * slots / primaries, (i + 1) * slots / primaries - 1);
+            cli(node.port, &["CLUSTER".into(), "ADDSLOTSRANGE".into(), start.to_string(), end.to_string()])?;
+        }
+        for (node, bus) in nodes.iter().zip(&bus_ports).skip(1) {
+            let meet = ["CLUSTER".into(), "MEET".into(), "127.0.0.1".into(), node.port.to_string(), bus.to_string()];
+            cli(nodes[0].port, &meet)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &nodes {
             loop {

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub items: usize,
     /// Delivery worker processes.
     pub workers: usize,
+    /// Ingest processes (ours; the bare pipeline runs one).
+    pub ingests: usize,
     /// `POSTBACK_DELIVER_CONCURRENCY` (and the bare worker's).
     pub deliver_concurrency: usize,
     /// Redis persistence.
@@ -139,6 +141,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
             "deliver_concurrency": options.deliver_concurrency,
             "aof": options.aof,
             "partitions": options.partitions,
+            "ingests": options.ingests,
             "cluster_primaries": options.cluster,
             "sink_latency_ms": options.sink.latency.as_millis() as u64,
             "sink_fail_ratio": options.sink.fail_ratio,
@@ -162,10 +165,20 @@ async fn measure(
 ) -> anyhow::Result<PipelineFigures> {
     let url = redis.url();
     let with = Queue { url: &url, partitions: options.partitions };
-    let (ingest, base) = start_ingest(flavour, Some(with), options.items, logs).await?;
+    let (ingest, base) = start_ingest(flavour, Some(with), options.items, 0, logs).await?;
     let url = if flavour == Flavour::Ours { format!("{base}/v1/postbacks") } else { format!("{base}/") };
+    let mut more_ingests = Vec::new();
+    let mut also = Vec::new();
+    if flavour == Flavour::Ours {
+        for i in 1..options.ingests {
+            let (process, base) = start_ingest(flavour, Some(with), options.items, i, logs).await?;
+            more_ingests.push(process);
+            also.push(format!("{base}/v1/postbacks"));
+        }
+    }
     let load_options = |pace, stop| LoadOptions {
         url: url.clone(),
+        also: also.clone(),
         target: sink.base_url(),
         items: options.items,
         pace,
@@ -206,6 +219,7 @@ async fn measure(
     sink.reset();
 
     let mut processes: Vec<&Process> = vec![&ingest];
+    processes.extend(more_ingests.iter());
     processes.extend(workers.iter());
     processes.extend(redis.nodes.iter().map(|node| &node.process));
     let before_usage = usages(&processes)?;
@@ -251,14 +265,18 @@ async fn measure(
     for worker in workers {
         worker.stop(Duration::from_secs(10))?;
     }
+    for process in more_ingests {
+        process.stop(Duration::from_secs(10))?;
+    }
     ingest.stop(Duration::from_secs(10))?;
     Ok(figures)
 }
 
 async fn measure_ceilings(options: &RunOptions, sink: &Sink, logs: &Path) -> anyhow::Result<Ceilings> {
-    let (handler, base) = start_ingest(Flavour::Bare, None, options.items, logs).await?;
+    let (handler, base) = start_ingest(Flavour::Bare, None, options.items, 0, logs).await?;
     let http = load::run(&LoadOptions {
         url: format!("{base}/"),
+        also: Vec::new(),
         target: sink.base_url(),
         items: options.items,
         pace: options.pace,
@@ -325,12 +343,13 @@ pub(crate) struct Queue<'a> {
     pub(crate) partitions: u32,
 }
 
-/// Starts ingest (or its bare twin; without `redis`, the bare handler
-/// that answers at once) and waits until it is ready.
+/// Starts ingest number `i` (or its bare twin; without `redis`, the bare
+/// handler that answers at once) and waits until it is ready.
 pub(crate) async fn start_ingest(
     flavour: Flavour,
     redis: Option<Queue<'_>>,
     items: usize,
+    i: usize,
     logs: &Path,
 ) -> anyhow::Result<(Process, String)> {
     let addr = format!("127.0.0.1:{}", free_port()?);
@@ -344,7 +363,8 @@ pub(crate) async fn start_ingest(
                 ("POSTBACK_MAX_BACKLOG", "0".into()),
                 ("RUST_LOG", "info".into()),
             ];
-            Process::spawn("ingest", &sibling("postback-ingest")?, &[], &envs, logs)?
+            let name = if i == 0 { "ingest".to_owned() } else { format!("ingest-{i}") };
+            Process::spawn(&name, &sibling("postback-ingest")?, &[], &envs, logs)?
         }
         (_, redis) => {
             let me = std::env::current_exe()?;
