@@ -120,6 +120,9 @@ impl Redis {
                 "nodes.conf".into(),
                 "--cluster-port".into(),
                 bus.to_string(),
+                // A node alone never learns its own address from a peer.
+                "--cluster-announce-ip".into(),
+                "127.0.0.1".into(),
             ];
             nodes.push(RedisServer::start_named(&format!("redis-{i}"), aof, &extra, log_dir).await?);
             bus_ports.push(bus);

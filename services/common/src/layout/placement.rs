@@ -144,6 +144,28 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_table_of_tags_holds() {
+        let table: [&[&str]; 5] = [
+            &["postbacks:0:m02"],
+            &["postbacks:0:2d6", "postbacks:1:fks"],
+            &["postbacks:0:kdf", "postbacks:1:fzq", "postbacks:2:1uv"],
+            &["postbacks:0:6y9", "postbacks:1:5oh", "postbacks:2:7at", "postbacks:3:zm"],
+            &[
+                "postbacks:0:e2a",
+                "postbacks:1:1ce",
+                "postbacks:2:hoo",
+                "postbacks:3:giw",
+                "postbacks:4:ck",
+                "postbacks:5:3gm",
+            ],
+        ];
+        for (tags, n) in table.iter().zip([1u32, 2, 3, 4, 6]) {
+            let made: Vec<String> = (0..n).map(|p| tag_for_slot("postbacks", p, seed_slot(p, n))).collect();
+            assert_eq!(made, *tags, "{n} partitions");
+        }
+    }
+
+    #[test]
     fn a_seed_spreads_evenly_over_any_even_split() {
         for n in 1..=64u32 {
             let slots: Vec<u16> = (0..n).map(|p| seed_slot(p, n)).collect();

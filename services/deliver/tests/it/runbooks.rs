@@ -71,13 +71,11 @@ struct Shell {
     admin: Option<String>,
     /// A Sentinel's port, for the pages' `redis-cli -p 26379`.
     sentinel: Option<u16>,
-    /// `POSTBACK_PARTITIONS`, as the services run with it.
-    partitions: u32,
 }
 
 impl Shell {
     fn new(redis: &RedisServer) -> Self {
-        Self { redis: redis.url(), redis_port: redis.port(), ingest: None, admin: None, sentinel: None, partitions: 1 }
+        Self { redis: redis.url(), redis_port: redis.port(), ingest: None, admin: None, sentinel: None }
     }
 
     /// Runs `command` in bash; its stdout and stderr together.
@@ -105,7 +103,6 @@ impl Shell {
             .args(["-c", &format!("{prelude}{command}")])
             .env("PATH", path)
             .env("POSTBACK_REDIS_URL", &self.redis)
-            .env("POSTBACK_PARTITIONS", self.partitions.to_string())
             .kill_on_drop(true)
             .output();
         let out =
@@ -388,7 +385,7 @@ async fn partitions_show_added_up_and_one_by_one() {
     let sink = Sink::start_with(|_, _| Reply::status(500)).await;
     let partitions = [("POSTBACK_PARTITIONS", "2".to_owned()), ("POSTBACK_RETRY_BASE_MS", "60000".into())];
     let (_worker, _admin) = deliver(&redis, &partitions);
-    let shell = Shell { partitions: 2, ..Shell::new(&redis) };
+    let shell = Shell::new(&redis);
     for partition in 0..2 {
         enqueue_in(&redis, request(format!("{}/boom?i={{i}}", sink.base_url()), 2), partition, 2).await;
     }
@@ -397,17 +394,24 @@ async fn partitions_show_added_up_and_one_by_one() {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let status = shell.run(&command(page, "postbackctl status")).await;
-        if status.contains("{postbacks:0} … {postbacks:1}") && scheduled(&status) == Some("4") {
+        if status.contains("{postbacks:0:2d6} … {postbacks:1:fks}") && scheduled(&status) == Some("4") {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "four retries scheduled over two partitions: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let layout = shell.run(&command(page, "postbackctl partitions")).await;
+    assert!(layout.contains("epoch 1, 2 active"), "{layout}");
+    for row in ["0          active  {postbacks:0:2d6}  4096", "1          active  {postbacks:1:fks}  12288"] {
+        assert!(layout.contains(row), "{row:?} in {layout}");
+    }
+    let reader = layout.lines().skip_while(|l| !l.starts_with("reader ")).nth(1);
+    assert!(reader.is_some_and(|l| l.split_whitespace().nth(1) == Some("1")), "the worker reads epoch 1: {layout}");
     let one = shell.run(&command(page, "postbackctl --partition 1 status")).await;
-    assert!(one.lines().nth(1).is_some_and(|l| l.starts_with("{postbacks:1} ")), "{one}");
+    assert!(one.lines().nth(1).is_some_and(|l| l.starts_with("{postbacks:1:fks} ")), "{one}");
     assert_eq!(scheduled(&one), Some("2"), "{one}");
-    let drained = shell.run(&command(page, "postbackctl --partition 3 status --json")).await;
-    assert!(drained.contains("there are 2 partitions"), "{drained}");
-    let pending = shell.run(&command(page, "redis-cli -c XPENDING '{postbacks:1}' deliver")).await;
+    let none = shell.run("postbackctl --partition 3 status").await;
+    assert!(none.contains("the partition record lists 0, 1"), "{none}");
+    let pending = shell.run(&command(page, "redis-cli -c XPENDING '{postbacks:1:fks}' deliver")).await;
     assert!(pending.starts_with("0\n") || pending.starts_with("(integer) 0"), "{pending}");
 }
