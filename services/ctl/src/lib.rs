@@ -51,14 +51,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let layout = match postback_common::layout::store::load(
-        &redis,
-        &cli.redis.stream,
-        cli.redis.partitions,
-        cli.redis.is_cluster(),
-    )
-    .await
-    {
+    // Only a resize writes the record when there is none; looking never
+    // seeds a deployment.
+    let resizing = matches!(cli.command, Command::Partitions { action: Some(_) });
+    let (stream, configured, cluster) = (&cli.redis.stream, cli.redis.partitions, cli.redis.is_cluster());
+    let layout = if resizing {
+        postback_common::layout::store::load(&redis, stream, configured, cluster).await
+    } else {
+        postback_common::layout::store::peek(&redis, stream, configured, cluster).await
+    };
+    let layout = match layout {
         Ok(layout) => layout,
         Err(postback_common::layout::store::StoreError::Redis(e)) => {
             eprintln!("error: cannot read the partition record: {e}");

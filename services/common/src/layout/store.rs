@@ -71,6 +71,20 @@ pub async fn load(redis: &Client, stream: &str, configured: Option<u32>, cluster
     Ok(layout)
 }
 
+/// The record, or, when there is none, what [`load`] would seed, without
+/// writing it (for tools that only look).
+pub async fn peek(redis: &Client, stream: &str, configured: Option<u32>, cluster: bool) -> Result<Layout, StoreError> {
+    let layout = match read(redis, stream).await? {
+        Some(layout) => layout,
+        None => match legacy_count(redis, stream).await? {
+            0 => Layout::seed(stream, configured.unwrap_or(1), cluster),
+            found => Layout::legacy(stream, found),
+        },
+    };
+    check(&layout, stream, configured)?;
+    Ok(layout)
+}
+
 /// Whether `configured` agrees with the record (unset always does).
 pub fn check(layout: &Layout, stream: &str, configured: Option<u32>) -> Result<(), StoreError> {
     match configured {

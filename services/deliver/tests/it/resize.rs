@@ -232,8 +232,13 @@ async fn refused(bin: &str, envs: &[(&'static str, String)], patience: Duration)
 async fn a_process_whose_setting_disagrees_with_the_record_refuses_to_start() {
     let redis = RedisServer::start();
     let url = redis.url();
-    // The first process seeds the record with its count.
+    // Looking seeds nothing; a resize (or the first service) seeds the
+    // record with its count.
     let (code, _, err) = ctl(&url, &[("POSTBACK_PARTITIONS", "2")], &["partitions"]);
+    assert_eq!(code, Some(0), "{err}");
+    let record = postback_common::layout::store::read(&redis.client().await, "postbacks").await.expect("GET");
+    assert!(record.is_none(), "postbackctl partitions wrote {record:?}");
+    let (code, _, err) = ctl(&url, &[("POSTBACK_PARTITIONS", "2")], &["partitions", "resize", "2"]);
     assert_eq!(code, Some(0), "{err}");
     let said =
         "POSTBACK_PARTITIONS is 3, but the partition record postbacks:partitions in Redis has 2 active partitions";

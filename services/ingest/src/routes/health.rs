@@ -22,7 +22,11 @@ pub async fn healthz() -> impl IntoResponse {
 /// 200 when Redis answers a PING, else 503: a load balancer sends traffic
 /// only to instances that can accept it.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match postback_common::redis::ping(&state.redis, READY_TIMEOUT).await {
+    let ping = match state.views.now() {
+        Some(_) => postback_common::redis::ping(&state.redis, READY_TIMEOUT).await,
+        None => Err("the partition record has not been read from Redis yet".to_owned()),
+    };
+    match ping {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
         // Not through IngestError's IntoResponse: a probe polling a
         // not-ready instance is not worth a warning per poll.
