@@ -138,6 +138,23 @@ impl Keys {
         }
     }
 
+    /// The partition's own keys beside its stream and epoch: what a drained
+    /// partition no longer needs when it is retired (the schedule's levels
+    /// go with their last entry).
+    pub fn retired(&self) -> [&str; 9] {
+        [
+            &self.schedule,
+            &self.scheduled,
+            &self.retry,
+            &self.dead,
+            &self.endpoints,
+            &self.endpoint_refs,
+            &self.batched,
+            &self.finished,
+            &self.log,
+        ]
+    }
+
     /// The same keys with another dead-letter stream.
     pub fn with_dead(mut self, dead: impl Into<String>) -> Self {
         self.dead = dead.into();
@@ -289,19 +306,8 @@ mod tests {
         let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
         for keys in partitions.all() {
             let level = crate::records::schedule::level_key(&keys.schedule, 1_024);
-            let own = [
-                &keys.retry,
-                &keys.schedule,
-                &keys.scheduled,
-                &level,
-                &keys.dead,
-                &keys.endpoints,
-                &keys.endpoint_refs,
-                &keys.batched,
-                &keys.finished,
-                &keys.log,
-                &keys.layout,
-            ];
+            let mut own = keys.retired().to_vec();
+            own.extend([level.as_str(), &keys.layout]);
             assert!(own.iter().all(|key| slot(key) == slot(&keys.stream)), "{keys:?}");
             assert_eq!(slot(&format!("{}scope:key", keys.idempotency)), slot(&keys.stream));
         }

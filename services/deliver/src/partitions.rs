@@ -219,19 +219,8 @@ async fn retire_if_drained(
     match store::cas(redis, stream, Some(layout.epoch), &next).await {
         Ok(true) => {
             tracing::info!(partition = keys.partition, stream = %keys.stream, "drained partition retired");
-            let emptied = [
-                &keys.schedule,
-                &keys.scheduled,
-                &keys.retry,
-                &keys.dead,
-                &keys.endpoints,
-                &keys.endpoint_refs,
-                &keys.batched,
-                &keys.finished,
-                &keys.log,
-            ];
-            for key in emptied {
-                let _: Result<(), _> = redis.del(key.as_str()).await;
+            for key in keys.retired() {
+                let _: Result<(), _> = redis.del(key).await;
             }
             follower.refresh(Duration::ZERO).await;
         }

@@ -297,6 +297,16 @@ pub fn deliver_env(redis: &RedisServer, extra: &[(&'static str, String)]) -> Vec
     envs
 }
 
+/// What every service of a partitioned test runs with: `url`, a new
+/// deployment's `partitions`, warnings only.
+pub fn queue_env(url: &str, partitions: u32) -> Vec<(&'static str, String)> {
+    vec![
+        ("POSTBACK_REDIS_URL", url.to_owned()),
+        ("POSTBACK_PARTITIONS", partitions.to_string()),
+        ("RUST_LOG", "warn".to_owned()),
+    ]
+}
+
 /// The admin address in a [`deliver_env`].
 pub fn admin_of(envs: &[(&str, String)]) -> String {
     envs.iter().find(|(k, _)| *k == "POSTBACK_DELIVER_ADDR").map(|(_, v)| v.clone()).expect("admin address")

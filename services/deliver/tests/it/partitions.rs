@@ -14,7 +14,7 @@ use fred::prelude::*;
 use postback_testkit::{Cluster, RedisServer, Reply, Sink};
 use serde_json::{Value as Json, json};
 
-use crate::helpers::{DELIVER_BIN, deliver_env, sibling_bin};
+use crate::helpers::{DELIVER_BIN, deliver_env, queue_env, sibling_bin};
 
 const PARTITIONS: u32 = 4;
 
@@ -93,11 +93,7 @@ async fn partitioned(redis: &RedisServer, url: String, client: &Client) {
         })
         .await
     };
-    let shared = [
-        ("POSTBACK_REDIS_URL", url.clone()),
-        ("POSTBACK_PARTITIONS", PARTITIONS.to_string()),
-        ("RUST_LOG", "warn".to_owned()),
-    ];
+    let shared = queue_env(&url, PARTITIONS);
     let deliver = [shared.to_vec(), vec![("POSTBACK_MAX_ATTEMPTS", "1".to_owned())]].concat();
     let (addr, children) = start_services(redis, &shared, &deliver);
 
@@ -238,11 +234,7 @@ async fn a_killed_cluster_primary_loses_no_acknowledged_postback() {
     let mut cluster = Cluster::start_with_replicas(3, 1);
     let sink = Sink::start().await;
     let url = cluster.url();
-    let shared = [
-        ("POSTBACK_REDIS_URL", url.clone()),
-        ("POSTBACK_PARTITIONS", PARTITIONS.to_string()),
-        ("RUST_LOG", "warn".to_owned()),
-    ];
+    let shared = queue_env(&url, PARTITIONS);
     let ingest = [shared.to_vec(), vec![("POSTBACK_INGEST_WAIT_REPLICAS", "1".to_owned())]].concat();
     let (addr, mut children) = start_services(&cluster.nodes()[0], &ingest, &shared);
 

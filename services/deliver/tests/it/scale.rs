@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use postback_testkit::{Cluster, RedisServer, Reply, Sink};
 use serde_json::{Value as Json, json};
 
-use crate::helpers::{DELIVER_BIN, deliver_env, enqueue_each, sibling_bin, spawn_quiet};
+use crate::helpers::{DELIVER_BIN, deliver_env, enqueue_each, queue_env, sibling_bin, spawn_quiet};
 
 /// Commands a primary ran for the queue, from INFO commandstats (the
 /// cluster's and the clients' own bookkeeping left out).
@@ -48,11 +48,7 @@ async fn placed_evenly(partitions: u32) {
     let cluster = Cluster::start(3);
     let sink = Sink::start().await;
     let url = cluster.url();
-    let shared = [
-        ("POSTBACK_REDIS_URL", url.clone()),
-        ("POSTBACK_PARTITIONS", partitions.to_string()),
-        ("RUST_LOG", "warn".into()),
-    ];
+    let shared = queue_env(&url, partitions);
     let addr = format!("127.0.0.1:{}", postback_testkit::free_port());
     let ingest_env = [shared.to_vec(), vec![("POSTBACK_INGEST_ADDR", addr.clone())]].concat();
     let _ingest = spawn_quiet(&sibling_bin("postback-ingest"), &ingest_env);
