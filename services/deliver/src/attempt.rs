@@ -131,6 +131,9 @@ pub(crate) async fn send(
                 SendError::Refused(refused) => Failure::Refused(refused.to_string()),
                 SendError::Unresolvable(why) => Failure::Transport(format!("dns: {why}")),
                 SendError::Redirect(why) => Failure::Unsendable(format!("redirect: {why}")),
+                SendError::TimedOut(after) => {
+                    Failure::Transport(format!("timeout: the attempt's {} ms ran out", after.as_millis()))
+                }
                 SendError::Client(e) => {
                     if let Some(refused) = crate::guard::refused_in(&e) {
                         Failure::Refused(refused.to_string())

@@ -203,13 +203,20 @@ impl Config {
 
     /// Checks what clap cannot check field by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.claim_idle_ms <= self.http_timeout_ms {
+        let needed = self.http_timeout() + crate::hosts::HOST_PATIENCE + MIN_SLOT_PATIENCE + CLAIM_MARGIN;
+        if self.claim_idle() < needed {
             return Err(ConfigError::new(
                 "POSTBACK_CLAIM_IDLE_MS",
                 format!(
-                    "{} ms is not longer than POSTBACK_HTTP_TIMEOUT_MS ({} ms): attempts still in flight would be \
-                     taken over by other workers and sent twice",
-                    self.claim_idle_ms, self.http_timeout_ms
+                    "{} ms is shorter than one turn of a postback may last, {} ms: POSTBACK_HTTP_TIMEOUT_MS ({} \
+                     ms) + {} ms waiting for its host + {} ms waiting for a slot + {} ms margin; entries still being \
+                     delivered would be taken over by other workers and sent twice",
+                    self.claim_idle_ms,
+                    needed.as_millis(),
+                    self.http_timeout_ms,
+                    crate::hosts::HOST_PATIENCE.as_millis(),
+                    MIN_SLOT_PATIENCE.as_millis(),
+                    CLAIM_MARGIN.as_millis()
                 ),
             ));
         }
@@ -251,7 +258,38 @@ impl Config {
     }
 }
 
+/// What a postback's turn may spend besides its attempt and its waits for
+/// its host and a slot: the Redis round trips of the breaker, the rate
+/// budget and the record.
+pub const CLAIM_MARGIN: Duration = Duration::from_millis(250);
+
+/// The shortest wait for a worker slot a postback is given.
+pub const MIN_SLOT_PATIENCE: Duration = Duration::from_millis(100);
+
+/// How long a postback's turn may wait, all derived from
+/// `POSTBACK_CLAIM_IDLE_MS` so that a turn always ends before its entry
+/// could be taken over: host patience + slot patience + attempt + margin
+/// is at most the claim idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// How long a postback without a slot waits for one (half of what the
+    /// claim idle leaves after the HTTP timeout, the host wait and the
+    /// margin).
+    pub slot: Duration,
+    /// The longest attempt a request's own `delivery.timeout_ms` may ask
+    /// for: what is left once the slot wait is taken (34.825 s with the
+    /// defaults).
+    pub max_request_timeout: Duration,
+}
+
 impl Config {
+    /// How long a turn's waits may be (see [`Patience`]).
+    pub fn patience(&self) -> Patience {
+        let budget = self.claim_idle().saturating_sub(crate::hosts::HOST_PATIENCE + CLAIM_MARGIN);
+        let slot = (budget.saturating_sub(self.http_timeout()) / 2).max(MIN_SLOT_PATIENCE);
+        Patience { slot, max_request_timeout: budget.saturating_sub(slot).max(self.http_timeout()) }
+    }
+
     /// How long an entry may sit with another consumer before it is taken over.
     pub fn claim_idle(&self) -> Duration {
         Duration::from_millis(self.claim_idle_ms)
@@ -285,10 +323,24 @@ mod tests {
     fn claim_idle_must_outlast_the_request_timeout() {
         let mut config = Config::defaults();
         config.http_timeout_ms = 5_000;
-        config.claim_idle_ms = 5_000;
-        assert_eq!(config.validate().map_err(|e| e.setting), Err("POSTBACK_CLAIM_IDLE_MS"));
-        config.claim_idle_ms = 5_001;
+        config.claim_idle_ms = 5_449;
+        let error = config.validate().expect_err("too short");
+        assert_eq!(error.setting, "POSTBACK_CLAIM_IDLE_MS");
+        assert!(error.to_string().contains("5450 ms"), "{error}");
+        config.claim_idle_ms = 5_450;
         assert_eq!(config.validate(), Ok(()));
+        let patience = config.patience();
+        assert_eq!(patience.slot, MIN_SLOT_PATIENCE);
+        assert_eq!(patience.max_request_timeout, Duration::from_millis(5_000));
+    }
+
+    #[test]
+    fn a_turn_ends_before_its_entry_could_be_claimed() {
+        let config = Config::defaults();
+        let patience = config.patience();
+        assert_eq!(patience.max_request_timeout, Duration::from_millis(34_825), "what the README states");
+        let longest = crate::hosts::HOST_PATIENCE + patience.slot + patience.max_request_timeout + CLAIM_MARGIN;
+        assert!(longest <= config.claim_idle(), "{longest:?}");
     }
 
     #[test]

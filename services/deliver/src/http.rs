@@ -15,6 +15,12 @@
 //!   every hop is checked the same way. The proxy's own address is exempt.
 //!   Between that check and the proxy's own lookup a name can change its
 //!   answer (see runbooks/threat-model.md); a filtering proxy closes it.
+//!
+//! Either way an attempt has one deadline, `POSTBACK_HTTP_TIMEOUT_MS` (or
+//! the postback's own `timeout_ms`) after it starts: name lookups, connects,
+//! every redirect hop and the body read all come out of it. The worker's
+//! claim idle is checked against it at start-up ([`crate::config`]), so a
+//! live attempt is never taken over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +74,8 @@ pub(crate) enum SendError {
     /// The client failed (connection, timeout, a hop refused by the
     /// resolver or the redirect policy).
     Client(reqwest::Error),
+    /// The attempt's deadline passed between hops or during a lookup.
+    TimedOut(Duration),
 }
 
 /// The route out: one client for the whole worker (its pool keeps
@@ -76,6 +84,8 @@ pub(crate) enum SendError {
 pub(crate) struct Egress {
     client: reqwest::Client,
     via_proxy: Option<ViaProxy>,
+    /// An attempt's deadline when its request names none.
+    timeout: Duration,
 }
 
 /// What [`Egress::send`] does itself when a proxy is in the way.
@@ -117,25 +127,37 @@ impl Egress {
                 None
             }
         };
-        Ok(Self { client: builder.build()?, via_proxy })
+        Ok(Self { client: builder.build()?, via_proxy, timeout })
     }
 
     /// Sends `request`, following redirects, and returns the final
-    /// response.
+    /// response, whose body is still bound by the attempt's deadline.
     pub(crate) async fn send(&self, request: Outgoing) -> Result<reqwest::Response, SendError> {
-        let Some(via) = &self.via_proxy else { return self.send_once(request).await };
+        let budget = request.timeout.unwrap_or(self.timeout);
+        // Straight, the client's own timeout covers the whole attempt: the
+        // lookup, every redirect it follows and the body.
+        let Some(via) = &self.via_proxy else {
+            return self.send_once(Outgoing { timeout: Some(budget), ..request }).await;
+        };
+        let deadline = tokio::time::Instant::now() + budget;
+        let left = || {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() { Err(SendError::TimedOut(budget)) } else { Ok(left) }
+        };
         let mut request = request;
         let mut hop = 0;
         loop {
             if let Some(guard) = &via.guard {
-                check_hop(guard, &request.url).await?;
+                tokio::time::timeout(left()?, check_hop(guard, &request.url))
+                    .await
+                    .map_err(|_| SendError::TimedOut(budget))??;
             }
             let next = Outgoing {
                 method: request.method.clone(),
                 url: request.url.clone(),
                 headers: request.headers.clone(),
                 body: request.body.clone(),
-                timeout: request.timeout,
+                timeout: Some(left()?),
             };
             let response = self.send_once(next).await?;
             let Some(location) = redirect_location(&response) else { return Ok(response) };

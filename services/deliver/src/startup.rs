@@ -190,15 +190,9 @@ impl Deliverer {
             tokio::spawn(async move { breaker.run(stop).await })
         };
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
-        // An entry of several postbacks stays pending while they wait for
-        // slots; it must be finished well before POSTBACK_CLAIM_IDLE_MS, or
-        // another worker would take it over and deliver the unfinished
-        // ones again.
-        let slot_patience =
-            (config.claim_idle().saturating_sub(config.http_timeout()) / 2).max(crate::hosts::HOST_PATIENCE);
-        // A request's own timeout, with the longest wait for a slot, must
-        // also end well before the claim idle time.
-        let max_request_timeout = config.claim_idle().saturating_sub(slot_patience) * 3 / 4;
+        // Every wait of a turn is bounded so that it ends before its entry
+        // could be taken over (crate::config::Patience).
+        let crate::config::Patience { slot: slot_patience, max_request_timeout } = config.patience();
         tracing::info!(
             max_ms = max_request_timeout.as_millis() as u64,
             "a request's delivery.timeout_ms is honoured up to this (from POSTBACK_CLAIM_IDLE_MS)"

@@ -31,6 +31,7 @@ type Answer = dyn Fn(&Proxied) -> (u16, Option<String>) + Send + Sync;
 /// The proxy; stops when dropped.
 pub struct RecordingProxy {
     addr: SocketAddr,
+    delay: Arc<Mutex<std::time::Duration>>,
     seen: Arc<Mutex<Vec<Proxied>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -47,18 +48,24 @@ impl RecordingProxy {
         let addr = listener.local_addr().expect("bound address");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let answer: Arc<Answer> = Arc::new(answer);
+        let delay = Arc::new(Mutex::new(std::time::Duration::ZERO));
         let task = {
-            let seen = seen.clone();
+            let (seen, delay) = (seen.clone(), delay.clone());
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    let (seen, answer) = (seen.clone(), answer.clone());
+                    let (seen, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
                     tokio::spawn(async move {
-                        let _ = serve_connection(stream, &seen, answer.as_ref()).await;
+                        let _ = serve_connection(stream, &seen, answer.as_ref(), &delay).await;
                     });
                 }
             })
         };
-        Self { addr, seen, task }
+        Self { addr, delay, seen, task }
+    }
+
+    /// Makes every later answer wait `delay` after its request arrived.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        *self.delay.lock().expect("proxy delay") = delay;
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -87,6 +94,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     seen: &Mutex<Vec<Proxied>>,
     answer: &Answer,
+    delay: &Mutex<std::time::Duration>,
 ) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
@@ -112,6 +120,8 @@ async fn serve_connection(
         stream.read_exact(&mut body).await?;
         let (status, location) = answer(&proxied);
         seen.lock().expect("proxy log").push(proxied);
+        let wait = *delay.lock().expect("proxy delay");
+        tokio::time::sleep(wait).await;
         let location = location.map(|l| format!("location: {l}\r\n")).unwrap_or_default();
         let reply = format!("HTTP/1.1 {status} Proxied\r\n{location}content-length: 7\r\n\r\nproxied");
         stream.get_mut().write_all(reply.as_bytes()).await?;

@@ -85,3 +85,59 @@ async fn proxy_variables_in_the_environment_are_ignored() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(proxy.seen().is_empty(), "the proxy from the environment was used: {:?}", proxy.seen());
 }
+
+#[tokio::test]
+async fn through_the_proxy_one_deadline_bounds_the_whole_attempt_and_no_live_attempt_is_claimed() {
+    // Each hop answers after 1 s: the redirect, then the page it points
+    // to. With 1.5 s for the attempt, the second hop is cut off at 1.5 s,
+    // not given 1.5 s of its own; so the attempt ends before the 2 s claim
+    // idle and the worker's own claim pass never takes it back.
+    let redis = RedisServer::start();
+    let proxy = RecordingProxy::start_with(|request| {
+        if request.request_line.contains("/redir") {
+            (302, Some("http://partner.example/landed".to_owned()))
+        } else {
+            (200, None)
+        }
+    })
+    .await;
+    proxy.answer_after(Duration::from_secs(1));
+    let envs = deliver_env(
+        &redis,
+        &[
+            ("POSTBACK_EGRESS_PROXY", format!("http://localhost:{}", proxy.addr().port())),
+            ("POSTBACK_ALLOW_PRIVATE_TARGETS", "false".into()),
+            ("POSTBACK_TARGET_ALLOW", "partner.example".into()),
+            ("POSTBACK_HTTP_TIMEOUT_MS", "1500".into()),
+            ("POSTBACK_CLAIM_IDLE_MS", "2000".into()),
+            ("POSTBACK_RETRY_BASE_MS", "60000".into()),
+        ],
+    );
+    let mut deliver = Running::spawn(DELIVER_BIN, &envs);
+    let data: Vec<_> = (0..5).map(|i| json!({"i": i})).collect();
+    let ids = enqueue(
+        &redis,
+        json!({"endpoint": {"method": "GET", "url": "http://partner.example/redir?i={i}"}, "data": data}),
+    )
+    .await;
+    let mut seen_ids = Vec::new();
+    for _ in 0..5 {
+        let line = deliver.line("delivery attempt").await;
+        let took = line["response_time_ms"].as_u64().expect("response_time_ms");
+        assert!((1_450..1_900).contains(&took), "the attempt ran {took} ms, not its 1500 ms: {line}");
+        assert!(line["error"].as_str().is_some_and(|e| e.contains("timeout")), "{line}");
+        assert_eq!(line["attempt"], 1, "{line}");
+        seen_ids.push(line["postback_id"].as_str().expect("id").to_owned());
+    }
+    seen_ids.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen_ids, want);
+    // Well past two claim idles: nothing was sent again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let lines: Vec<String> = proxy.seen().into_iter().map(|r| r.request_line).collect();
+    let first_hops = lines.iter().filter(|l| l.contains("/redir")).count();
+    let second_hops = lines.iter().filter(|l| l.contains("/landed")).count();
+    assert_eq!((first_hops, second_hops), (5, 5), "each postback attempted once: {lines:?}");
+    assert_eq!(redis.scheduled_postbacks().await.len(), 5, "all five wait for their retry");
+}

@@ -163,7 +163,7 @@ async fn a_postback_that_kills_its_restarted_worker_is_dead_lettered_as_poison()
 #[tokio::test]
 async fn a_postback_that_kills_every_worker_that_claims_it_is_dead_lettered_as_poison() {
     // A new name every time: each worker claims the entry from the last.
-    let envs = [("POSTBACK_HTTP_TIMEOUT_MS", "1000"), ("POSTBACK_CLAIM_IDLE_MS", "1200")];
+    let envs = [("POSTBACK_HTTP_TIMEOUT_MS", "1000"), ("POSTBACK_CLAIM_IDLE_MS", "1500")];
     let (reason, attempts) = crash_loop(|n| format!("w{n}"), &envs).await;
     assert_eq!(reason, "poison: handed to workers 4 times without being finished");
     assert_eq!(attempts, 3, "attempted on its first three hand-outs only");
