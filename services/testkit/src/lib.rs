@@ -6,15 +6,18 @@
 //! receives; [`RecordingProxy`] is a forward proxy on 127.0.0.1 that
 //! records and forwards nothing; [`Collector`] is a real OTLP/HTTP trace
 //! receiver; [`CommandMonitor`] counts the commands a Redis receives;
-//! [`Cluster`] and [`Sentinels`] are Redis's own engines, on loopback.
+//! [`Cluster`] and [`Sentinels`] are Redis's own engines, on loopback;
+//! [`ReplyCutter`] relays to a Redis and can lose one of its replies.
 
 #![allow(missing_docs, clippy::expect_used)]
 
 mod cluster;
 pub mod collector;
+mod cutter;
 pub mod metrics;
 mod monitor;
 mod proxy;
+pub mod queue_checks;
 mod redis_server;
 pub mod sentinel;
 mod settings;
@@ -23,6 +26,7 @@ mod tls_redis;
 
 pub use cluster::Cluster;
 pub use collector::{Collector, ExportedSpan};
+pub use cutter::ReplyCutter;
 pub use metrics::{expect_metric, lint_with_promtool, metric};
 pub use monitor::CommandMonitor;
 pub use proxy::{Proxied, RecordingProxy};
