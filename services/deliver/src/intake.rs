@@ -1,33 +1,39 @@
 //! Taking entries into the worker's hands, each with how many times Redis
 //! has handed it to a worker (its delivery count, which XPENDING shows):
 //!
-//! 1. At start, this consumer's own pending entries (`XREADGROUP … 0`):
-//!    what it held when it last stopped, under the same name (the systemd
-//!    units use stable names). Reading them again counts as a delivery.
-//! 2. Then, every claim interval, entries idle longer than
-//!    `POSTBACK_CLAIM_IDLE_MS` with any consumer (XAUTOCLAIM): workers that
-//!    died. That idle time must be longer than any live attempt (the HTTP
-//!    timeout; checked at start-up), or entries still being delivered would
-//!    be taken over and sent twice. Each claim counts as a delivery.
-//! 3. Otherwise new entries (`XREADGROUP … >`), blocking while there are
-//!    none; those have been handed out once.
+//! 1. **Own pending entries**, taken again: at start (what this consumer
+//!    held when it last stopped, under the same name; the systemd units use
+//!    stable names), and whenever entries may have been handed to it
+//!    without reaching its hands (below). They are listed with XPENDING,
+//!    those this worker is handling are left out ([`InFlight`]), and the
+//!    rest are taken with one script (`lua/retake.lua`) that takes only
+//!    those still this consumer's and counts a delivery for each.
+//! 2. **Claims**, every claim interval: entries idle longer than
+//!    `POSTBACK_CLAIM_IDLE_MS` with any consumer, workers that died. XAUTOCLAIM
+//!    moves them to this consumer by id only (JUSTID, which counts no
+//!    delivery), and they are then taken as in step 1, so an entry this
+//!    worker is itself still handling is never handed to it twice. The
+//!    idle time is longer than any turn of a live worker (checked at
+//!    start-up, [`crate::config::Patience`]).
+//! 3. Otherwise **new entries** (`XREADGROUP … >`), blocking while there
+//!    are none; those have been handed out once.
 //!
-//! A read of new entries that fails may still have handed entries to this
-//! consumer: Redis can have answered on a connection that then dropped (a
-//! failover on a Cluster resets the client's connections, and the client
-//! re-sends what was in flight). So after a failed read the own pending
-//! entries newer than the last one read as new are read again (step 1),
-//! leaving out any this worker is handling ([`InFlight`]; claimed entries
-//! can be newer); otherwise they would wait for `POSTBACK_CLAIM_IDLE_MS`.
-//! Older ones are not re-read: this worker may have finished them with
-//! their acknowledgement not yet recorded.
+//! Entries can be handed to this consumer without reaching its hands: a
+//! read whose answer was lost with its connection (fred reconnects and may
+//! send the read again, quietly), a claim whose answer was lost, a read
+//! whose delivery counts could not be taken. All of these end the same
+//! way, in step 1: after any reconnect of either connection, after a
+//! failed read and after a claim, the own pending entries are taken again,
+//! skipping those being handled. An entry is in [`InFlight`] from the
+//! moment it is taken until the last task handling it ends, which is after
+//! every one of its postbacks is recorded (or the worker stops), so
+//! nothing answered but not yet recorded is sent again. So a live worker
+//! repeats nothing; only a dead worker's entries are attempted again.
 //!
-//! Claiming waits until the own pending entries are re-read: claimed
-//! entries join this consumer's pending list, and the re-read would hand
-//! them out a second time. Whatever way an entry came, the same delivery
-//! count decides whether it is poison ([`crate::entry`]).
+//! Whatever way an entry came, the same delivery count decides whether it
+//! is poison ([`crate::entry`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// New entries a waiting read takes at most: the first to arrive, and one
 /// more that says whether others follow (the worker then reads on without
@@ -39,7 +45,8 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use postback_common::keys::Keys;
-use postback_common::redis::id_order;
+use postback_common::script::Script;
+use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 use crate::metrics::DeliverMetrics;
@@ -54,22 +61,24 @@ pub(crate) struct Taken {
     pub(crate) deliveries: u64,
 }
 
-/// Ids of the entries this worker is handling now.
+/// The entries this worker is handling now, each with the number of
+/// tasks holding it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InFlight(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct InFlight(Arc<Mutex<HashMap<String, usize>>>);
 
 impl InFlight {
-    /// Notes `id` as handled until the guard is dropped.
+    /// Notes `id` as handled until the guard is dropped (and every other
+    /// guard of the same id).
     pub(crate) fn hold(&self, id: &str) -> InFlightGuard {
-        self.lock().insert(id.to_owned());
+        *self.lock().entry(id.to_owned()).or_default() += 1;
         InFlightGuard { set: self.clone(), id: id.to_owned() }
     }
 
-    fn contains(&self, id: &str) -> bool {
-        self.lock().contains(id)
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -82,13 +91,20 @@ pub(crate) struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.set.lock().remove(&self.id);
+        let mut held = self.set.lock();
+        if let Some(n) = held.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.id);
+            }
+        }
     }
 }
 
 /// Where the next read starts.
 enum Cursor {
-    /// This consumer's own pending entries with ids after this one.
+    /// This consumer's own pending entries with ids after this one (`-`
+    /// for all).
     Pending(String),
     /// New entries (`>`).
     New,
@@ -98,7 +114,7 @@ enum Cursor {
 pub(crate) struct Intake {
     /// Used only for XREADGROUP, which blocks its connection.
     reader: Client,
-    /// Used for XAUTOCLAIM and XPENDING.
+    /// Used for XAUTOCLAIM, XPENDING and the retake script.
     redis: Client,
     keys: Keys,
     consumer: String,
@@ -109,9 +125,10 @@ pub(crate) struct Intake {
     next_claim: Instant,
     metrics: Arc<DeliverMetrics>,
     in_flight: InFlight,
-    /// The newest entry read as new, where a re-read after a failed read
-    /// starts.
-    last_new: String,
+    retake: Script,
+    /// Reconnects of either connection, after which the own pending
+    /// entries are taken again.
+    reconnects: [broadcast::Receiver<fred::types::config::Server>; 2],
 }
 
 impl Intake {
@@ -124,19 +141,21 @@ impl Intake {
         claim_idle: Duration,
         metrics: Arc<DeliverMetrics>,
     ) -> Self {
+        let reconnects = [reader.reconnect_rx(), redis.reconnect_rx()];
         Self {
             reader,
             redis,
             keys,
             consumer,
             read_block,
-            cursor: Cursor::Pending("0".into()),
+            cursor: Cursor::Pending("-".into()),
             claim_cursor: "0-0".into(),
             claim_idle,
             next_claim: Instant::now(),
             metrics,
             in_flight: InFlight::default(),
-            last_new: "0".into(),
+            retake: Script::new(include_str!("lua/retake.lua")),
+            reconnects,
         }
     }
 
@@ -150,66 +169,120 @@ impl Intake {
         (self.claim_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
 
+    /// Whether either connection was made again since the last look.
+    fn reconnected(&mut self) -> bool {
+        let mut again = false;
+        for rx in &mut self.reconnects {
+            while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {
+                again = true;
+            }
+        }
+        again
+    }
+
     /// Takes up to `count` entries: own pending ones first, then claimed
     /// ones when a claim is due, else new ones: at once, or with `wait` at
     /// most [`WAITED_FOR`], waiting up to the read block for them to arrive.
     pub(crate) async fn take(&mut self, count: usize, wait: bool) -> Result<Vec<Taken>, Error> {
-        if let Cursor::Pending(after) = &self.cursor {
-            let mut entries = self.read(after.clone(), count, false).await?;
-            match entries.last() {
-                Some(last) => {
-                    self.cursor = Cursor::Pending(last.id.clone());
-                    entries.retain(|entry| !self.in_flight.contains(&entry.id));
-                    if !entries.is_empty() {
-                        tracing::info!(
-                            count = entries.len(),
-                            "re-reading entries this worker holds but is not handling (after a restart or a failed read)"
-                        );
-                    }
-                    return self.counted(entries).await;
-                }
-                None => {
-                    tracing::debug!("own pending entries done; reading new entries");
-                    self.cursor = Cursor::New;
-                }
-            }
+        if self.reconnected() {
+            tracing::info!("reconnected to Redis: taking again own pending entries this worker is not handling");
+            self.cursor = Cursor::Pending("-".into());
+        }
+        if let Some(taken) = self.own_pending(count).await? {
+            return Ok(taken);
         }
         if Instant::now() >= self.next_claim {
             self.next_claim = Instant::now() + self.claim_interval();
             let claimed = self.claim(count).await?;
-            if !claimed.is_empty() {
-                tracing::info!(count = claimed.len(), "took over entries left by another worker");
-                self.metrics.claimed(claimed.len());
-                return self.counted(claimed).await;
+            if claimed > 0 {
+                tracing::info!(count = claimed, "took over entries left by another worker");
+                self.metrics.claimed(claimed);
+                self.cursor = Cursor::Pending("-".into());
+                if let Some(taken) = self.own_pending(count).await? {
+                    return Ok(taken);
+                }
             }
         }
-        let entries = match self.read(">".into(), if wait { count.min(WAITED_FOR) } else { count }, wait).await {
+        let entries = match self.read(if wait { count.min(WAITED_FOR) } else { count }, wait).await {
             Ok(entries) => entries,
             Err(e) => {
                 // It may have handed entries over all the same.
-                self.cursor = Cursor::Pending(self.last_new.clone());
+                self.cursor = Cursor::Pending("-".into());
                 return Err(e);
             }
         };
-        if let Some(last) = entries.last() {
-            self.last_new.clone_from(&last.id);
-        }
         Ok(entries.into_iter().map(|entry| Taken { entry, deliveries: 1 }).collect())
     }
 
-    /// XREADGROUP from `id`: `>` for new entries (blocking when `wait`), an
-    /// id for this consumer's own pending entries after it.
-    async fn read(&self, id: String, count: usize, wait: bool) -> Result<Vec<Entry>, Error> {
+    /// Step 1: up to `count` own pending entries this worker is not
+    /// handling, taken again; `None` once there are none left (and new
+    /// entries are read from then on). On an error the cursor stays, and
+    /// the next call tries again.
+    async fn own_pending(&mut self, count: usize) -> Result<Option<Vec<Taken>>, Error> {
+        let page = count.max(16) as u64;
+        while let Cursor::Pending(after) = &self.cursor {
+            let rows =
+                postback_common::redis::pending_rows(&self.redis, &self.keys, (after, "+"), page, Some(&self.consumer))
+                    .await?;
+            let Some(last) = rows.last() else {
+                tracing::debug!("own pending entries done; reading new entries");
+                self.cursor = Cursor::New;
+                break;
+            };
+            let mut next =
+                if rows.len() as u64 == page { Cursor::Pending(format!("({}", last.id)) } else { Cursor::New };
+            // At most `count`, each with a slot waiting for it; the rest on
+            // the next call.
+            let mut fresh = rows.into_iter().filter(|row| !self.in_flight.contains(&row.id));
+            let deliveries: HashMap<String, u64> =
+                fresh.by_ref().take(count).map(|row| (row.id, row.deliveries + 1)).collect();
+            if fresh.next().is_some()
+                && let Some(last) = deliveries.keys().max_by_key(|id| postback_common::redis::id_order(id))
+            {
+                next = Cursor::Pending(format!("({last}"));
+            }
+            if deliveries.is_empty() {
+                self.cursor = next;
+                continue;
+            }
+            let mut args: Vec<Value> = vec![self.keys.group.as_str().into(), self.consumer.as_str().into()];
+            args.extend(deliveries.keys().map(|id| Value::from(id.as_str())));
+            let reply: Value = self.retake.call(&self.redis, &[&self.keys.stream], args).await?;
+            self.cursor = next;
+            let taken: Vec<Taken> = reply::from_entries(reply)
+                .into_iter()
+                .map(|entry| {
+                    let deliveries = deliveries.get(&entry.id).copied().unwrap_or(1);
+                    Taken { entry, deliveries }
+                })
+                .collect();
+            if taken.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                count = taken.len(),
+                "taking again entries this worker holds but is not handling (after a start, a reconnect, a failed \
+                 read or a claim)"
+            );
+            return Ok(Some(taken));
+        }
+        Ok(None)
+    }
+
+    /// XREADGROUP of new entries, blocking when `wait`.
+    async fn read(&self, count: usize, wait: bool) -> Result<Vec<Entry>, Error> {
         let block = wait.then_some(self.read_block.as_millis() as u64);
         let reply: Value = self
             .reader
-            .xreadgroup(&self.keys.group, &self.consumer, Some(count as u64), block, false, &self.keys.stream, id)
+            .xreadgroup(&self.keys.group, &self.consumer, Some(count as u64), block, false, &self.keys.stream, ">")
             .await?;
         Ok(reply::from_reply(reply))
     }
 
-    /// Takes over up to `count` entries idle longer than the claim idle time.
-    async fn claim(&mut self, count: usize) -> Result<Vec<Entry>, Error> {
+    /// Moves up to `count` entries idle longer than the claim idle time to
+    /// this consumer, by id only; how many of them this worker is not
+    /// handling already (those are then taken as own pending entries).
+    async fn claim(&mut self, count: usize) -> Result<usize, Error> {
         let args: Vec<Value> = vec![
             self.keys.stream.as_str().into(),
             self.keys.group.as_str().into(),
@@ -218,49 +291,12 @@ impl Intake {
             self.claim_cursor.as_str().into(),
             "COUNT".into(),
             (count as i64).into(),
+            "JUSTID".into(),
         ];
         let reply: Value =
             self.redis.custom(CustomCommand::new_static("XAUTOCLAIM", ClusterHash::FirstKey, false), args).await?;
-        let (cursor, entries) = reply::from_autoclaim(reply);
+        let (cursor, ids) = reply::from_autoclaim_ids(reply);
         self.claim_cursor = cursor;
-        Ok(entries)
-    }
-
-    /// The entries with their delivery counts, read from this consumer's
-    /// pending list (page by page: it may hold other entries between them).
-    async fn counted(&self, entries: Vec<Entry>) -> Result<Vec<Taken>, Error> {
-        let order = |entry: &&Entry| id_order(&entry.id);
-        let (Some(low), Some(high)) = (entries.iter().min_by_key(order), entries.iter().max_by_key(order)) else {
-            return Ok(Vec::new());
-        };
-        let (mut start, high) = (low.id.clone(), high.id.clone());
-        let page = 2 * entries.len() as u64 + 64;
-        let mut counts = std::collections::HashMap::with_capacity(entries.len());
-        loop {
-            let rows = postback_common::redis::pending_rows(
-                &self.redis,
-                &self.keys,
-                (&start, &high),
-                page,
-                Some(&self.consumer),
-            )
-            .await?;
-            let full = rows.len() as u64 == page;
-            let next = rows.last().map(|row| format!("({}", row.id));
-            counts.extend(rows.into_iter().map(|row| (row.id, row.deliveries)));
-            match next {
-                Some(next) if full => start = next,
-                _ => break,
-            }
-        }
-        Ok(entries
-            .into_iter()
-            .map(|entry| {
-                // Not pending with this consumer any more (acknowledged by a
-                // slow worker meanwhile): its finish will find it gone.
-                let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
-                Taken { entry, deliveries }
-            })
-            .collect())
+        Ok(ids.iter().filter(|id| !self.in_flight.contains(id)).count())
     }
 }

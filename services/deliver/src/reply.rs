@@ -1,4 +1,4 @@
-//! Stream entries out of XREADGROUP and XAUTOCLAIM replies.
+//! Stream entries out of XREADGROUP, XAUTOCLAIM and XCLAIM replies.
 
 use bytes::Bytes;
 use fred::prelude::Value;
@@ -21,18 +21,24 @@ pub(crate) struct Entry {
     pub(crate) first_attempt_ms: Option<u64>,
 }
 
-/// Reads the next cursor and the entries out of an XAUTOCLAIM reply
-/// (`[cursor, entries, deleted ids]`); ids of entries that no longer exist
-/// are dropped from the pending list by Redis itself.
-pub(crate) fn from_autoclaim(reply: Value) -> (String, Vec<Entry>) {
+/// Reads the next cursor and the ids out of an `XAUTOCLAIM … JUSTID` reply
+/// (`[cursor, ids, deleted ids]`); ids of entries that no longer exist are
+/// dropped from the pending list by Redis itself.
+pub(crate) fn from_autoclaim_ids(reply: Value) -> (String, Vec<String>) {
     let Value::Array(parts) = reply else { return ("0-0".into(), Vec::new()) };
     let mut parts = parts.into_iter();
     let cursor = parts.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0-0".into());
-    let entries = match parts.next() {
-        Some(Value::Array(entries)) => entries.into_iter().filter_map(entry).collect(),
+    let ids = match parts.next() {
+        Some(Value::Array(ids)) => ids.into_iter().filter_map(|id| id.as_string()).collect(),
         _ => Vec::new(),
     };
-    (cursor, entries)
+    (cursor, ids)
+}
+
+/// Reads a list of entries as XRANGE and XCLAIM give them.
+pub(crate) fn from_entries(reply: Value) -> Vec<Entry> {
+    let Value::Array(entries) = reply else { return Vec::new() };
+    entries.into_iter().filter_map(entry).collect()
 }
 
 /// Reads the entries out of an XREADGROUP reply for a single stream. A nil
@@ -117,16 +123,20 @@ mod tests {
     }
 
     #[test]
-    fn reads_an_autoclaim_reply() {
+    fn reads_an_autoclaim_reply_of_ids() {
+        let reply = Value::Array(vec![s("5-0"), Value::Array(vec![s("1-0"), s("3-0")]), Value::Array(vec![s("0-1")])]);
+        assert_eq!(from_autoclaim_ids(reply), ("5-0".to_owned(), vec!["1-0".to_owned(), "3-0".to_owned()]));
+    }
+
+    #[test]
+    fn reads_a_list_of_entries() {
         let reply = Value::Array(vec![
-            s("5-0"),
-            Value::Array(vec![Value::Array(vec![s("1-0"), Value::Array(vec![s("p"), s("x")])])]),
-            Value::Array(vec![s("0-1")]),
+            Value::Array(vec![s("1-0"), Value::Array(vec![s("p"), s("x")])]),
+            Value::Array(vec![s("2-0"), Value::Array(vec![])]),
         ]);
-        let (cursor, entries) = from_autoclaim(reply);
-        assert_eq!(cursor, "5-0");
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].id, "1-0");
+        let entries = from_entries(reply);
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].has_fields && !entries[1].has_fields);
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod policy;
 mod queue;
 mod records;
 mod request_entries;
+mod reread;
 mod resize;
 mod retries;
 mod runbooks;

@@ -1,0 +1,146 @@
+//! Entries handed to a live worker that never reached its hands: a read
+//! whose answer was lost with its connection, a blocked read whose
+//! connection was killed, connections killed while entries are handed
+//! out. Each is taken again within seconds (not the claim idle of a
+//! minute), and nothing is sent twice.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fred::prelude::*;
+use postback_testkit::{RedisServer, ReplyCutter, Sink};
+use serde_json::json;
+
+use crate::helpers::{DELIVER_BIN, deliver_env, enqueue, enqueue_each, spawn_quiet};
+
+/// Far longer than any wait of these tests: an entry left stranded would
+/// only come back after it.
+const CLAIM_IDLE: &str = "60000";
+
+fn envs(redis: &RedisServer, url: String) -> Vec<(&'static str, String)> {
+    deliver_env(
+        redis,
+        &[
+            ("POSTBACK_REDIS_URL", url),
+            ("POSTBACK_CLAIM_IDLE_MS", CLAIM_IDLE.into()),
+            ("POSTBACK_READ_BLOCK_MS", "2000".into()),
+            ("RUST_LOG", "warn".into()),
+        ],
+    )
+}
+
+/// How many times each postback id reached the sink.
+fn times(sink: &Sink) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for r in sink.received() {
+        *seen.entry(r.postback_id().expect("id").to_owned()).or_default() += 1;
+    }
+    seen
+}
+
+async fn assert_each_once(sink: &Sink, redis: &RedisServer, ids: &[String], within: Duration) {
+    sink.wait_for(ids.len(), within).await;
+    redis.wait_nothing_to_deliver(Duration::from_secs(5)).await;
+    let seen = times(sink);
+    for id in ids {
+        assert_eq!(seen.get(id), Some(&1), "postback {id} reached the sink {:?} times", seen.get(id));
+    }
+    assert_eq!(seen.len(), ids.len(), "only the queued postbacks arrived");
+    redis.assert_no_records_left().await;
+}
+
+/// The ids of the clients blocked in XREADGROUP.
+async fn blocked_readers(client: &Client) -> Vec<String> {
+    let list: String = client.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await.expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| l.contains("cmd=xreadgroup") && l.contains("flags=b"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn reads_whose_answer_was_lost_are_taken_again_within_seconds() {
+    let redis = RedisServer::start();
+    let cutter = ReplyCutter::start(redis.port()).await;
+    let sink = Sink::start().await;
+    let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs(&redis, cutter.url()));
+    let url = format!("{}/r?m={{m}}", sink.base_url());
+    let mut ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": [{"m": "warm"}]})).await;
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    // Each time, the reply that hands the marked entry over is lost, and
+    // other entries keep coming around it.
+    for round in 0..5 {
+        let marker = format!("CUT{round}X");
+        cutter.cut_next(marker.as_bytes());
+        for i in 0..3 {
+            let m = if i == 1 { marker.clone() } else { format!("r{round}i{i}") };
+            let data = vec![json!({"m": m}), json!({"m": format!("{m}b")})];
+            ids.extend(enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": data})).await);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        sink.wait_for(ids.len(), Duration::from_secs(10)).await;
+        assert!(!cutter.armed(), "round {round}: the marked reply was never sent");
+    }
+    assert_eq!(cutter.cuts(), 5);
+    assert_each_once(&sink, &redis, &ids, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn killed_reader_connections_resume_within_seconds_without_repeats() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // Deliver's connections, and only those, pass the relay: it says which
+    // to kill.
+    let relay = ReplyCutter::start(redis.port()).await;
+    let sink = Sink::start().await;
+    let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs(&redis, relay.url()));
+    let url = format!("{}/k?i={{i}}", sink.base_url());
+    // During a blocked read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let readers = loop {
+        let readers = blocked_readers(&client).await;
+        if !readers.is_empty() {
+            break readers;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "deliver never blocked in XREADGROUP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for id in readers {
+        let _: Value = client.custom(fred::cmd!("CLIENT"), vec!["KILL", "ID", id.as_str()]).await.expect("KILL");
+    }
+    let mut ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": [{"i": 0}]})).await;
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    // While entries are being handed out: every connection deliver has is
+    // killed, again and again.
+    let queue = async {
+        let mut ids = Vec::new();
+        for round in 0..8 {
+            let bodies = (0..25)
+                .map(|i| {
+                    let data: Vec<_> = (0..(i % 3 + 1)).map(|j| json!({"i": round * 1000 + i * 10 + j})).collect();
+                    json!({"endpoint": {"method": "GET", "url": url}, "data": data})
+                })
+                .collect();
+            ids.extend(enqueue_each(&redis, bodies, 0, 1).await);
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        ids
+    };
+    let kill = async {
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(70)).await;
+            for addr in relay.upstream_addrs() {
+                // Gone already, if it closed meanwhile.
+                let kill = client.custom::<Value, _>(
+                    fred::cmd!("CLIENT"),
+                    vec!["KILL".to_owned(), "ADDR".to_owned(), addr.to_string()],
+                );
+                let _ = kill.await;
+            }
+        }
+    };
+    let (queued, ()) = tokio::join!(queue, kill);
+    ids.extend(queued);
+    assert_each_once(&sink, &redis, &ids, Duration::from_secs(15)).await;
+}
