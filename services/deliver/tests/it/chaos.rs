@@ -3,8 +3,12 @@
 //! random one of them is killed with SIGKILL every one to three seconds and
 //! started again (deliver under the same consumer name, as systemd does).
 //! Every postback that got a 202 must reach the partner, and a postback
-//! may be repeated only as README "Guarantees" allows: its attempt was in
-//! flight when a worker died, or answered but not yet recorded.
+//! may be repeated only as README "Guarantees" allows: by the death of the
+//! worker that made the attempt before (each deliver process's attempt
+//! log says which made which; an attempt no log shows was made by a
+//! process killed before it could write the line). At the end nothing is
+//! pending, scheduled or counted, and no finished or endpoint record is
+//! left, in any partition.
 //!
 //! The same runs against a three-primary Redis Cluster with the queue in
 //! four partitions.
@@ -12,6 +16,7 @@
 //! `CHAOS_SEED=N` replays one schedule of deaths.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,37 +29,50 @@ use crate::helpers::{DELIVER_BIN, deliver_env, sibling_bin};
 /// How long load arrives while processes die.
 const LOAD_FOR: Duration = Duration::from_secs(30);
 
-/// An answer this recent may not be recorded yet when its worker dies
-/// (recording lingers 2 ms plus a round trip; generous for a busy machine).
-const RECORDING_WINDOW: Duration = Duration::from_millis(250);
+/// How far apart a request's arrival at the sink and the attempt's
+/// `attempted_at` in the worker's log may be (generous for a busy machine).
+const MATCH_WITHIN: Duration = Duration::from_millis(150);
 
-/// One service process, started again after each death.
+/// One service process, started again after each death; each deliver
+/// incarnation's log goes to its own file.
 struct Service {
     name: String,
     program: std::path::PathBuf,
     envs: Vec<(&'static str, String)>,
     child: tokio::process::Child,
+    /// Log files of the incarnations so far, with when each was killed.
+    lives: Vec<(std::path::PathBuf, Option<Instant>)>,
+    logs: std::path::PathBuf,
 }
 
 impl Service {
-    fn spawn(program: &std::path::Path, envs: &[(&'static str, String)]) -> tokio::process::Child {
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.envs(envs.iter().map(|(k, v)| (*k, v.as_str()))).kill_on_drop(true);
-        if std::env::var_os("TEST_LOG").is_none() {
+    fn spawn(&mut self) {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.envs(self.envs.iter().map(|(k, v)| (*k, v.as_str()))).kill_on_drop(true);
+        if self.is_deliver() {
+            let path = self.logs.join(format!("{}-{}.log", self.name.replace(' ', "-"), self.lives.len()));
+            cmd.stdout(std::fs::File::create(&path).expect("log file"));
+            self.lives.push((path, None));
+        } else if std::env::var_os("TEST_LOG").is_none() {
             cmd.stdout(Stdio::null());
         }
-        cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
+        self.child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.program.display()));
     }
 
-    fn start(name: String, program: std::path::PathBuf, envs: Vec<(&'static str, String)>) -> Self {
-        let child = Self::spawn(&program, &envs);
-        Self { name, program, envs, child }
+    fn start(name: String, program: std::path::PathBuf, envs: Vec<(&'static str, String)>, logs: &Path) -> Self {
+        let child = tokio::process::Command::new("true").spawn().expect("placeholder");
+        let mut service = Self { name, program, envs, child, lives: Vec::new(), logs: logs.to_owned() };
+        service.spawn();
+        service
     }
 
     async fn kill_and_restart(&mut self) {
         self.child.start_kill().expect("SIGKILL");
         self.child.wait().await.expect("reap");
-        self.child = Self::spawn(&self.program, &self.envs);
+        if let Some((_, death)) = self.lives.last_mut() {
+            *death = Some(Instant::now());
+        }
+        self.spawn();
     }
 
     fn is_deliver(&self) -> bool {
@@ -65,18 +83,19 @@ impl Service {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_kills_of_two_ingest_and_three_deliver_processes_lose_nothing() {
     let redis = RedisServer::start();
-    chaos(&redis, redis.url(), 1).await;
+    chaos(&redis, redis.url(), &redis.client().await, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_kills_on_a_three_primary_cluster_with_four_partitions_lose_nothing() {
     let cluster = Cluster::start(3);
-    chaos(&cluster.nodes()[0], cluster.url(), 4).await;
+    chaos(&cluster.nodes()[0], cluster.url(), &cluster.client().await, 4).await;
 }
 
 /// The test itself, against the Redis at `url` (`redis` one of its
-/// servers) with the queue in `partitions`.
-async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
+/// servers, `client` connected to it) with the queue in `partitions`.
+async fn chaos(redis: &RedisServer, url: String, client: &fred::prelude::Client, partitions: u32) {
+    let logs = tempfile::tempdir().expect("log dir");
     let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     println!("CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -96,18 +115,18 @@ async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
         ingest_urls.push(format!("http://{addr}/v1/postbacks"));
         let mut envs = vec![("POSTBACK_INGEST_ADDR", addr), ("RUST_LOG", "warn".to_owned())];
         envs.extend(shared.iter().cloned());
-        services.push(Service::start(format!("ingest {i}"), sibling_bin("postback-ingest"), envs));
+        services.push(Service::start(format!("ingest {i}"), sibling_bin("postback-ingest"), envs, logs.path()));
     }
     for i in 0..3 {
         let mut extra = vec![
             ("POSTBACK_CONSUMER", format!("w{i}")),
             ("POSTBACK_HTTP_TIMEOUT_MS", "1000".into()),
             ("POSTBACK_CLAIM_IDLE_MS", "1500".into()),
-            ("RUST_LOG", "warn".into()),
+            ("RUST_LOG", "warn,postback::attempt=info".into()),
         ];
         extra.extend(shared.iter().cloned());
         let envs = deliver_env(redis, &extra);
-        services.push(Service::start(format!("deliver {i}"), DELIVER_BIN.into(), envs));
+        services.push(Service::start(format!("deliver {i}"), DELIVER_BIN.into(), envs, logs.path()));
     }
 
     // Four senders, each sending requests of 1 to 5 postbacks to either
@@ -147,14 +166,10 @@ async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
 
     // Deaths: every 1 to 3 s a random process.
     let mut deaths = HashMap::<String, usize>::new();
-    let mut worker_deaths = Vec::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
     while started.elapsed() < LOAD_FOR {
         tokio::time::sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
         let victim = &mut services[rng.usize(0..5)];
-        if victim.is_deliver() {
-            worker_deaths.push(Instant::now());
-        }
         victim.kill_and_restart().await;
         *deaths.entry(victim.name.clone()).or_default() += 1;
     }
@@ -177,24 +192,63 @@ async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let lost: Vec<&String> = accepted.iter().filter(|id| !first.contains_key(*id)).collect();
-    // A repeat is allowed only if its first attempt was under way when a
-    // worker died, or answered within the recording window before.
-    let answered = sink.answered();
-    let excused = |i: usize| {
-        worker_deaths
-            .iter()
-            .any(|death| received[i].at <= *death && answered[i].is_none_or(|end| end + RECORDING_WINDOW >= *death))
+    // Which incarnation made each attempt its log shows, by postback id and
+    // when it was sent.
+    let wall = |at: Instant| std::time::SystemTime::now() - (Instant::now() - at);
+    let lives: Vec<(std::path::PathBuf, Option<Instant>)> =
+        services.iter().filter(|s| s.is_deliver()).flat_map(|s| s.lives.clone()).collect();
+    let mut made: HashMap<String, Vec<(std::time::SystemTime, usize)>> = HashMap::new();
+    for (life, (path, _)) in lives.iter().enumerate() {
+        for line in std::fs::read_to_string(path).expect("log").lines() {
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if json["message"] != "delivery attempt" {
+                continue;
+            }
+            let at = chrono_ms(json["attempted_at"].as_str().expect("attempted_at"));
+            made.entry(json["postback_id"].as_str().expect("id").to_owned()).or_default().push((at, life));
+        }
+    }
+    // A repeat is excused only by the death, before it, of the worker that
+    // made the attempt before; an attempt no log shows was made by a
+    // worker killed before it wrote the line.
+    let arrivals =
+        |id: &str| -> Vec<usize> { (0..received.len()).filter(|i| received[*i].postback_id() == Some(id)).collect() };
+    let excused = |i: usize, next: usize| {
+        let id = received[i].postback_id().expect("id");
+        let sent = wall(received[i].at);
+        let others = arrivals(id);
+        // The logged attempt nearest to this arrival, and nearer to it than
+        // to any other arrival of the same postback.
+        let maker = made.get(id).and_then(|attempts| {
+            attempts
+                .iter()
+                .filter(|(at, _)| apart(*at, sent) <= MATCH_WITHIN)
+                .filter(|(at, _)| others.iter().all(|j| apart(*at, wall(received[*j].at)) >= apart(*at, sent)))
+                .min_by_key(|(at, _)| apart(*at, sent))
+                .map(|(_, life)| *life)
+        });
+        match maker {
+            None => true,
+            Some(life) => lives[life].1.is_some_and(|death| death <= received[next].at),
+        }
     };
     let mut times = HashMap::<&str, usize>::new();
     for r in &received {
         *times.entry(r.postback_id().expect("X-Postback-Id")).or_default() += 1;
     }
     let repeated: Vec<&String> = first.keys().filter(|id| times[id.as_str()] > 1).collect();
-    let unexcused: Vec<&&String> = repeated.iter().filter(|id| !excused(first[id.as_str()])).collect();
+    let unexcused: Vec<&&String> = repeated
+        .iter()
+        .filter(|id| {
+            let sent: Vec<usize> =
+                (0..received.len()).filter(|i| received[*i].postback_id() == Some(id.as_str())).collect();
+            sent.windows(2).any(|pair| !excused(pair[0], pair[1]))
+        })
+        .collect();
     let mut deaths: Vec<_> = deaths.into_iter().collect();
     deaths.sort();
     println!(
-        "{} accepted, {} requests refused or cut off, deaths {deaths:?}, {} lost, {} postbacks repeated ({} extra attempts), {} of them not in flight or unrecorded at a worker's death",
+        "{} accepted, {} requests refused or cut off, deaths {deaths:?}, {} lost, {} postbacks repeated ({} extra attempts), {} of them not excused by the death of the worker that made the attempt before",
         accepted.len(),
         refused.load(std::sync::atomic::Ordering::Relaxed),
         lost.len(),
@@ -205,6 +259,7 @@ async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
     assert!(accepted.len() > 1_000, "too little load to mean anything: {}", accepted.len());
     assert!(deaths.len() >= 3, "too few processes died: {deaths:?}");
     assert!(lost.is_empty(), "{} of {} acknowledged postbacks never arrived: {lost:?}", lost.len(), accepted.len());
+    let answered = sink.answered();
     let story = |id: &str| {
         let attempts: Vec<_> = received
             .iter()
@@ -214,7 +269,20 @@ async fn chaos(redis: &RedisServer, url: String, partitions: u32) {
             .collect();
         format!("{id}: attempts (sent, answered) {attempts:?}")
     };
-    let deaths_at: Vec<_> = worker_deaths.iter().map(|d| *d - started).collect();
+    let deaths_at: Vec<_> =
+        lives.iter().filter_map(|(path, death)| Some((path.file_name()?.to_owned(), (*death)? - started))).collect();
     let unexcused: Vec<String> = unexcused.iter().map(|id| story(id)).collect();
-    assert!(unexcused.is_empty(), "repeated although finished before any worker died {deaths_at:?}: {unexcused:#?}");
+    assert!(unexcused.is_empty(), "repeated by a live worker (deaths {deaths_at:?}): {unexcused:#?}");
+    postback_testkit::queue_checks::assert_all_partitions_empty(client, "postbacks", Duration::from_secs(30)).await;
+}
+
+/// An RFC 3339 time with milliseconds (`2026-12-07T10:00:00.123Z`), as
+/// the attempt log writes it.
+fn chrono_ms(text: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// How far apart two times are, either way round.
+fn apart(a: std::time::SystemTime, b: std::time::SystemTime) -> Duration {
+    a.duration_since(b).unwrap_or_else(|e| e.duration())
 }
