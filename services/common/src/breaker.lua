@@ -4,10 +4,17 @@
 --          probe_until}, expiring a while after its last change
 -- KEYS[2]  the hosts not closed: a sorted set, member the host, score the
 --          time (ms) its pause ends (+inf for a pause by hand)
--- ARGV[1]  the operation: failed | succeeded | probe | pause | resume
+-- ARGV[1]  the operation: failed | succeeded | probe | pause | resume | look
 -- ARGV[2]  the host (host:port)
 -- failed:    ARGV[3] failures that open it, ARGV[4] first pause (ms),
---            ARGV[5] longest pause (ms)
+--            ARGV[5] longest pause (ms), ARGV[6] the least the pause may
+--            be (ms; the host's Retry-After, 0 without one): a pause is
+--            never shorter than what the host asked for
+-- look:      KEYS[1] is unused (any key of the slot); forgets members of
+--            the open set whose record is gone, and returns {Redis's time
+--            (ms), host, pause end, host, pause end, …} (pause end -1 when
+--            paused by hand), so every worker compares pause ends with the
+--            clock that wrote them
 -- probe:     ARGV[3] how long a probe may take (ms) before another worker
 --            may probe instead
 -- Returns  {state, failures, until (ms, 0 when closed), changed (1 when this
@@ -19,6 +26,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op, host = ARGV[1], ARGV[2]
 local KEEP_MS = 3600000
+
+if op == 'look' then
+  local out = {now}
+  local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local prefix = ARGV[2]
+  for i = 1, #members, 2 do
+    local member, score = members[i], members[i + 1]
+    -- A record expires a while after its pause ends; its member would
+    -- otherwise stay until some other host's breaker changes.
+    if redis.call('EXISTS', prefix .. member) == 0 then
+      redis.call('ZREM', KEYS[2], member)
+    else
+      out[#out + 1] = member
+      out[#out + 1] = (score == 'inf') and -1 or tonumber(score)
+    end
+  end
+  return out
+end
 local rec = redis.call('HMGET', KEYS[1], 'failures', 'state', 'pause_ms', 'until', 'probe_until')
 local failures = tonumber(rec[1]) or 0
 local state = rec[2] or 'closed'
@@ -50,21 +75,28 @@ end
 
 if op == 'failed' then
   local mark, first, longest = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local least = tonumber(ARGV[6]) or 0
   failures = failures + 1
   if state == 'half_open' then
-    -- The probe failed: paused again, twice as long.
+    -- The probe failed: paused again, twice as long (and at least what
+    -- the host asked for).
     pause = math.min(math.max(pause, first) * 2, longest)
-    state, till, probe_until = 'open', now + pause, 0
-    save(pause + KEEP_MS)
+    state, till, probe_until = 'open', now + math.max(pause, least), 0
+    save(till - now + KEEP_MS)
     return {state, failures, till, 1}
   end
   if state == 'closed' and failures >= mark then
     pause = first
-    state, till = 'open', now + pause
-    save(pause + KEEP_MS)
+    state, till = 'open', now + math.max(pause, least)
+    save(till - now + KEEP_MS)
     return {state, failures, till, 1}
   end
-  save(math.max(pause, 0) + KEEP_MS)
+  if state == 'open' and now + least > till then
+    -- An attempt still in flight when it opened, answered with a longer
+    -- Retry-After: the pause lasts that long.
+    till = now + least
+  end
+  save(math.max(till - now, pause, 0) + KEEP_MS)
   return {state, failures, (state == 'closed') and 0 or till, 0}
 elseif op == 'succeeded' then
   if state == 'paused' then

@@ -108,16 +108,17 @@ impl Breakers {
 
     /// Counts a failed attempt; opens the breaker at `mark` consecutive
     /// failures (pausing for `first`), or again after a failed probe
-    /// (pausing twice as long as before, up to `longest`).
+    /// (pausing twice as long as before, up to `longest`); either pause,
+    /// and one already running, lasts at least `least` (the host's
+    /// Retry-After).
     pub async fn failed<C: ClientLike>(
         &self,
         client: &C,
         host: &str,
-        mark: u32,
-        first: Duration,
-        longest: Duration,
+        (mark, first, longest): (u32, Duration, Duration),
+        least: Duration,
     ) -> Result<Status, Error> {
-        let extra = vec![i64::from(mark).into(), ms(first).into(), ms(longest).into()];
+        let extra = vec![i64::from(mark).into(), ms(first).into(), ms(longest).into(), ms(least).into()];
         self.call(client, "failed", host, extra).await
     }
 
@@ -151,6 +152,22 @@ impl Breakers {
     ) -> Result<Vec<(String, Option<i64>)>, Error> {
         let members: Vec<(String, f64)> = client.zrange(&self.open, 0, -1, None, false, None, true).await?;
         Ok(members.into_iter().map(|(host, until)| (host, until.is_finite().then_some(until as i64))).collect())
+    }
+
+    /// Redis's clock (ms since the epoch) and the hosts not closed with the
+    /// end of their pause on that clock (`None` when paused by hand),
+    /// forgetting hosts whose record has expired.
+    pub async fn look<C: ClientLike>(&self, client: &C) -> Result<(i64, Vec<(String, Option<i64>)>), Error> {
+        let args: Vec<Value> = vec!["look".into(), self.prefix.as_str().into()];
+        let reply: Vec<Value> = self.script.call(client, &[&self.open, &self.open], args).await?;
+        let mut items = reply.into_iter();
+        let now = items.next().and_then(|v| v.as_i64()).unwrap_or(0);
+        let mut hosts = Vec::new();
+        while let (Some(host), Some(until)) = (items.next(), items.next()) {
+            let Some(host) = host.as_string() else { continue };
+            hosts.push((host, until.as_i64().filter(|ms| *ms >= 0)));
+        }
+        Ok((now, hosts))
     }
 
     /// A host's record: state and consecutive failures.

@@ -109,6 +109,12 @@ pub(crate) async fn take(
     // Nothing is sent that could not be recorded: while Redis refuses this
     // partition's finishing steps, attempts wait.
     shared.finisher.wait_recording().await;
+    // The last look before it goes: the host may have opened while this
+    // postback waited for its slot or its record.
+    if !probe && let Some(after) = shared.breaker.paused_now(&host) {
+        tracing::debug!(postback_id = %postback.id, host, after_ms = after.as_millis() as u64, "host paused just before the attempt; rescheduling without an attempt");
+        return Ending { outcome: Outcome::Retry { after, reason: RetryReason::HostPaused }, tally: so_far };
+    }
     let number = so_far.attempts + 1;
     let span = attempt::span(postback, number, &parsed);
     shared.metrics.in_flight(true);
@@ -118,6 +124,14 @@ pub(crate) async fn take(
         .instrument(span.clone())
         .await;
     host_slot.took(started.elapsed());
+    let response_time = attempt.status.map(|_| Duration::from_millis(attempt.response_time_ms));
+    if let Some(failed) = crate::retry::host_failed(&attempt) {
+        shared.metrics.host_attempted(&host, response_time);
+        // Before the host's slot is free again: a failure that opens the
+        // breaker stops the postback waiting for that slot.
+        let least = attempt.retry_after.map(|after| after.min(shared.policy.max));
+        shared.breaker.answered(&host, failed, probe, least).await;
+    }
     drop(host_slot);
     shared.metrics.in_flight(false);
     attempt::record(&span, &attempt);
@@ -127,12 +141,7 @@ pub(crate) async fn take(
         let accepted = postback_common::time::from_ms(postback.accepted_at_ms);
         std::time::SystemTime::now().duration_since(accepted).unwrap_or_default()
     });
-    let response_time = attempt.status.map(|_| Duration::from_millis(attempt.response_time_ms));
     shared.metrics.attempted(outcome.as_str(), attempt.status, response_time, end_to_end);
-    if let Some(failed) = crate::retry::host_failed(&attempt) {
-        shared.metrics.host_attempted(&host, response_time);
-        shared.breaker.answered(&host, failed, probe).await;
-    }
     if outcome != Outcome::Delivered && !matches!(attempt.failure, Some(crate::attempt::Failure::Refused(_))) {
         shared.metrics.host_failed(&host);
     }

@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, missing_docs)]
 
 mod binary;
+mod breaker;
 mod chaos;
 mod dashboard_page;
 mod dashboards;
