@@ -1,5 +1,7 @@
 //! How long dead letters are kept: `POSTBACK_DEAD_RETENTION`, an age
-//! (`30d`, `12h`) or a count (`100000`); unset keeps every letter.
+//! (`30d`, `12h`) or a count (`100000`); unset keeps every letter. `0`
+//! (and `0s`) is refused at start-up: as a count it would delete every
+//! letter within a minute, which is never what keeping letters means.
 //!
 //! Every worker's scheduler trims the dead-letter stream once a minute
 //! ([`TRIM_EVERY`]): by age (dead-letter ids are the time they were
@@ -33,6 +35,11 @@ impl Retention {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         if let Ok(count) = text.parse::<u64>() {
+            if count == 0 {
+                return Err(
+                    "0 would delete every dead letter within a minute; leave it unset to keep every letter".into()
+                );
+            }
             return Ok(Self::Count(count));
         }
         match humantime::parse_duration(text) {
@@ -77,8 +84,7 @@ mod tests {
         assert_eq!(Retention::parse("30d"), Ok(Retention::Age(Duration::from_secs(30 * 86_400))));
         assert_eq!(Retention::parse("12h"), Ok(Retention::Age(Duration::from_secs(12 * 3_600))));
         assert_eq!(Retention::parse("100000"), Ok(Retention::Count(100_000)));
-        assert_eq!(Retention::parse("0"), Ok(Retention::Count(0)));
-        for bad in ["", "0s", "forever", "-5", "30 days ago"] {
+        for bad in ["", "0", "0s", "forever", "-5", "30 days ago"] {
             assert!(Retention::parse(bad).is_err(), "{bad}");
         }
     }

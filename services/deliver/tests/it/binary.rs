@@ -20,12 +20,14 @@ fn a_bad_setting_names_its_variable_and_exits_non_zero() {
             ("POSTBACK_DELIVER_ADDR", "nowhere"),
             ("POSTBACK_CONSUMER", ""),
             ("POSTBACK_GROUP", ""),
-            // Not longer than the 10 s default HTTP timeout: refused.
-            ("POSTBACK_CLAIM_IDLE_MS", "10000"),
+            // Shorter than a turn with the 10 s default HTTP timeout.
+            ("POSTBACK_CLAIM_IDLE_MS", "10400"),
             ("POSTBACK_RETRY_BASE_MS", "8000000"),
             ("POSTBACK_MAX_ATTEMPTS", "0"),
             ("POSTBACK_EGRESS_PROXY", "ftp://proxy.internal:21"),
             ("POSTBACK_DEAD_RETENTION", "forever"),
+            // A count of none would delete every letter: refused.
+            ("POSTBACK_DEAD_RETENTION", "0"),
             ("POSTBACK_SIGNING_KEYS_FILE", "/nonexistent/keys"),
             ("POSTBACK_HOST_LIMITS_FILE", "/nonexistent/limits"),
             ("POSTBACK_REDIS_MEMORY_LIMIT_PERCENT", "-1"),
