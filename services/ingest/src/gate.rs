@@ -27,7 +27,12 @@
 //! The counts are this process's: several ingest processes each admit up
 //! to the headroom between two samples (half a second). A sample that
 //! fails keeps the last one and the counts growing, so admission stops at
-//! the last known headroom instead of going on blind.
+//! the last known headroom instead of going on blind. Once no sample has
+//! succeeded for [`UNSAMPLED_AFTER`] (30 s; since start if none ever did,
+//! as when INFO is refused by an ACL or renamed), every request is refused
+//! while a limit is set: the gate does not admit what it cannot measure.
+//! `postback_ingest_gate_sample_age_seconds` shows how old the sample is,
+//! and runbooks/ingest-unavailable.md says what to look at.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +65,10 @@ pub const RETRY_FOOTPRINT: u64 = 2;
 /// between samples.
 pub const ENTRY_OVERHEAD: u64 = 40;
 
+/// How long admission goes on without a successful sample before it
+/// refuses everything (while a limit is set).
+pub const UNSAMPLED_AFTER: Duration = Duration::from_secs(30);
+
 /// Sampled streams: listpack nodes read to estimate a stream's memory.
 const MEMORY_SAMPLES: i64 = 5;
 
@@ -89,6 +98,11 @@ pub enum Refused {
         /// The limit.
         limit: u8,
     },
+    /// No sample has succeeded for [`UNSAMPLED_AFTER`] or longer.
+    Unsampled {
+        /// How long, in seconds.
+        secs: u64,
+    },
 }
 
 impl std::fmt::Display for Refused {
@@ -101,6 +115,11 @@ impl std::fmt::Display for Refused {
                 f,
                 "Redis memory would reach {percent:.0}% of maxmemory once the queued postbacks wait for retries, \
                  at or over POSTBACK_REDIS_MEMORY_LIMIT_PERCENT ({limit}%)"
+            ),
+            Refused::Unsampled { secs } => write!(
+                f,
+                "Redis's memory and backlog could not be read for {secs} s (INFO memory, XLEN); nothing is admitted \
+                 that cannot be measured"
             ),
         }
     }
@@ -126,6 +145,9 @@ pub struct Gate {
     admitted: Vec<AtomicU64>,
     /// Bytes admitted since the last sample, per partition index.
     admitted_bytes: Vec<AtomicU64>,
+    /// When the last sample succeeded, or sampling started if none did
+    /// yet; `None` before sampling starts.
+    last_good: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Gate {
@@ -136,7 +158,25 @@ impl Gate {
     pub fn new(limits: Limits) -> Self {
         let slots = || (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect();
         let (sampled, _) = tokio::sync::watch::channel(true);
-        Self { limits, sample: RwLock::new(None), sampled, admitted: slots(), admitted_bytes: slots() }
+        Self {
+            limits,
+            sample: RwLock::new(None),
+            sampled,
+            admitted: slots(),
+            admitted_bytes: slots(),
+            last_good: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How old the last good sample is (since sampling started, if none
+    /// succeeded yet); `None` before sampling starts.
+    pub fn sample_age(&self) -> Option<Duration> {
+        let last = *self.last_good.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.map(|at| at.elapsed())
+    }
+
+    fn sampled_now(&self) {
+        *self.last_good.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
     }
 
     /// Starts sampling `redis` until `stop`, keeping `memory` (the
@@ -153,6 +193,7 @@ impl Gate {
     ) {
         let gate = self.clone();
         gate.sampled.send_replace(false);
+        gate.sampled_now();
         tokio::spawn(async move {
             let mut on_unlimited = Some(on_unlimited);
             let mut views = views;
@@ -179,6 +220,7 @@ impl Gate {
                             }
                         }
                         *gate.sample.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sample);
+                        gate.sampled_now();
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot sample Redis's backlog and memory; keeping the last sample");
@@ -208,6 +250,10 @@ impl Gate {
 
     /// [`admit`](Self::admit), with the sample there is.
     fn admit_now(&self, partition: u32, postbacks: u64, bytes: u64) -> Result<(), Refused> {
+        let limited = self.limits.max_backlog > 0 || self.limits.memory_percent > 0;
+        if let Some(age) = self.sample_age().filter(|age| limited && *age >= UNSAMPLED_AFTER) {
+            return Err(Refused::Unsampled { secs: age.as_secs() });
+        }
         let guard = self.sample.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(sample) = guard.as_ref() else { return Ok(()) };
         let p = partition as usize;

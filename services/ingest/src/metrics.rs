@@ -20,6 +20,8 @@
 //! - `postback_redis_up`: 1 when Redis answered a PING during this scrape.
 //! - `postback_redis_memory_ratio`: Redis's used_memory / maxmemory at the
 //!   last sample (absent while unknown or without a maxmemory).
+//! - `postback_ingest_gate_sample_age_seconds`: how old the admission
+//!   gate's last good sample is ([`crate::gate::UNSAMPLED_AFTER`]).
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,7 @@ pub struct IngestMetrics {
     rate_checks: Family<OutcomeLabels, Counter>,
     redis_up: Gauge,
     memory: postback_common::metrics::MemoryRatio,
+    sample_age: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for IngestMetrics {
@@ -110,7 +113,14 @@ impl IngestMetrics {
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when Redis answered a PING during this scrape, else 0", redis_up.clone());
         let memory = postback_common::metrics::MemoryRatio::register(&mut registry);
-        Self { registry, requests, postbacks, duration, enqueue, rate_checks, redis_up, memory }
+        let sample_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "ingest_gate_sample_age_seconds",
+            "Age of the admission gate's last good sample of Redis's memory and backlog (requests are refused once \
+             it reaches 30 while a limit is set)",
+            sample_age.clone(),
+        );
+        Self { registry, requests, postbacks, duration, enqueue, rate_checks, redis_up, memory, sample_age }
     }
 
     /// Counts `n` postbacks of a valid request with `outcome`.
@@ -151,6 +161,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     let up = postback_common::redis::ping(&state.redis, PING_TIMEOUT).await.is_ok();
     state.metrics.redis_up.set(i64::from(up));
     state.metrics.memory.set(&state.memory);
+    state.metrics.sample_age.set(state.gate.sample_age().map_or(0.0, |age| age.as_secs_f64()));
     let mut response = render(&state.metrics.registry).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response

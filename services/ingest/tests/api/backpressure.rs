@@ -83,3 +83,29 @@ async fn waits_for_replicas_when_asked_to() {
     let len: u64 = replica_client.xlen("postbacks").await.expect("XLEN");
     assert_eq!(len, 2, "the replica holds both requests' postbacks, each once");
 }
+
+#[tokio::test]
+async fn without_a_good_sample_for_30_s_the_gate_refuses_everything() {
+    // INFO is not there (renamed away, as some managed Redis do; an ACL
+    // that refuses it is the same): the memory limit cannot be measured.
+    let redis = RedisServer::start_with_extra(vec!["--rename-command".into(), "INFO".into(), "\"\"".into()]);
+    let ingest = crate::helpers::Process::spawn(&redis, &[]).await;
+    let http = reqwest::Client::new();
+    let post = || http.post(format!("{}/ingest.php", ingest.base)).body(SEED).send();
+    assert_eq!(post().await.expect("send").status(), 202, "the last sample stands for 30 s");
+    let age = |text: &str| postback_testkit::expect_metric(text, "postback_ingest_gate_sample_age_seconds", &[]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let refused = loop {
+        let response = post().await.expect("send");
+        if response.status() == 503 {
+            break problem(response).await;
+        }
+        assert_eq!(response.status(), 202);
+        assert!(tokio::time::Instant::now() < deadline, "still admitting without any sample");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(refused["type"], "/problems/backlog-full");
+    let metrics =
+        http.get(format!("{}/metrics", ingest.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(age(&metrics) >= 30.0, "{metrics}");
+}
