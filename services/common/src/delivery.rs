@@ -9,7 +9,7 @@
 //! request: `max_attempts` in place of `POSTBACK_MAX_ATTEMPTS`, no attempt
 //! before `delay_ms` after acceptance, and `timeout_ms` as the attempt's
 //! HTTP timeout in place of `POSTBACK_HTTP_TIMEOUT_MS`, up to what
-//! `POSTBACK_CLAIM_IDLE_MS` allows (26.25 s with the defaults; deliver
+//! `POSTBACK_CLAIM_IDLE_MS` allows (34.825 s with the defaults; deliver
 //! logs the figure at start), so that an attempt is never taken over while
 //! it runs.
 

@@ -77,9 +77,9 @@ pub struct Config {
     pub retry_max_ms: u64,
 
     /// Entries pending this long with another worker are taken over
-    /// (XAUTOCLAIM): that worker is presumed dead. Must exceed
-    /// POSTBACK_HTTP_TIMEOUT_MS, or live attempts would be taken over and
-    /// sent twice.
+    /// (XAUTOCLAIM): that worker is presumed dead. At least
+    /// POSTBACK_HTTP_TIMEOUT_MS + 450 ms (a turn's waits and margin), or
+    /// live attempts would be taken over and sent twice.
     #[arg(long, env = "POSTBACK_CLAIM_IDLE_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub claim_idle_ms: u64,

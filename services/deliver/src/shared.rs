@@ -39,8 +39,7 @@ pub(crate) struct Shared {
     /// The SSRF guard, unless private targets are allowed.
     pub(crate) guard: Option<Arc<Guard>>,
     /// The longest attempt a request's own `delivery.timeout_ms` may ask
-    /// for: three quarters of what `POSTBACK_CLAIM_IDLE_MS` leaves after
-    /// `slot_patience` (26.25 s with the defaults).
+    /// for ([`crate::config::Patience`]).
     pub(crate) max_request_timeout: Duration,
     /// Longest URL sent.
     pub(crate) max_url_bytes: usize,
