@@ -129,6 +129,10 @@ pub(crate) struct Intake {
     /// Reconnects of either connection, after which the own pending
     /// entries are taken again.
     reconnects: [broadcast::Receiver<fred::types::config::Server>; 2],
+    /// Whether this consumer is known to the group: a blocked read does not
+    /// make it so, so it is created at start, and XINFO CONSUMERS shows a
+    /// worker from its start.
+    known: bool,
 }
 
 impl Intake {
@@ -156,6 +160,7 @@ impl Intake {
             in_flight: InFlight::default(),
             retake: Script::new(include_str!("lua/retake.lua")),
             reconnects,
+            known: false,
         }
     }
 
@@ -184,6 +189,10 @@ impl Intake {
     /// ones when a claim is due, else new ones: at once, or with `wait` at
     /// most [`WAITED_FOR`], waiting up to the read block for them to arrive.
     pub(crate) async fn take(&mut self, count: usize, wait: bool) -> Result<Vec<Taken>, Error> {
+        if !self.known {
+            let _: i64 = self.redis.xgroup_createconsumer(&self.keys.stream, &self.keys.group, &self.consumer).await?;
+            self.known = true;
+        }
         if self.reconnected() {
             tracing::info!("reconnected to Redis: taking again own pending entries this worker is not handling");
             self.cursor = Cursor::Pending("-".into());

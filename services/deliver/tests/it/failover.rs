@@ -153,6 +153,14 @@ async fn run(loss: Loss, wait_replicas: u32) -> Run {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The promoted replica holds the queue now: nothing left in it, and
+    // every count and record exact.
+    postback_testkit::queue_checks::assert_all_partitions_empty(
+        &replica.client().await,
+        "postbacks",
+        Duration::from_secs(30),
+    )
+    .await;
     stop.cancel();
     let mut first: HashMap<String, (Duration, usize)> = HashMap::new();
     for r in sink.received() {
