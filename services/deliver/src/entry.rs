@@ -16,7 +16,8 @@
 //! 4. Otherwise each postback left takes its turn ([`crate::turn`]; the
 //!    first with the worker slot the entry was read with, the others wait
 //!    for one) and is finished on its own ([`crate::finish`]). The jitter
-//!    of their retries is drawn once for the entry, so those that fail
+//!    of their retries is drawn once for the entry, and their retries are
+//!    recorded together once every turn is over, so those that fail
 //!    together are scheduled together, as one entry of the schedule.
 //!
 //! Nothing here can stop the worker: whatever goes wrong with one entry
@@ -158,28 +159,44 @@ async fn skip_finished(shared: &Shared, unpacked: &mut Unpacked, tally: &Tally) 
     true
 }
 
-/// Step 4: every postback left takes its turn and is finished on its own.
+/// Step 4: every postback left takes its turn and is finished on its own:
+/// delivered and dead-lettered ones at once (a delivery's record closes
+/// the window in which a crash repeats it), retries once every turn of
+/// the entry is over, all in one go, so that the postbacks of an entry
+/// that fail together are recorded in one batch and scheduled as one
+/// value, whatever time their answers took to come back.
 async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: OwnedSemaphorePermit) {
     let mut first = Some(slot);
     // One draw for the entry: its postbacks that fail together are
     // scheduled together.
     let jitter = fastrand::f64();
+    let finishing = |i: usize, postback: &Arc<Postback>, ending| Finishing {
+        position: Position::At(i),
+        postback_id: Some(postback.id.to_string()),
+        kept: unpacked.kept(postback),
+        ending,
+    };
+    let retries = std::sync::Mutex::new(Vec::new());
     let turns = unpacked.postbacks.iter().map(|(i, postback)| {
         let slot = first.take();
         let tally = tally.clone();
+        let (finishing, retries) = (&finishing, &retries);
         async move {
             // Boxed: a postback waiting for its slot holds a small future,
             // not the space of a whole attempt, and spawning the entry's
             // task copies little.
             let turn = crate::turn::take(shared, postback, tally, &unpacked.held.id, slot, jitter);
             let ending = Box::pin(turn).await;
-            let kept = unpacked.kept(postback);
-            let finishing =
-                Finishing { position: Position::At(*i), postback_id: Some(postback.id.to_string()), kept, ending };
-            shared.finisher.finish(&unpacked.held, finishing).await;
+            if matches!(ending.outcome, Outcome::Retry { .. }) {
+                retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(finishing(*i, postback, ending));
+            } else {
+                shared.finisher.finish(&unpacked.held, finishing(*i, postback, ending)).await;
+            }
         }
     });
     futures::future::join_all(turns).await;
+    let retries = retries.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    futures::future::join_all(retries.into_iter().map(|f| shared.finisher.finish(&unpacked.held, f))).await;
 }
 
 /// An entry's postbacks with their positions, whether it is a single
