@@ -16,9 +16,9 @@
 //! 4. Otherwise each postback left takes its turn ([`crate::turn`]; the
 //!    first with the worker slot the entry was read with, the others wait
 //!    for one) and is finished on its own ([`crate::finish`]). The jitter
-//!    of their retries is drawn once for the entry, and their retries are
-//!    recorded together once every turn is over, so those that fail
-//!    together are scheduled together, as one entry of the schedule.
+//!    of their retries is drawn once for the entry, and a retry waits a
+//!    moment for the others of its entry, so those that fail together are
+//!    scheduled together, as one entry of the schedule.
 //!
 //! Nothing here can stop the worker: whatever goes wrong with one entry
 //! ends in a dead letter, or leaves the entry pending to be handled again.
@@ -159,44 +159,53 @@ async fn skip_finished(shared: &Shared, unpacked: &mut Unpacked, tally: &Tally) 
     true
 }
 
-/// Step 4: every postback left takes its turn and is finished on its own:
-/// delivered and dead-lettered ones at once (a delivery's record closes
-/// the window in which a crash repeats it), retries once every turn of
-/// the entry is over, all in one go, so that the postbacks of an entry
-/// that fail together are recorded in one batch and scheduled as one
-/// value, whatever time their answers took to come back.
+/// How long a postback's retry waits for other postbacks of its entry to
+/// fail too before it is recorded: those that fail together (their answers
+/// a few ms apart) are then recorded in one batch and scheduled as one
+/// value. Deliveries are recorded at once (their record closes the window
+/// in which a crash repeats them); this is the window for a failed
+/// attempt, well inside the recording window README "Guarantees" states.
+const GATHER_RETRIES: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Step 4: every postback left takes its turn and is finished on its own;
+/// retries after [`GATHER_RETRIES`], with those of the entry that ended
+/// meanwhile.
 async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: OwnedSemaphorePermit) {
     let mut first = Some(slot);
     // One draw for the entry: its postbacks that fail together are
     // scheduled together.
     let jitter = fastrand::f64();
-    let finishing = |i: usize, postback: &Arc<Postback>, ending| Finishing {
-        position: Position::At(i),
-        postback_id: Some(postback.id.to_string()),
-        kept: unpacked.kept(postback),
-        ending,
-    };
-    let retries = std::sync::Mutex::new(Vec::new());
+    let gathered = std::sync::Mutex::new(Vec::new());
     let turns = unpacked.postbacks.iter().map(|(i, postback)| {
         let slot = first.take();
         let tally = tally.clone();
-        let (finishing, retries) = (&finishing, &retries);
+        let gathered = &gathered;
         async move {
             // Boxed: a postback waiting for its slot holds a small future,
             // not the space of a whole attempt, and spawning the entry's
             // task copies little.
             let turn = crate::turn::take(shared, postback, tally, &unpacked.held.id, slot, jitter);
             let ending = Box::pin(turn).await;
-            if matches!(ending.outcome, Outcome::Retry { .. }) {
-                retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(finishing(*i, postback, ending));
-            } else {
-                shared.finisher.finish(&unpacked.held, finishing(*i, postback, ending)).await;
+            let finishing = Finishing {
+                position: Position::At(*i),
+                postback_id: Some(postback.id.to_string()),
+                kept: unpacked.kept(postback),
+                ending,
+            };
+            if !matches!(finishing.ending.outcome, Outcome::Retry { .. }) {
+                shared.finisher.finish(&unpacked.held, finishing).await;
+                return;
             }
+            let lock = || gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            lock().push(finishing);
+            tokio::time::sleep(GATHER_RETRIES).await;
+            // The first to wake records what gathered; the others find
+            // their retries recorded already.
+            let batch = std::mem::take(&mut *lock());
+            futures::future::join_all(batch.into_iter().map(|f| shared.finisher.finish(&unpacked.held, f))).await;
         }
     });
     futures::future::join_all(turns).await;
-    let retries = retries.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    futures::future::join_all(retries.into_iter().map(|f| shared.finisher.finish(&unpacked.held, f))).await;
 }
 
 /// An entry's postbacks with their positions, whether it is a single
