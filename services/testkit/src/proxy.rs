@@ -42,6 +42,18 @@ impl RecordingProxy {
         Self::start_with(|_| (200, None)).await
     }
 
+    /// A proxy that answers a request whose line contains `path` with a
+    /// 302 to `location`, and every other request 200.
+    pub async fn redirecting(path: &'static str, location: &str) -> Self {
+        let location = location.to_owned();
+        Self::start_with(
+            move |request| {
+                if request.request_line.contains(path) { (302, Some(location.clone())) } else { (200, None) }
+            },
+        )
+        .await
+    }
+
     /// A proxy that answers with the status and `Location` `answer` gives.
     pub async fn start_with(answer: impl Fn(&Proxied) -> (u16, Option<String>) + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");

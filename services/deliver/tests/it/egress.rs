@@ -12,14 +12,7 @@ use crate::helpers::{DELIVER_BIN, Pipeline, Running, WAIT, deliver_env, enqueue,
 
 #[tokio::test]
 async fn through_the_proxy_private_targets_never_reach_it_and_allowed_ones_do() {
-    let proxy = RecordingProxy::start_with(|request| {
-        if request.request_line.contains("/redirect") {
-            (302, Some("http://127.0.0.1:9/secret".to_owned()))
-        } else {
-            (200, None)
-        }
-    })
-    .await;
+    let proxy = RecordingProxy::redirecting("/redirect", "http://127.0.0.1:9/secret").await;
     // Named `localhost`: the proxy's own address is exempt from the guard.
     let proxy_url = format!("http://localhost:{}", proxy.addr().port());
     let p = Pipeline::start_with(
@@ -95,14 +88,7 @@ async fn through_the_proxy_one_deadline_bounds_the_whole_attempt_and_no_live_att
     // not given 1.5 s of its own; so the attempt ends before the 2 s claim
     // idle and the worker's own claim pass never takes it back.
     let redis = RedisServer::start();
-    let proxy = RecordingProxy::start_with(|request| {
-        if request.request_line.contains("/redir") {
-            (302, Some("http://partner.example/landed".to_owned()))
-        } else {
-            (200, None)
-        }
-    })
-    .await;
+    let proxy = RecordingProxy::redirecting("/redir", "http://partner.example/landed").await;
     proxy.answer_after(Duration::from_secs(1));
     let envs = deliver_env(
         &redis,
