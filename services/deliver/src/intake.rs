@@ -27,8 +27,13 @@
 //! skipping those being handled. An entry is in [`InFlight`] from the
 //! moment it is taken until the last task handling it ends, which is after
 //! every one of its postbacks is recorded (or the worker stops), so
-//! nothing answered but not yet recorded is sent again. So a live worker
-//! repeats nothing; only a dead worker's entries are attempted again.
+//! nothing answered but not yet recorded is sent again. A new-entry read
+//! that hands over an entry this worker is handling (Redis forgot the
+//! first read: a failover to a replica that had not received it) leaves
+//! it to the handling under way, so one entry never has two handlings,
+//! and its postbacks never two paths (its entry and the retry schedule).
+//! So a live worker repeats nothing; only a dead worker's entries are
+//! attempted again, and what a failover lost.
 //!
 //! Whatever way an entry came, the same delivery count decides whether it
 //! is poison ([`crate::entry`]).
@@ -129,6 +134,11 @@ pub(crate) struct Intake {
     /// Reconnects of either connection, after which the own pending
     /// entries are taken again.
     reconnects: [broadcast::Receiver<fred::types::config::Server>; 2],
+    /// Entries a read handed over as new while this worker was handling
+    /// them: once that handling is over, the own pending entries are
+    /// looked at again, in case it ended before the read (the entry is
+    /// then this consumer's and unfinished).
+    rehanded: Vec<String>,
     /// Whether this consumer is known to the group: a blocked read does not
     /// make it so, so it is created at start, and XINFO CONSUMERS shows a
     /// worker from its start.
@@ -160,6 +170,7 @@ impl Intake {
             in_flight: InFlight::default(),
             retake: Script::new(include_str!("lua/retake.lua")),
             reconnects,
+            rehanded: Vec::new(),
             known: false,
         }
     }
@@ -197,6 +208,13 @@ impl Intake {
             tracing::info!("reconnected to Redis: taking again own pending entries this worker is not handling");
             self.cursor = Cursor::Pending("-".into());
         }
+        let before = self.rehanded.len();
+        self.rehanded.retain(|id| self.in_flight.contains(id));
+        if self.rehanded.len() < before {
+            // Handed over again while handled: pending with this consumer
+            // once more, unless that handling finished it.
+            self.cursor = Cursor::Pending("-".into());
+        }
         if let Some(taken) = self.own_pending(count).await? {
             return Ok(taken);
         }
@@ -212,7 +230,7 @@ impl Intake {
                 }
             }
         }
-        let entries = match self.read(if wait { count.min(WAITED_FOR) } else { count }, wait).await {
+        let mut entries = match self.read(if wait { count.min(WAITED_FOR) } else { count }, wait).await {
             Ok(entries) => entries,
             Err(e) => {
                 // It may have handed entries over all the same.
@@ -220,6 +238,18 @@ impl Intake {
                 return Err(e);
             }
         };
+        entries.retain(|entry| {
+            if !self.in_flight.contains(&entry.id) {
+                return true;
+            }
+            tracing::warn!(
+                entry_id = %entry.id,
+                "Redis handed over as new an entry this worker is handling (it lost the first read, as a failover \
+                 to a replica that had not received it does); the handling under way goes on alone"
+            );
+            self.rehanded.push(entry.id.clone());
+            false
+        });
         Ok(entries.into_iter().map(|entry| Taken { entry, deliveries: 1 }).collect())
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fred::prelude::*;
-use postback_testkit::{RedisServer, ReplyCutter, Sink};
+use postback_testkit::{RedisServer, Reply, ReplyCutter, Sink};
 use serde_json::json;
 
 use crate::helpers::{DELIVER_BIN, deliver_env, enqueue, enqueue_each, spawn_quiet};
@@ -143,4 +143,61 @@ async fn killed_reader_connections_resume_within_seconds_without_repeats() {
     let (queued, ()) = tokio::join!(queue, kill);
     ids.extend(queued);
     assert_each_once(&sink, &redis, &ids, Duration::from_secs(15)).await;
+}
+
+/// Redis forgets a read, as a failover to a replica that had not received
+/// it does: while the worker that read an entry is still waiting for its
+/// partner, the entry is new again, and the next read hands it to that
+/// same worker. The handling under way goes on alone: the postback fails,
+/// is scheduled again and delivered by its retry, and is not also attempted
+/// afresh from its entry (which delivered it twice, on two paths, once the
+/// retry was recorded while the second handling's attempt was under way).
+#[tokio::test]
+async fn an_entry_handed_over_again_while_handled_keeps_one_path() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // The first postback's first attempt fails after 0.5 s, its second
+    // succeeds after 1.5 s, later ones at once: the handling under way
+    // records its retry while a second handling would be attempting.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let sink = Sink::start_with(move |r, _| {
+        if !r.target.contains("first") {
+            return Reply::status(200);
+        }
+        match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Reply::status(500).delay(Duration::from_millis(500)),
+            1 => Reply::status(200).delay(Duration::from_millis(1_500)),
+            _ => Reply::status(200),
+        }
+    })
+    .await;
+    let mut envs = envs(&redis, redis.url());
+    envs.push(("POSTBACK_RETRY_BASE_MS", "200".into()));
+    let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs);
+    let url = format!("{}/f?m={{m}}", sink.base_url());
+    let body = |m: &str| json!({"endpoint": {"method": "GET", "url": url}, "data": [{"m": m}]});
+    let first = enqueue(&redis, body("first")).await;
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    // Forgotten: not pending, and new to the group.
+    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
+        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+    let (entry_id, _) = entries.first().expect("the entry");
+    let _: i64 = client.xack("postbacks", "deliver", entry_id.as_str()).await.expect("XACK");
+    let _: () = client.xgroup_setid("postbacks", "deliver", "0").await.expect("XGROUP SETID");
+    // Another entry wakes the blocked read, which hands over both.
+    let second = enqueue(&redis, body("second")).await;
+    let ids = [first.clone(), second].concat();
+    sink.wait_for(3, Duration::from_secs(10)).await;
+    // Until the failure is answered, its retry made and nothing is left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sink.unanswered().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.wait_nothing_to_deliver(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = times(&sink);
+    assert_eq!(seen.get(&first[0]), Some(&2), "the first postback: one failure, one retry");
+    assert_eq!(seen.len(), ids.len(), "only the queued postbacks arrived: {seen:?}");
+    redis.assert_no_records_left().await;
 }
