@@ -107,6 +107,19 @@ impl Cluster {
         })
     }
 
+    /// The port of a replica of the primary on `primary` (as the cluster
+    /// sees it now), if it has one.
+    pub fn replica_of(&self, primary: u16) -> Option<u16> {
+        let asked = self.nodes.iter().find(|n| n.port() != primary)?.port().to_string();
+        let out = Command::new("redis-cli").args(["-p", &asked, "CLUSTER", "NODES"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let port_of = |field: &str| field.split('@').next()?.rsplit(':').next()?.parse::<u16>().ok();
+        let rows: Vec<Vec<&str>> =
+            text.lines().map(|l| l.split_whitespace().collect()).filter(|f: &Vec<&str>| f.len() > 3).collect();
+        let id = rows.iter().find(|f| port_of(f[1]) == Some(primary))?[0];
+        rows.iter().filter(|f| f[3] == id && !f[2].contains("fail")).find_map(|f| port_of(f[1]))
+    }
+
     /// A connected cluster client for checks made by the test itself.
     pub async fn client(&self) -> Client {
         let client = Builder::from_config(Config::from_url(&self.url()).expect("url")).build().expect("client");

@@ -196,6 +196,23 @@ impl RedisServer {
         }
     }
 
+    /// Stops the process (SIGSTOP) without killing it: it neither answers
+    /// nor reads its replication link until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`pause`](Self::pause)d process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
+        let status = Command::new("kill").args([sig, &pid]).status().expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
     /// Starts the server again on the same port and directory (its AOF, if
     /// any, is replayed). Panics if it does not come back.
     pub fn restart(&mut self) {

@@ -7,6 +7,7 @@
 mod binary;
 mod breaker;
 mod chaos;
+mod cluster_failover;
 mod dashboard_page;
 mod dashboards;
 mod delivery;
