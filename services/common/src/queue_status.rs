@@ -24,7 +24,8 @@ pub struct Status {
     /// Postbacks in those entries: waiting for an attempt.
     pub postbacks: u64,
     /// Entries no worker has read yet (null when the group does not exist,
-    /// or Redis is older than 7.0).
+    /// or Redis is older than 7.0); never more than the entries in the
+    /// stream that no worker holds.
     pub lag: Option<u64>,
     /// Entries read by a worker and not yet finished.
     pub pending: u64,
@@ -137,8 +138,13 @@ pub async fn status(redis: &Client, keys: &Keys) -> Result<Status, Error> {
     else {
         return Ok(status);
     };
-    status.lag = field_u64(&group, "lag");
     status.pending = field_u64(&group, "pending").unwrap_or(0);
+    // Redis works the lag out from the group's read counter, which a
+    // replica promoted after its primary died can hold wrong (it then
+    // reports thousands for an empty stream, for ever). Entries no worker
+    // has read are entries in the stream that none holds, so no more than
+    // that is reported, and 0 when nothing waits.
+    status.lag = field_u64(&group, "lag").map(|lag| lag.min(length.saturating_sub(status.pending)));
     let summary: Value = redis
         .custom(CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false), vec![&keys.stream, &keys.group])
         .await?;
