@@ -209,6 +209,29 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
     assert!(lost.is_empty(), "{} of {} acknowledged postbacks never arrived: {lost:?}", lost.len(), accepted.len());
     postback_testkit::queue_checks::assert_all_partitions_empty(&client, "postbacks", Duration::from_secs(30)).await;
 
+    // Nothing waits, and the backlog's numbers say so.
+    let out = std::process::Command::new(sibling_bin("postbackctl"))
+        .envs(shared.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["--json", "status"])
+        .output()
+        .expect("run postbackctl");
+    let status: Json = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["lag"], 0, "postbackctl status after the failovers: {status}");
+    let http = reqwest::Client::new();
+    for admin in &admins {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text =
+                http.get(format!("http://{admin}/metrics")).send().await.expect("metrics").text().await.expect("text");
+            let lag = text.lines().find(|l| l.starts_with("postback_group_lag")).map(str::to_owned);
+            if lag.as_deref().is_some_and(|l| l.ends_with(" 0")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{admin} still says {lag:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     // Each postback's attempts, from the workers' logs.
     let mut made: HashMap<String, Vec<Made>> = HashMap::new();
     for (worker, path) in worker_logs.iter().enumerate() {
