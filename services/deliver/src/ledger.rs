@@ -97,6 +97,9 @@ pub(crate) struct Recorded {
     /// Entries left alone: no longer pending at all (finished already, or
     /// deleted).
     pub(crate) gone: Vec<String>,
+    /// Entries finished although no consumer held them: Redis had lost
+    /// their read (a failover), and this call finished all their postbacks.
+    pub(crate) forgotten: Vec<String>,
 }
 
 /// Runs the finish script for one consumer.
@@ -109,6 +112,11 @@ pub(crate) struct Ledger {
 
 impl Ledger {
     /// The ledger of `consumer` on the command client.
+    /// Reconnects of the client the script runs on.
+    pub(crate) fn reconnects(&self) -> tokio::sync::broadcast::Receiver<fred::types::config::Server> {
+        self.redis.reconnect_rx()
+    }
+
     pub(crate) fn new(redis: Client, keys: Keys, consumer: String) -> Self {
         Self { redis, keys, consumer, script: Script::new(include_str!("lua/finish.lua")) }
     }
@@ -186,9 +194,9 @@ impl Ledger {
             &keys.finished,
             &keys.scheduled,
         ];
-        let (deleted, taken, gone): (u64, Vec<String>, Vec<String>) =
+        let (deleted, taken, gone, forgotten): (u64, Vec<String>, Vec<String>, Vec<String>) =
             self.script.call(&self.redis, &script_keys, args).await?;
-        Ok(Recorded { deleted, taken, gone })
+        Ok(Recorded { deleted, taken, gone, forgotten })
     }
 }
 
@@ -335,6 +343,40 @@ mod tests {
         redis.assert_counts_exact().await;
     }
 
+    /// A read Redis lost (a failover to a replica that had not received
+    /// it): the entry is in the stream, no consumer holds it. Steps that
+    /// would leave it part finished change nothing; the steps that finish
+    /// all of its postbacks are recorded, and it leaves the stream.
+    #[tokio::test]
+    async fn an_entry_whose_read_was_lost_is_finished_by_steps_that_finish_it_all() {
+        let setup = Setup::start().await;
+        let Setup { redis, client } = &setup;
+        let entry = setup.held(3).await;
+        let _: i64 = client.xack("postbacks", "deliver", entry.id.as_str()).await.expect("XACK");
+        let ledger = setup.ledger("w");
+        let part = ledger.record([(&entry, vec![Op::one(Position::At(0), Step::Delivered)])]).await.expect("record");
+        assert_eq!(part.gone, std::slice::from_ref(&entry.id), "part finished: left alone");
+        assert_eq!(numbers(client).await, (1, 0, 0, Some(2)));
+        let ops = vec![
+            Op::one(Position::At(0), Step::Delivered),
+            Op::one(Position::At(1), retry()),
+            Op::one(Position::At(2), dead()),
+        ];
+        let all = ledger.record([(&entry, ops)]).await.expect("record");
+        assert_eq!(all, Recorded { deleted: 1, forgotten: vec![entry.id.clone()], ..Recorded::default() });
+        assert_eq!(numbers(client).await, (0, 1, 1, None));
+        redis.assert_counts_exact().await;
+        // Held by another consumer: that one's.
+        let other = setup.held(1).await;
+        let _: Value = client
+            .xclaim("postbacks", "deliver", "x", 0, other.id.as_str(), None, None, None, false, true)
+            .await
+            .expect("XCLAIM");
+        let step = vec![Op::one(Position::At(0), Step::Delivered)];
+        let taken = ledger.record([(&other, step)]).await.expect("record");
+        assert_eq!(taken.taken, std::slice::from_ref(&other.id));
+    }
+
     #[tokio::test]
     async fn an_entry_dead_lettered_whole_keeps_its_record_for_the_letter() {
         let setup = Setup::start().await;
@@ -389,7 +431,7 @@ mod tests {
         let ledger = setup.ledger("w");
         let delivered = |entry| (entry, vec![Op::one(Position::At(0), Step::Delivered)]);
         let recorded = ledger.record([delivered(&a), delivered(&c), delivered(&b)]).await.expect("record");
-        assert_eq!(recorded, Recorded { deleted: 1, taken: vec![c.id.clone()], gone: Vec::new() });
+        assert_eq!(recorded, Recorded { deleted: 1, taken: vec![c.id.clone()], ..Recorded::default() });
         assert_eq!(numbers(client).await.0, 2, "a (one postback left) and c stay");
         redis.assert_counts_exact().await;
     }

@@ -24,12 +24,17 @@
 //! * Each step's sender learns whether it landed (false: the entry was
 //!   taken over or is gone, or Redis stayed away until shutdown).
 //! * When a call fails (Redis down, or refusing writes), the same batch is
-//!   tried again with backoff, one call per delay however many postbacks
-//!   wait; meanwhile [`Recorder::healthy`] says no, and turns wait before
-//!   their attempts ([`crate::turn`]): nothing is attempted that could not
-//!   be recorded. At shutdown a failing batch gets `give_up_after` more,
-//!   then its entries stay pending and are handled again later
-//!   (at-least-once, never at-most-once).
+//!   tried again with backoff (up to 2 s), one call per delay however many
+//!   postbacks wait, and at once when the client reconnects; meanwhile
+//!   [`Recorder::healthy`] says no, and turns wait before their attempts
+//!   ([`crate::turn`]): nothing is attempted that could not be recorded.
+//!   The answers it holds are kept, not sought again: the entries stay in
+//!   this worker's hands ([`crate::intake::InFlight`]) until they land,
+//!   within about 2 s of Redis taking writes again (after a failover, on
+//!   the promoted replica, even one that lost the entries' read: the
+//!   finish script's header). At shutdown a failing batch gets
+//!   `give_up_after` more, then its entries stay pending and are handled
+//!   again later (at-least-once, never at-most-once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +46,7 @@ use postback_common::records::dead_letter::DeadLetter;
 use postback_common::records::request::EndpointRef;
 use postback_common::records::retried::RetriedEntry;
 use postback_common::records::stream_entry::StreamEntry;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -166,6 +171,7 @@ async fn run(
     stop: CancellationToken,
 ) {
     let Settings { ledger, metrics, degraded, give_up_after } = settings;
+    let mut reconnects = ledger.reconnects();
     let mut batch: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
@@ -221,12 +227,30 @@ async fn run(
                             break None;
                         }
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    // A reconnect (a failover's new primary found) ends
+                    // the wait: what this worker holds is recorded before
+                    // another worker can read it afresh.
+                    let reconnected = async {
+                        if let Err(broadcast::error::RecvError::Closed) = reconnects.recv().await {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = reconnected => {}
+                    }
                 }
             }
         };
         if let Some(recorded) = &recorded {
             metrics.stale_finishes(recorded);
+            if !recorded.forgotten.is_empty() {
+                tracing::info!(
+                    entries = recorded.forgotten.len(),
+                    "recorded the outcomes of entries whose read Redis had lost (a failover): their postbacks are \
+                     not sent again"
+                );
+            }
             for entry_id in &recorded.taken {
                 tracing::warn!(
                     entry_id,

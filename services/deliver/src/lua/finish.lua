@@ -5,7 +5,9 @@
 --
 -- * Ownership: only entries pending with this consumer are touched. An
 --   entry another worker has claimed, or one no longer pending at all, is
---   left alone and named in the reply.
+--   left alone and named in the reply; but one still in the stream that
+--   no consumer holds (its read lost in a failover) is finished when this
+--   call finishes all its postbacks.
 -- * Each postback's outcome is recorded in its entry: a position already
 --   finished is skipped, so a retried call (a reply lost on the way back)
 --   or a worker that claims the entry never finishes a postback twice.
@@ -65,7 +67,8 @@
 --                                             position the entry goes whole
 --                                             and its own reference with it
 -- Returns  {entries deleted, ids taken over by another consumer, ids no
---          longer pending at all}
+--          longer pending at all, ids finished although Redis had forgotten
+--          they were read (below)}
 --
 -- The bitmap: position p is bit (7 - p % 8) of byte p // 8, as SETBIT
 -- numbers bits.
@@ -149,6 +152,63 @@ local function finish_entry(id, group)
   members[#members + 1] = id
 end
 
+-- The width of the operation at ARGV[i].
+local function width_at(i)
+  local kind = ARGV[i + 1]
+  if kind == 'r' then
+    return 7 + tonumber(ARGV[i + 6])
+  elseif kind == 'd' then
+    return 4 + tonumber(ARGV[i + 3])
+  end
+  return 2
+end
+
+-- Entries whose read Redis forgot (a failover to a replica that had not
+-- received it): in the stream, pending with no consumer. When this call
+-- finishes every postback of one, it is finished as if held: the answers
+-- this worker has are recorded instead of being sought again by whoever
+-- reads the entry next. One it would leave part finished is left alone
+-- (named gone): a read hands it out as new, and a new entry's finished
+-- positions are not looked at.
+local forgotten = {}
+do
+  local i = 6
+  while i <= #ARGV do
+    local id, count, nops = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
+    i = i + 4
+    local covered, n = {}, 0
+    for _ = 1, nops do
+      local positions = ARGV[i]
+      if positions == '' then
+        for p = 0, count - 1 do
+          covered[p] = true
+        end
+      else
+        for k = 1, #positions do
+          covered[string.byte(positions, k)] = true
+        end
+      end
+      i = i + width_at(i)
+    end
+    if not held[id] then
+      local done = load_bits(id, count)
+      for p = 0, count - 1 do
+        if covered[p] or done[p] then
+          n = n + 1
+        end
+      end
+    end
+    if not held[id] and n >= count then
+      local row = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+      local pending = type(row) == 'table' and not row.err and row[1]
+      if not pending and #redis.call('XRANGE', KEYS[1], id, id) > 0 then
+        forgotten[#forgotten + 1] = id
+        held[id] = true
+      end
+    end
+  end
+end
+
 local i = 6
 while i <= #ARGV do
   local id, count, address, nops = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
@@ -161,12 +221,10 @@ while i <= #ARGV do
   end
   for _ = 1, nops do
     local positions, kind = ARGV[i], ARGV[i + 1]
-    local width, fields_at = 2, 0
+    local width, fields_at = width_at(i), 0
     if kind == 'r' then
-      width = 7 + tonumber(ARGV[i + 6])
       fields_at = i + 7
     elseif kind == 'd' then
-      width = 4 + tonumber(ARGV[i + 3])
       fields_at = i + 4
     end
     if mine then
@@ -298,4 +356,4 @@ end
 if scheduled > 0 then
   redis.call('INCRBY', KEYS[8], scheduled)
 end
-return {deleted, taken, gone}
+return {deleted, taken, gone, forgotten}
