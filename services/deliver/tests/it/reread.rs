@@ -201,3 +201,42 @@ async fn an_entry_handed_over_again_while_handled_keeps_one_path() {
     assert_eq!(seen.len(), ids.len(), "only the queued postbacks arrived: {seen:?}");
     redis.assert_no_records_left().await;
 }
+
+/// Redis loses a read while the worker that made it waits for the
+/// partner's answer (as a failover to a replica that had not received the
+/// read does): the entry is in the stream and no consumer holds it. The
+/// answer is recorded all the same, and the entry leaves the stream; it
+/// is not handed out again and sent a second time.
+#[tokio::test]
+async fn an_answer_for_an_entry_whose_read_was_lost_is_recorded_not_sent_again() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let sink = Sink::start_with(|r, _| {
+        let delay = if r.target.contains("first") { 1_000 } else { 0 };
+        Reply::status(200).delay(Duration::from_millis(delay))
+    })
+    .await;
+    let mut envs = envs(&redis, redis.url());
+    // The blocked read is not asked again before the second entry wakes it.
+    envs.push(("POSTBACK_READ_BLOCK_MS", "10000".into()));
+    let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs);
+    let url = format!("{}/l?m={{m}}", sink.base_url());
+    let body = |m: &str| json!({"endpoint": {"method": "GET", "url": url}, "data": [{"m": m}, {"m": format!("{m}b")}]});
+    let first = enqueue(&redis, body("first")).await;
+    sink.wait_for(2, Duration::from_secs(10)).await;
+    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
+        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+    let (entry_id, _) = entries.first().expect("the entry");
+    let _: i64 = client.xack("postbacks", "deliver", entry_id.as_str()).await.expect("XACK");
+    let _: () = client.xgroup_setid("postbacks", "deliver", "0").await.expect("XGROUP SETID");
+    // Answered and recorded; then a new entry wakes the read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sink.unanswered().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = enqueue(&redis, body("second")).await;
+    let ids = [first, second].concat();
+    assert_each_once(&sink, &redis, &ids, Duration::from_secs(10)).await;
+}
