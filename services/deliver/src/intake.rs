@@ -32,6 +32,10 @@
 //! first read: a failover to a replica that had not received it) leaves
 //! it to the handling under way, so one entry never has two handlings,
 //! and its postbacks never two paths (its entry and the retry schedule).
+//! Such an entry, and every entry handled across a reconnect, is looked
+//! for again among the own pending entries once its handling ends: a
+//! failover's new primary may have lost some of its records, leaving it
+//! this consumer's with postbacks unfinished.
 //! So a live worker repeats nothing; only a dead worker's entries are
 //! attempted again, and what a failover lost.
 //!
@@ -81,6 +85,11 @@ impl InFlight {
 
     pub(crate) fn contains(&self, id: &str) -> bool {
         self.lock().contains_key(id)
+    }
+
+    /// The ids handled now.
+    fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -134,11 +143,13 @@ pub(crate) struct Intake {
     /// Reconnects of either connection, after which the own pending
     /// entries are taken again.
     reconnects: [broadcast::Receiver<fred::types::config::Server>; 2],
-    /// Entries a read handed over as new while this worker was handling
-    /// them: once that handling is over, the own pending entries are
-    /// looked at again, in case it ended before the read (the entry is
-    /// then this consumer's and unfinished).
-    rehanded: Vec<String>,
+    /// Entries that may be left this consumer's and unfinished when their
+    /// handling ends: handed over again by a read while handled (the
+    /// handling may have ended before the read), or handled across a
+    /// reconnect (after a failover, some of their records may be lost
+    /// while the last landed). Once each handling is over, the own pending
+    /// entries are looked at again.
+    recheck: Vec<String>,
     /// Whether this consumer is known to the group: a blocked read does not
     /// make it so, so it is created at start, and XINFO CONSUMERS shows a
     /// worker from its start.
@@ -170,7 +181,7 @@ impl Intake {
             in_flight: InFlight::default(),
             retake: Script::new(include_str!("lua/retake.lua")),
             reconnects,
-            rehanded: Vec::new(),
+            recheck: Vec::new(),
             known: false,
         }
     }
@@ -207,12 +218,13 @@ impl Intake {
         if self.reconnected() {
             tracing::info!("reconnected to Redis: taking again own pending entries this worker is not handling");
             self.cursor = Cursor::Pending("-".into());
+            // Those being handled may end part finished on a Redis that
+            // lost some of their records (a failover's new primary).
+            self.recheck.extend(self.in_flight.ids());
         }
-        let before = self.rehanded.len();
-        self.rehanded.retain(|id| self.in_flight.contains(id));
-        if self.rehanded.len() < before {
-            // Handed over again while handled: pending with this consumer
-            // once more, unless that handling finished it.
+        let before = self.recheck.len();
+        self.recheck.retain(|id| self.in_flight.contains(id));
+        if self.recheck.len() < before {
             self.cursor = Cursor::Pending("-".into());
         }
         if let Some(taken) = self.own_pending(count).await? {
@@ -247,7 +259,7 @@ impl Intake {
                 "Redis handed over as new an entry this worker is handling (it lost the first read, as a failover \
                  to a replica that had not received it does); the handling under way goes on alone"
             );
-            self.rehanded.push(entry.id.clone());
+            self.recheck.push(entry.id.clone());
             false
         });
         Ok(entries.into_iter().map(|entry| Taken { entry, deliveries: 1 }).collect())

@@ -240,3 +240,57 @@ async fn an_answer_for_an_entry_whose_read_was_lost_is_recorded_not_sent_again()
     let ids = [first, second].concat();
     assert_each_once(&sink, &redis, &ids, Duration::from_secs(10)).await;
 }
+
+/// Redis loses the record of one postback of an entry while the worker
+/// is still handling the others, and the worker reconnects meanwhile (a
+/// failover to a replica that had not received the record). The others'
+/// records land, and the entry is left this worker's with one postback
+/// unfinished: the worker looks for it again once its handling is over,
+/// within seconds (not the claim idle of a minute), and delivers the lost
+/// one again.
+#[tokio::test]
+async fn an_entry_left_part_finished_by_a_lost_record_is_taken_again_within_seconds() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let relay = ReplyCutter::start(redis.port()).await;
+    let sink = Sink::start_with(|r, _| {
+        let delay = if r.target.contains("slow") { 1_500 } else { 0 };
+        Reply::status(200).delay(Duration::from_millis(delay))
+    })
+    .await;
+    let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs(&redis, relay.url()));
+    let url = format!("{}/p?m={{m}}", sink.base_url());
+    let data = json!([{"m": "fast"}, {"m": "slow1"}, {"m": "slow2"}]);
+    let ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": data})).await;
+    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
+        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+    let (entry_id, _) = entries.first().expect("the entry");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let bits: Option<bytes::Bytes> = client.hget("postbacks:finished", entry_id.as_str()).await.expect("HGET");
+        if bits.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the fast postback was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker reconnects, and the fast one's record is lost.
+    for addr in relay.upstream_addrs() {
+        let kill = client
+            .custom::<Value, _>(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ADDR".to_owned(), addr.to_string()]);
+        let _ = kill.await;
+    }
+    let _: i64 = client.hdel("postbacks:finished", entry_id.as_str()).await.expect("HDEL");
+    let _: i64 = client.incr_by("postbacks:batched", 1).await.expect("INCRBY");
+    // Another entry keeps the worker taking, so it sees the reconnect
+    // while the slow ones are still under way.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let woke = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": [{"m": "wake"}]})).await;
+    sink.wait_for(5, Duration::from_secs(10)).await;
+    redis.wait_nothing_to_deliver(Duration::from_secs(10)).await;
+    let seen = times(&sink);
+    assert_eq!(seen.get(&woke[0]), Some(&1));
+    assert_eq!(seen.get(&ids[0]), Some(&2), "the postback whose record was lost: again");
+    assert_eq!((seen.get(&ids[1]), seen.get(&ids[2])), (Some(&1), Some(&1)), "the others: once");
+    redis.assert_no_records_left().await;
+}
