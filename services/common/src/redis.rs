@@ -42,7 +42,11 @@ const RECONNECT_ERRORS: [ReconnectError; 4] =
 /// Redis that went away (a blocking command needs a timeout longer than its
 /// BLOCK).
 pub fn client(url: &str, command_timeout: Duration) -> Result<Client, Error> {
-    let mut config = Config::from_url(url)?;
+    client_of(Config::from_url(url)?, command_timeout)
+}
+
+/// [`client`] for a parsed `config` (a cluster's, say, pointed at one node).
+pub fn client_of(mut config: Config, command_timeout: Duration) -> Result<Client, Error> {
     // Keep retrying the first connection too, instead of failing start-up.
     config.fail_fast = false;
     Builder::from_config(config)

@@ -179,7 +179,8 @@ pub struct Target<'a> {
 /// Runs the enqueue script (and WAIT, when asked to).
 pub struct Enqueuer {
     script: Script,
-    /// One per partition (by stream name), started on first use.
+    /// One per partition and client (a cluster node's, [`crate::nodes`]),
+    /// started on first use.
     batchers: Mutex<HashMap<String, Batcher>>,
     options: Options,
     gate: Arc<Gate>,
@@ -224,19 +225,20 @@ impl Enqueuer {
     /// one of the target's earlier partitions (looked up first).
     pub async fn enqueue(
         &self,
-        client: &Client,
+        clients: &impl Clients,
         target: Target<'_>,
         postbacks: &[Postback],
         idempotency: Option<&Idempotency>,
     ) -> Result<Enqueued, EnqueueError> {
         let Target { keys, earlier, epoch } = target;
+        let client = clients.of(keys).await;
         if !client.is_connected() {
             if self.connected_once.load(Ordering::Relaxed) {
                 return Err(EnqueueError::NotConnected);
             }
             // The service has just started and is still making its first
             // connection: wait for it rather than refuse.
-            if tokio::time::timeout(self.timeout, first_connection(client)).await.is_err() {
+            if tokio::time::timeout(self.timeout, first_connection(&client)).await.is_err() {
                 return Err(EnqueueError::NotConnected);
             }
         }
@@ -247,6 +249,8 @@ impl Enqueuer {
             for before in earlier {
                 let key = idempotency.at(before);
                 let record = key.record(given);
+                let client = clients.of(before).await;
+                let client = client.with_options(&self.options);
                 match self.append(&client, before, &[], Some((&key, &record)), true, epoch).await {
                     Err(EnqueueError::Full) => {}
                     other => return self.confirm(&client, before, other?, given).await,
@@ -291,7 +295,7 @@ impl Enqueuer {
     /// replay).
     async fn confirm(
         &self,
-        client: &Client,
+        client: &WithOptions<Client>,
         keys: &Keys,
         enqueued: Enqueued,
         given: Given,
@@ -371,12 +375,27 @@ impl Enqueuer {
     /// first use.
     fn batcher(&self, client: &WithOptions<Client>, keys: &Keys) -> Batcher {
         let mut batchers = self.batchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A partition's node changes with a failover: one task per node.
         batchers
-            .entry(keys.stream.clone())
+            .entry(format!("{} {}", client.id(), keys.stream))
             .or_insert_with(|| {
                 Batcher::spawn(client.clone(), keys.clone(), self.script.clone(), self.wait_replicas > 0)
             })
             .clone()
+    }
+}
+
+/// Which client a partition's commands go through: the one client, or
+/// on a Redis Cluster the client of the node serving the partition
+/// ([`crate::nodes::Routed`]).
+pub trait Clients {
+    /// The client for `keys`'s partition.
+    fn of(&self, keys: &Keys) -> impl std::future::Future<Output = Client> + Send;
+}
+
+impl Clients for Client {
+    async fn of(&self, _: &Keys) -> Client {
+        self.clone()
     }
 }
 

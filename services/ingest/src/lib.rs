@@ -13,6 +13,8 @@
 //! - [`partitions`]: the partition record as ingest follows it.
 //! - [`enqueue`]: the XADDs of a request, atomically, in one Lua script.
 //! - [`batch`]: the requests waiting at one moment, in one script call.
+//! - [`nodes`]: on a Redis Cluster, a client of each primary for the
+//!   enqueue path, so that one failing stalls only its own partitions.
 //! - [`idempotency`]: `Idempotency-Key`: the same request answered once.
 //! - [`auth`]: optional bearer tokens.
 //! - [`rate`]: per-caller rate limits, shared through Redis.
@@ -30,6 +32,7 @@ pub mod gate;
 pub mod idempotency;
 pub mod json;
 mod metrics;
+pub mod nodes;
 pub mod partitions;
 pub mod rate;
 pub mod request;

@@ -50,6 +50,11 @@ impl View {
         &self.active[turn as usize % self.active.len()]
     }
 
+    /// How many partitions take requests now.
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
     /// The partition a scoped Idempotency-Key maps to now.
     pub fn for_key(&self, scoped: &str) -> &Keys {
         self.partitions.for_key(scoped.as_bytes())

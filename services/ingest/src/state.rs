@@ -17,6 +17,10 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// Commands to Redis (never a blocking one).
     pub redis: Client,
+    /// On a Redis Cluster, a client of each primary for the enqueue path.
+    pub nodes: Option<Arc<crate::nodes::Nodes>>,
+    /// Partitions that just failed an enqueue without running it.
+    pub(crate) failing: crate::nodes::Failing,
     /// The queue's partitions, as the partition record lists them.
     pub views: Views,
     /// Prefix of the callers' rate budgets (`<stream>:rate:`).
@@ -57,8 +61,13 @@ impl AppState {
         views: Views,
     ) -> Self {
         let gate = Arc::new(crate::gate::Gate::new(config.gate()));
+        // The URL was parsed at start-up already; a cluster URL that fails
+        // here leaves the cluster client to do everything.
+        let nodes = crate::nodes::Nodes::for_url(&config.redis.redis_url, config.redis_timeout()).ok().flatten();
         Self(Arc::new(Inner {
             redis,
+            nodes,
+            failing: crate::nodes::Failing::default(),
             tokens,
             views,
             rate_prefix: postback_common::keys::Keys::new(&config.redis.stream, "").rate,

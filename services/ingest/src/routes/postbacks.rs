@@ -9,9 +9,12 @@ use postback_common::records::request as request_entry;
 use serde::Serialize;
 use tracing::{Span, field, instrument};
 
+use postback_common::keys::Keys;
+
 use crate::enqueue::{EnqueueError, Enqueued, Queued, Target};
 use crate::error::IngestError;
 use crate::idempotency::{self, Caller, Given, Idempotency};
+use crate::nodes::Routed;
 use crate::state::AppState;
 use crate::trace::{self, RequestSpan};
 use crate::{json, rate, request};
@@ -110,6 +113,10 @@ const REROUTES: usize = 3;
 
 /// Chooses the request's partition by the partition record and enqueues
 /// it there; routes it again when the partition says the record changed.
+/// A request without an Idempotency-Key goes to the next partition in
+/// turn that has not just failed, and to the one after when its
+/// partition fails without running the enqueue (its node down, refusing
+/// writes: [`crate::nodes`]); one with a key has only its own.
 async fn route(
     state: &AppState,
     postbacks: &mut [postback_common::Postback],
@@ -119,7 +126,10 @@ async fn route(
     let patience = state.config.redis_timeout();
     let stream = &state.config.redis.stream;
     let mut producer = None;
-    for _ in 0..REROUTES {
+    let clients = Routed { main: &state.redis, nodes: state.nodes.as_ref() };
+    let mut stale = 0;
+    let mut passed: Vec<u32> = Vec::new();
+    while stale < REROUTES {
         let view =
             state.views.within(patience).await.ok_or_else(|| {
                 IngestError::Unavailable("the partition record has not been read from Redis yet".into())
@@ -133,7 +143,7 @@ async fn route(
                     stream,
                 ),
             ),
-            None => (view.nth_active(state.views.next_turn()), Vec::new()),
+            None => (keyless(state, &view, &passed), Vec::new()),
         };
         if producer.is_none() {
             producer = match request_span {
@@ -142,12 +152,51 @@ async fn route(
             };
         }
         let target = Target { keys, earlier: &earlier, epoch: view.epoch() };
-        match state.enqueuer.enqueue(&state.redis, target, postbacks, idempotency).await {
-            Err(EnqueueError::Stale) => state.views.refresh(patience).await,
-            other => return Ok((other, producer)),
+        match state.enqueuer.enqueue(&clients, target, postbacks, idempotency).await {
+            Err(EnqueueError::Stale) => {
+                stale += 1;
+                state.views.refresh(patience).await;
+            }
+            Err(e) if unavailable(&e) => {
+                state.failing.failed(keys.partition);
+                if let Some(nodes) = &state.nodes {
+                    nodes.failed(keys);
+                }
+                passed.push(keys.partition);
+                if idempotency.is_some() || passed.len() >= view.active_len() {
+                    return Ok((Err(e), producer));
+                }
+                tracing::debug!(partition = keys.partition, error = %e, "partition unavailable; trying the next");
+            }
+            other => {
+                state.failing.took(keys.partition);
+                return Ok((other, producer));
+            }
         }
     }
     Ok((Err(EnqueueError::Stale), producer))
+}
+
+/// The partition for a request without an Idempotency-Key: the next in
+/// turn that was not tried for it and has not just failed (the next in
+/// turn not tried, when all have).
+fn keyless<'v>(state: &AppState, view: &'v crate::partitions::View, tried: &[u32]) -> &'v Keys {
+    let first = state.views.next_turn();
+    let untried = (0..view.active_len() as u32).map(|k| view.nth_active(first.wrapping_add(k)));
+    let mut fallback = None;
+    for keys in untried.filter(|keys| !tried.contains(&keys.partition)) {
+        if !state.failing.recently(keys.partition) {
+            return keys;
+        }
+        fallback.get_or_insert(keys);
+    }
+    fallback.unwrap_or_else(|| view.nth_active(first))
+}
+
+/// Whether an enqueue failed without running, for a reason of its
+/// partition's own (another partition may take the request).
+fn unavailable(e: &EnqueueError) -> bool {
+    matches!(e, EnqueueError::NotConnected) || matches!(e, EnqueueError::Redis(_)) && e.queued() == Queued::No
 }
 
 /// Charges the request's postbacks to its caller's rate budget, if it has
