@@ -1,7 +1,7 @@
 //! Primaries killed under load: a three-primary Redis Cluster with a
 //! replica each, the queue in six partitions, one ingest (WAIT 1) and three
 //! deliver binaries with stable names. Requests of one to five postbacks
-//! arrive all along; a third of the postbacks fail their first two attempts, so
+//! (one in ten with an Idempotency-Key) arrive all along; a third of the postbacks fail their first two attempts, so
 //! entries finish with mixed outcomes (delivered, scheduled again) and
 //! retries come back, while the primary of a random partition is killed
 //! with SIGKILL, its replica is promoted and the old primary comes back
@@ -33,6 +33,13 @@ const PARTITIONS: u32 = 6;
 
 /// Primaries killed, one after the other.
 const KILLS: usize = 3;
+
+/// One request sent to ingest.
+struct Sent {
+    at: Instant,
+    keyed: bool,
+    ok: bool,
+}
 
 /// One attempt, as a worker's log line gives it.
 struct Made {
@@ -66,7 +73,7 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
             *n
         };
         let status = if i.is_multiple_of(3) && n <= 2 { 500 } else { 200 };
-        Reply::status(status).delay(Duration::from_millis(10 + 30 * (i % 5)))
+        Reply::status(status).delay(Duration::from_millis(5 + 15 * (i % 5)))
     })
     .await;
 
@@ -113,17 +120,18 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    // Three senders, requests of 1 to 5 postbacks every 30 ms each.
+    // Three senders, requests of 1 to 5 postbacks every 100 ms each, one
+    // in ten with an Idempotency-Key; each request's time and outcome kept.
     let started = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let target = format!("{}/k?i={{i}}", sink.base_url());
     let ingest = format!("http://{ingest_addr}/v1/postbacks");
     let mut senders = Vec::new();
     for sender in 0..3u64 {
-        let (accepted, refused, stop, target, ingest) =
-            (accepted.clone(), refused.clone(), stop.clone(), target.clone(), ingest.clone());
+        let (accepted, sent, stop, target, ingest) =
+            (accepted.clone(), sent.clone(), stop.clone(), target.clone(), ingest.clone());
         senders.push(tokio::spawn(async move {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
             let mut n = 0u64;
@@ -131,17 +139,23 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
                 n += 1;
                 let data: Vec<_> = (0..1 + n % 5).map(|i| json!({"i": sender * 1_000_000 + n * 10 + i})).collect();
                 let body = json!({"endpoint": {"method": "GET", "url": target}, "data": data});
-                match http.post(&ingest).json(&body).send().await {
+                let keyed = n.is_multiple_of(10);
+                let mut request = http.post(&ingest).json(&body);
+                if keyed {
+                    request = request.header("Idempotency-Key", format!("s{sender}-{n}"));
+                }
+                let at = Instant::now();
+                let ok = match request.send().await {
                     Ok(response) if response.status() == 202 => {
                         let answer: Json = response.json().await.expect("202 body");
                         let ids = answer["ids"].as_array().expect("ids").iter();
                         accepted.lock().expect("lock").extend(ids.map(|v| v.as_str().expect("id").to_owned()));
+                        true
                     }
-                    _ => {
-                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                    _ => false,
+                };
+                sent.lock().expect("lock").push(Sent { at, keyed, ok });
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }));
     }
@@ -180,7 +194,7 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         println!("killed the primary of partition {partition} at {:?}; promoted after {promoted:?}", killed - started);
-        kills.push(killed);
+        kills.push((killed, promoted, partition));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -188,6 +202,29 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
         sender.await.expect("sender");
     }
 
+    // While a primary was down: requests without a key went to the other
+    // partitions; those with one whose partition it served were refused.
+    let sent = std::mem::take(&mut *sent.lock().expect("lock"));
+    for (killed, promoted, partition) in &kills {
+        let during: Vec<&Sent> = sent.iter().filter(|s| s.at >= *killed && s.at < *killed + *promoted).collect();
+        let count = |keyed: bool, ok: bool| during.iter().filter(|s| s.keyed == keyed && s.ok == ok).count();
+        println!(
+            "primary of partition {partition} down {promoted:?}: without a key {} accepted, {} refused; with a key {} \
+             accepted, {} refused",
+            count(false, true),
+            count(false, false),
+            count(true, true),
+            count(true, false)
+        );
+        let keyless = count(false, true) + count(false, false);
+        assert!(keyless >= 10, "too few requests while the primary was down: {keyless}");
+        assert!(
+            count(false, false) * 10 <= keyless,
+            "requests without a key were refused while other partitions were up: {} of {keyless}",
+            count(false, false)
+        );
+    }
+    let refused = sent.iter().filter(|s| !s.ok).count();
     let accepted = accepted.lock().expect("lock").clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let lost = loop {
@@ -253,7 +290,7 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
     // it was then, so a postback's path may start again from there (a
     // repeat). Between two kills, though, it has one path.
     let wall = |at: Instant| SystemTime::now() - (Instant::now() - at);
-    let kills_at: Vec<SystemTime> = kills.iter().map(|k| wall(*k)).collect();
+    let kills_at: Vec<SystemTime> = kills.iter().map(|(k, _, _)| wall(*k)).collect();
     let mut two_paths = Vec::new();
     let mut repeated = 0usize;
     for (id, attempts) in &mut made {
@@ -279,7 +316,7 @@ async fn killed_primaries_leave_every_postback_on_one_path() {
     println!(
         "{} accepted, {} requests refused, {} postbacks attempted, {repeated} deliveries repeated, {} on two paths",
         accepted.len(),
-        refused.load(std::sync::atomic::Ordering::Relaxed),
+        refused,
         made.len(),
         two_paths.len()
     );
