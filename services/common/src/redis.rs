@@ -63,6 +63,37 @@ pub fn client_of(mut config: Config, command_timeout: Duration) -> Result<Client
         .build()
 }
 
+/// What went wrong with a command, in the words a log line uses: `timeout`
+/// (no reply in time), `connection lost`, `out of memory (OOM)`,
+/// `read-only (READONLY)`, and so on for Redis's other refusals, read from
+/// the error itself and never guessed.
+pub fn cause(error: &Error) -> &'static str {
+    use fred::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::Timeout => return "timeout",
+        ErrorKind::IO | ErrorKind::Canceled => return "connection lost",
+        _ => {}
+    }
+    let details = error.details();
+    let refusals = [
+        ("OOM", "out of memory (OOM)"),
+        ("READONLY", "read-only (READONLY)"),
+        ("CLUSTERDOWN", "cluster down (CLUSTERDOWN)"),
+        ("MOVED", "slot moved (MOVED)"),
+        ("TRYAGAIN", "slot migrating (TRYAGAIN)"),
+        ("NOREPLICAS", "not enough replicas (NOREPLICAS)"),
+        ("MASTERDOWN", "primary down (MASTERDOWN)"),
+        ("LOADING", "loading its data (LOADING)"),
+        ("BUSY", "busy with a script (BUSY)"),
+        ("NOAUTH", "authentication required (NOAUTH)"),
+        ("WRONGPASS", "wrong password (WRONGPASS)"),
+    ];
+    refusals
+        .iter()
+        .find(|(prefix, _)| details.starts_with(prefix) || details.contains(&format!(" {prefix} ")))
+        .map_or("error", |(_, cause)| cause)
+}
+
 /// Builds a client for `url` and starts connecting it in the background.
 /// Commands sent before the connection is up wait for it (up to their
 /// timeout), so callers that must not wait check [`ClientLike::is_connected`].

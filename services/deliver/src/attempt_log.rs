@@ -118,7 +118,10 @@ async fn write(redis: Client, key: String, maxlen: u64, shed: Shedding, mut rx: 
         match tokio::time::timeout(Duration::from_secs(5), redis.custom::<Value, _>(xadd.clone(), args)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => shed.degraded.refused("attempt_log", n, &e),
-            Err(_) => shed.degraded.refused("attempt_log", n, &"no answer within 5 s"),
+            Err(_) => {
+                let timeout = fred::error::Error::new(fred::error::ErrorKind::Timeout, "no answer within 5 s");
+                shed.degraded.refused("attempt_log", n, &timeout)
+            }
         }
     }
 }

@@ -16,7 +16,6 @@
 //!   until a call lands.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +39,8 @@ struct Summary {
     counts: BTreeMap<&'static str, u64>,
     total: u64,
     last_error: String,
+    /// What the last error was, in a log line's words.
+    cause: &'static str,
 }
 
 impl Degraded {
@@ -49,8 +50,9 @@ impl Degraded {
     }
 
     /// Counts `n` writes of kind `write` refused (or skipped) for `error`,
-    /// and logs a summary if one is due.
-    pub(crate) fn refused(&self, write: &'static str, n: u64, error: &dyn Display) {
+    /// and logs a summary if one is due, naming what went wrong
+    /// ([`postback_common::redis::cause`]).
+    pub(crate) fn refused(&self, write: &'static str, n: u64, error: &fred::error::Error) {
         self.metrics.degraded_writes(write, n);
         if write != "attempt_log" {
             self.failing.store(true, Ordering::Relaxed);
@@ -59,13 +61,16 @@ impl Degraded {
         *summary.counts.entry(write).or_default() += n;
         summary.total += n;
         summary.last_error = error.to_string();
+        summary.cause = postback_common::redis::cause(error);
         if summary.logged_at.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY) {
             tracing::warn!(
                 refused = summary.total,
                 by_write = %format!("{:?}", summary.counts),
+                cause = summary.cause,
                 error = %summary.last_error,
-                "Redis is refusing writes; waiting with growing delays, one line every {} s while it lasts (an OOM \
-                 error: runbooks/redis-memory-high.md)",
+                "Redis did not take writes ({}); waiting with growing delays, one line every {} s while it lasts \
+                 (runbooks/redis-restart.md; OOM: runbooks/redis-memory-high.md)",
+                summary.cause,
                 SUMMARY_EVERY.as_secs()
             );
             summary.logged_at = Some(Instant::now());
