@@ -63,10 +63,14 @@ impl Unpacked {
 }
 
 /// Handles one entry taken by the worker; `slot` is the worker slot it was
-/// read with, given back when its first postback's turn is over.
+/// read with, given back when its first postback's turn is over; `since`
+/// the reconnects counted when it was taken ([`crate::ownership`]).
 #[instrument(name = "entry", skip_all, fields(entry_id = %taken.entry.id, deliveries = taken.deliveries))]
-pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, slot: OwnedSemaphorePermit) {
+pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, slot: OwnedSemaphorePermit, since: u64) {
     let Taken { entry, deliveries } = taken;
+    if !shared.ownership.still_ours(&entry.id, since).await {
+        return;
+    }
     let tally =
         Tally { attempts: entry.attempts, first_ms: entry.first_attempt_ms.filter(|ms| *ms > 0), ..Tally::default() };
     let poisoned = (deliveries > shared.max_deliveries)
@@ -86,7 +90,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, slot: OwnedSemapho
                 .collect();
             shared.finisher.bury(&unpacked.held, &reason, &tally, letters).await;
         }
-        None => fan_out(&shared, &unpacked, tally, slot).await,
+        None => fan_out(&shared, &unpacked, tally, slot, since).await,
     }
 }
 
@@ -170,7 +174,7 @@ const GATHER_RETRIES: std::time::Duration = std::time::Duration::from_millis(25)
 /// Step 4: every postback left takes its turn and is finished on its own;
 /// retries after [`GATHER_RETRIES`], with those of the entry that ended
 /// meanwhile.
-async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: OwnedSemaphorePermit) {
+async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: OwnedSemaphorePermit, since: u64) {
     let mut first = Some(slot);
     // One draw for the entry: its postbacks that fail together are
     // scheduled together.
@@ -184,7 +188,7 @@ async fn fan_out(shared: &Shared, unpacked: &Unpacked, tally: Tally, slot: Owned
             // Boxed: a postback waiting for its slot holds a small future,
             // not the space of a whole attempt, and spawning the entry's
             // task copies little.
-            let turn = crate::turn::take(shared, postback, tally, &unpacked.held.id, slot, jitter);
+            let turn = crate::turn::take(shared, postback, tally, (&unpacked.held.id, since), slot, jitter);
             let ending = Box::pin(turn).await;
             let finishing = Finishing {
                 position: Position::At(*i),

@@ -13,6 +13,8 @@
 //! - [`attempt`]: one HTTP attempt, its span and its log line.
 //! - [`retry`]: what is retried, when, and when given up.
 //! - [`outcome`]: how a turn ends: delivered, retry or dead, and why.
+//! - [`ownership`]: whether an entry taken before a reconnect is still
+//!   this worker's, asked before its attempts.
 //! - [`finish`]: an outcome made one step in Redis.
 //! - [`recorder`]: every postback's step recorded in batches.
 //! - [`ledger`]: the finish script: ownership, outcomes recorded once.
@@ -57,6 +59,7 @@ mod ledger;
 mod metrics;
 mod minutes;
 mod outcome;
+mod ownership;
 mod partitions;
 mod recorder;
 mod reply;

@@ -57,6 +57,10 @@ pub(crate) enum RetryReason {
     /// The worker had no free slot for it in time (a postback of an entry
     /// that holds several); no attempt was made.
     WorkerBusy,
+    /// Its entry was no longer this worker's after a reconnect (a failover
+    /// lost it or its read: [`crate::ownership`]); no attempt was made, and
+    /// the step is recorded only if the finish script still takes it.
+    NotHeld,
 }
 
 impl RetryReason {
@@ -69,6 +73,7 @@ impl RetryReason {
             RetryReason::HostPaused => "host_paused",
             RetryReason::Delayed => "delayed",
             RetryReason::WorkerBusy => "worker_busy",
+            RetryReason::NotHeld => "not_held",
         }
     }
 

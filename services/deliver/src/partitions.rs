@@ -322,6 +322,7 @@ fn start(
             endpoints: Endpoints::default(),
             slots: common.slots.clone(),
             slot_patience: common.slot_patience,
+            ownership: crate::ownership::Ownership::new(redis.clone(), keys.clone(), common.consumer.clone()),
         }),
         sizes: EntrySizes::default(),
     };

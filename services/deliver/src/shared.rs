@@ -60,4 +60,6 @@ pub(crate) struct Shared {
     /// How long a postback of an entry that holds several waits for a slot
     /// before it goes back to the schedule without an attempt.
     pub(crate) slot_patience: Duration,
+    /// Whether an entry taken before a reconnect is still this worker's.
+    pub(crate) ownership: crate::ownership::Ownership,
 }

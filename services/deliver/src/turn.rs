@@ -28,7 +28,8 @@ use crate::shared::Shared;
 const WORKER_BUSY_DELAY: Duration = Duration::from_millis(250);
 
 /// Takes `postback`'s turn; `so_far` is its tally before this turn,
-/// `entry_id` the stream entry it came in (for the log line), `slot` the
+/// `entry_id` the stream entry it came in (for the log line) with the
+/// reconnects counted when it was taken ([`crate::ownership`]), `slot` the
 /// worker slot it was read with, if it has one (else it waits for one for
 /// at most `POSTBACK_CLAIM_IDLE_MS`-derived patience, see [`Shared`]), and
 /// `jitter` (in `[0, 1)`, drawn once per entry) picks its retry's delay.
@@ -36,7 +37,7 @@ pub(crate) async fn take(
     shared: &Shared,
     postback: &Postback,
     so_far: Tally,
-    entry_id: &str,
+    (entry_id, since): (&str, u64),
     slot: Option<OwnedSemaphorePermit>,
     jitter: f64,
 ) -> Ending {
@@ -109,6 +110,14 @@ pub(crate) async fn take(
     // Nothing is sent that could not be recorded: while Redis refuses this
     // partition's finishing steps, attempts wait.
     shared.finisher.wait_recording().await;
+    // Redis may have been replaced meanwhile by a replica that lost the
+    // entry or its read.
+    if !shared.ownership.still_ours(entry_id, since).await {
+        return Ending {
+            outcome: Outcome::Retry { after: Duration::ZERO, reason: RetryReason::NotHeld },
+            tally: so_far,
+        };
+    }
     // The last look before it goes: the host may have opened while this
     // postback waited for its slot or its record.
     if !probe && let Some(after) = shared.breaker.paused_now(&host) {

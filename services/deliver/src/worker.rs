@@ -186,6 +186,7 @@ impl Worker {
             idle = if idle { taken.len() < count.min(crate::intake::WAITED_FOR) } else { taken.is_empty() };
             debug_assert!(was_idle || taken.len() <= permits.len(), "every entry taken has a slot");
             let mut permits = permits.into_iter();
+            let since = self.shared.ownership.generation();
             for taken in taken {
                 self.sizes.saw(&taken);
                 // Taken while idle: its slot is waited for now that it is here.
@@ -197,7 +198,7 @@ impl Worker {
                     },
                 };
                 let held = self.intake.in_flight().hold(&taken.entry.id);
-                let handled = crate::entry::handle(self.shared.clone(), taken, permit);
+                let handled = crate::entry::handle(self.shared.clone(), taken, permit, since);
                 tracker.spawn(async move {
                     handled.await;
                     drop(held);

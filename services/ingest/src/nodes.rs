@@ -79,7 +79,12 @@ impl Nodes {
     /// knows it.
     pub async fn client_for(&self, keys: &Keys) -> Option<Client> {
         let slot = fred::util::redis_keyslot(keys.stream.as_bytes());
-        if self.lock_table().read_at.is_none() {
+        let unknown = {
+            let table = self.lock_table();
+            table.ranges.is_empty() && table.read_at.is_none_or(|at| at.elapsed() >= REFRESH_EVERY)
+        };
+        if unknown {
+            // Not read yet, or no node answered last time.
             self.refresh().await;
         }
         let server = self.primary_of(slot)?;

@@ -294,3 +294,47 @@ async fn an_entry_left_part_finished_by_a_lost_record_is_taken_again_within_seco
     assert_eq!((seen.get(&ids[1]), seen.get(&ids[2])), (Some(&1), Some(&1)), "the others: once");
     redis.assert_no_records_left().await;
 }
+
+/// A postback waits in the worker's hands for a slot while the worker
+/// reconnects, and Redis comes back without its entry (a failover to a
+/// replica that had not received it, or its read): the worker asks before
+/// the attempt, finds the entry no longer its own, and does not send it.
+#[tokio::test]
+async fn a_postback_whose_entry_redis_lost_while_it_waited_is_not_attempted() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let relay = ReplyCutter::start(redis.port()).await;
+    let sink = Sink::start_with(|r, _| {
+        let delay = if r.target.contains("slow") { 1_500 } else { 0 };
+        Reply::status(200).delay(Duration::from_millis(delay))
+    })
+    .await;
+    let mut envs = envs(&redis, relay.url());
+    // One slot: the second postback waits for the first's.
+    envs.push(("POSTBACK_DELIVER_CONCURRENCY", "1".into()));
+    let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs);
+    let url = format!("{}/o?m={{m}}", sink.base_url());
+    let data = json!([{"m": "slow"}, {"m": "waiting"}]);
+    let ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": data})).await;
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    for addr in relay.upstream_addrs() {
+        let kill = client
+            .custom::<Value, _>(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ADDR".to_owned(), addr.to_string()]);
+        let _ = kill.await;
+    }
+    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
+        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+    let (entry_id, _) = entries.first().expect("the entry");
+    let _: i64 = client.xack("postbacks", "deliver", entry_id.as_str()).await.expect("XACK");
+    let _: i64 = client.xdel("postbacks", entry_id.as_str()).await.expect("XDEL");
+    // The slow one answered, and time for the other's turn.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sink.unanswered().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = times(&sink);
+    assert_eq!(seen.get(&ids[0]), Some(&1));
+    assert_eq!(seen.get(&ids[1]), None, "the postback whose entry Redis lost was sent: {seen:?}");
+}
