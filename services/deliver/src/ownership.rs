@@ -45,8 +45,15 @@ impl Ownership {
 
     /// Whether entry `id`, taken at generation `since`, is still pending
     /// with this consumer: true without asking when there was no reconnect
-    /// since, and when Redis cannot say.
+    /// since, and when Redis cannot say. While the client is not connected
+    /// (a primary just died, its replica not yet promoted) it first waits
+    /// for the connection: what Redis holds then is not known yet.
     pub(crate) async fn still_ours(&self, id: &str, since: u64) -> bool {
+        while !self.redis.is_connected() {
+            if self.redis.wait_for_connect().await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
         if self.generation() == since {
             return true;
         }
