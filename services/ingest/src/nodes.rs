@@ -19,6 +19,7 @@
 //! keeps the cluster client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,9 +46,16 @@ pub struct Nodes {
     /// The nodes the URL names, asked when no client answers.
     seeds: Vec<Server>,
     table: Mutex<Table>,
-    clients: Mutex<HashMap<Server, Client>>,
+    clients: Mutex<HashMap<Server, Node>>,
     /// Serialises reads of the table.
     refreshing: tokio::sync::Mutex<()>,
+}
+
+/// A node's client, and whether it has ever been connected.
+#[derive(Clone)]
+struct Node {
+    client: Client,
+    connected_once: Arc<AtomicBool>,
 }
 
 /// Slot ranges and their primaries, and when they were read.
@@ -88,11 +96,24 @@ impl Nodes {
             self.refresh().await;
         }
         let server = self.primary_of(slot)?;
-        let (client, new) = self.client(&server)?;
-        if new {
-            let _ = tokio::time::timeout(FIRST_CONNECTION, client.wait_for_connect()).await;
+        let node = self.client(&server)?;
+        if !node.connected_once.load(Ordering::Relaxed) {
+            // A client just made: every request that finds it before its
+            // first connection waits for it (up to FIRST_CONNECTION), as
+            // the service's first requests do; later a lost connection
+            // fails at once.
+            let deadline = tokio::time::Instant::now() + FIRST_CONNECTION;
+            while !node.client.is_connected() && tokio::time::Instant::now() < deadline {
+                let _ = tokio::time::timeout_at(deadline, node.client.wait_for_connect()).await;
+                if !node.client.is_connected() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            if node.client.is_connected() {
+                node.connected_once.store(true, Ordering::Relaxed);
+            }
         }
-        Some(client)
+        Some(node.client)
     }
 
     /// A command for `keys`'s partition failed without running: the table
@@ -111,11 +132,11 @@ impl Nodes {
         table.ranges.iter().find(|(low, high, _)| (*low..=*high).contains(&slot)).map(|(_, _, s)| s.clone())
     }
 
-    /// The client of `server`, and whether it was made just now.
-    fn client(&self, server: &Server) -> Option<(Client, bool)> {
+    /// The client of `server`, made on first use.
+    fn client(&self, server: &Server) -> Option<Node> {
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(client) = clients.get(server) {
-            return Some((client.clone(), false));
+        if let Some(node) = clients.get(server) {
+            return Some(node.clone());
         }
         let mut config = self.base.clone();
         config.server = ServerConfig::Centralized { server: server.clone() };
@@ -127,8 +148,9 @@ impl Nodes {
             }
         };
         client.connect();
-        clients.insert(server.clone(), client.clone());
-        Some((client, true))
+        let node = Node { client, connected_once: Arc::default() };
+        clients.insert(server.clone(), node.clone());
+        Some(node)
     }
 
     /// Reads the slot table from the first node that answers: the known
@@ -140,10 +162,10 @@ impl Nodes {
         }
         let known: Vec<Client> = {
             let clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            clients.values().filter(|c| c.is_connected()).cloned().collect()
+            clients.values().map(|n| &n.client).filter(|c| c.is_connected()).cloned().collect()
         };
         let mut askers = known;
-        askers.extend(self.seeds.iter().filter_map(|seed| self.client(seed)).map(|(client, _)| client));
+        askers.extend(self.seeds.iter().filter_map(|seed| self.client(seed)).map(|node| node.client));
         for client in askers {
             let asked = client.custom::<Value, _>(fred::cmd!("CLUSTER"), vec!["SLOTS"]);
             if let Ok(Ok(reply)) = tokio::time::timeout(ASK_WITHIN, asked).await
