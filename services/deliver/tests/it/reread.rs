@@ -59,6 +59,42 @@ async fn blocked_readers(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Kills every connection deliver has open through `relay`.
+async fn kill_connections(client: &Client, relay: &ReplyCutter) {
+    for addr in relay.upstream_addrs() {
+        // Gone already, if it closed meanwhile.
+        let kill = client
+            .custom::<Value, _>(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ADDR".to_owned(), addr.to_string()]);
+        let _ = kill.await;
+    }
+}
+
+/// The id of the stream's first entry.
+async fn first_entry_id(client: &Client) -> String {
+    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
+        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
+    entries.into_iter().next().expect("an entry").0
+}
+
+/// Returns once the sink has answered every request it received.
+async fn wait_answered(sink: &Sink) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sink.unanswered().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A sink that answers postbacks whose target says "slow" after 1.5 s,
+/// the others at once.
+async fn slow_sink() -> Sink {
+    Sink::start_with(|r, _| {
+        let delay = if r.target.contains("slow") { 1_500 } else { 0 };
+        Reply::status(200).delay(Duration::from_millis(delay))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn reads_whose_answer_was_lost_are_taken_again_within_seconds() {
     let redis = RedisServer::start();
@@ -130,14 +166,7 @@ async fn killed_reader_connections_resume_within_seconds_without_repeats() {
     let kill = async {
         for _ in 0..12 {
             tokio::time::sleep(Duration::from_millis(70)).await;
-            for addr in relay.upstream_addrs() {
-                // Gone already, if it closed meanwhile.
-                let kill = client.custom::<Value, _>(
-                    fred::cmd!("CLIENT"),
-                    vec!["KILL".to_owned(), "ADDR".to_owned(), addr.to_string()],
-                );
-                let _ = kill.await;
-            }
+            kill_connections(&client, &relay).await;
         }
     };
     let (queued, ()) = tokio::join!(queue, kill);
@@ -179,9 +208,7 @@ async fn an_entry_handed_over_again_while_handled_keeps_one_path() {
     let first = enqueue(&redis, body("first")).await;
     sink.wait_for(1, Duration::from_secs(10)).await;
     // Forgotten: not pending, and new to the group.
-    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
-        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
-    let (entry_id, _) = entries.first().expect("the entry");
+    let entry_id = &first_entry_id(&client).await;
     let _: i64 = client.xack("postbacks", "deliver", entry_id.as_str()).await.expect("XACK");
     let _: () = client.xgroup_setid("postbacks", "deliver", "0").await.expect("XGROUP SETID");
     // Another entry wakes the blocked read, which hands over both.
@@ -189,11 +216,7 @@ async fn an_entry_handed_over_again_while_handled_keeps_one_path() {
     let ids = [first.clone(), second].concat();
     sink.wait_for(3, Duration::from_secs(10)).await;
     // Until the failure is answered, its retry made and nothing is left.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sink.unanswered().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_answered(&sink).await;
     redis.wait_nothing_to_deliver(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = times(&sink);
@@ -224,17 +247,11 @@ async fn an_answer_for_an_entry_whose_read_was_lost_is_recorded_not_sent_again()
     let body = |m: &str| json!({"endpoint": {"method": "GET", "url": url}, "data": [{"m": m}, {"m": format!("{m}b")}]});
     let first = enqueue(&redis, body("first")).await;
     sink.wait_for(2, Duration::from_secs(10)).await;
-    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
-        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
-    let (entry_id, _) = entries.first().expect("the entry");
+    let entry_id = &first_entry_id(&client).await;
     let _: i64 = client.xack("postbacks", "deliver", entry_id.as_str()).await.expect("XACK");
     let _: () = client.xgroup_setid("postbacks", "deliver", "0").await.expect("XGROUP SETID");
     // Answered and recorded; then a new entry wakes the read.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sink.unanswered().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_answered(&sink).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = enqueue(&redis, body("second")).await;
     let ids = [first, second].concat();
@@ -253,18 +270,12 @@ async fn an_entry_left_part_finished_by_a_lost_record_is_taken_again_within_seco
     let redis = RedisServer::start();
     let client = redis.client().await;
     let relay = ReplyCutter::start(redis.port()).await;
-    let sink = Sink::start_with(|r, _| {
-        let delay = if r.target.contains("slow") { 1_500 } else { 0 };
-        Reply::status(200).delay(Duration::from_millis(delay))
-    })
-    .await;
+    let sink = slow_sink().await;
     let _deliver = spawn_quiet(Path::new(DELIVER_BIN), &envs(&redis, relay.url()));
     let url = format!("{}/p?m={{m}}", sink.base_url());
     let data = json!([{"m": "fast"}, {"m": "slow1"}, {"m": "slow2"}]);
     let ids = enqueue(&redis, json!({"endpoint": {"method": "GET", "url": url}, "data": data})).await;
-    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
-        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
-    let (entry_id, _) = entries.first().expect("the entry");
+    let entry_id = &first_entry_id(&client).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let bits: Option<bytes::Bytes> = client.hget("postbacks:finished", entry_id.as_str()).await.expect("HGET");
@@ -304,11 +315,7 @@ async fn a_postback_whose_entry_redis_lost_while_it_waited_is_not_attempted() {
     let redis = RedisServer::start();
     let client = redis.client().await;
     let relay = ReplyCutter::start(redis.port()).await;
-    let sink = Sink::start_with(|r, _| {
-        let delay = if r.target.contains("slow") { 1_500 } else { 0 };
-        Reply::status(200).delay(Duration::from_millis(delay))
-    })
-    .await;
+    let sink = slow_sink().await;
     let mut envs = envs(&redis, relay.url());
     // One slot: the second postback waits for the first's.
     envs.push(("POSTBACK_DELIVER_CONCURRENCY", "1".into()));
@@ -322,17 +329,11 @@ async fn a_postback_whose_entry_redis_lost_while_it_waited_is_not_attempted() {
             .custom::<Value, _>(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ADDR".to_owned(), addr.to_string()]);
         let _ = kill.await;
     }
-    let entries: Vec<(String, HashMap<String, bytes::Bytes>)> =
-        client.xrange("postbacks", "-", "+", None).await.expect("XRANGE");
-    let (entry_id, _) = entries.first().expect("the entry");
+    let entry_id = &first_entry_id(&client).await;
     let _: i64 = client.xack("postbacks", "deliver", entry_id.as_str()).await.expect("XACK");
     let _: i64 = client.xdel("postbacks", entry_id.as_str()).await.expect("XDEL");
     // The slow one answered, and time for the other's turn.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sink.unanswered().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the partner never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_answered(&sink).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = times(&sink);
     assert_eq!(seen.get(&ids[0]), Some(&1));
